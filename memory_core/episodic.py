@@ -1,0 +1,232 @@
+"""Larimar's episodic memory, read top to bottom.
+
+Notation follows ../shared/docs/larimar.md: Z is (N, C) latents, one per fact;
+W is (N, K) addressing weights; M is the (K, C) memory; ``^+`` is the
+Moore-Penrose pseudo-inverse.
+
+Two ways to use the memory live here:
+
+1. Algorithm 1 (one-shot episodes): ``write_episode``, ``read``, ``generate``.
+   Stateless functions: the whole episode is written at once.
+2. Sequential write/forget (eqs. 2-6): ``EpisodicMemory`` keeps the keys'
+   reference memory and turns a ``MemoryState`` (M and C^-1) into the next
+   one, a fact or batch at a time, with alpha = +1 (write) or -1 (forget).
+   States are immutable: an update returns a new state, so a reader holding
+   the old one never sees half an update.
+
+Everything is plain torch on whatever device the tensors live on; nothing here
+knows about HTTP, files or models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Addressing = Literal["linear", "gaussian"]
+
+
+# ---------------------------------------------------------------------------
+# Algorithm 1: one-shot episodes
+# ---------------------------------------------------------------------------
+
+
+def pinv(A: Tensor) -> Tensor:
+    """Moore-Penrose pseudo-inverse.
+
+    The reference code iterates Ben-Israel-Cohen; an SVD-based pinv is exact
+    and fast enough at K x C sizes, so we use it.
+    """
+    return torch.linalg.pinv(A)
+
+
+def write_episode(
+    Z: Tensor, M0: Tensor, noise_std: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """One-shot write of an episode into prior memory M0 (noise 0 at inference)."""
+    # Z: (N, C), M0: (K, C)
+    Z_xi = Z
+    if noise_std > 0:
+        Z_xi = Z + noise_std * torch.randn(Z.shape, generator=generator, device=Z.device, dtype=Z.dtype)
+    W0 = Z_xi @ pinv(M0)  # (N, K)
+    return pinv(W0) @ Z_xi  # (K, C)
+
+
+def read(Zq: Tensor, M: Tensor) -> tuple[Tensor, Tensor]:
+    """Read with query latents: W = Zq M^+, Z_r = W M. Returns (Z_r, W)."""
+    # Zq: (Q, C), M: (K, C)
+    W = Zq @ pinv(M)  # (Q, K)
+    return W @ M, W  # (Q, C), (Q, K)
+
+
+def generate(M: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Sample latents from the memory: W ~ N(0, I), Z = W M."""
+    W = torch.randn((n, M.shape[0]), generator=generator, device=M.device, dtype=M.dtype)  # (n, K)
+    return W @ M  # (n, C)
+
+
+# ---------------------------------------------------------------------------
+# Sequential write and forget (eqs. 2-6)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Shape and addressing of a sequential memory.
+
+    ``ridge`` is C_0 = ridge * I: it makes C invertible before K facts are
+    written and keeps forgetting well conditioned. ``gaussian_a`` is the
+    appendix-E temperature.
+    """
+
+    slots: int = 512  # K
+    dim: int = 384  # C
+    addressing: Addressing = "linear"
+    ridge: float = 1e-3
+    gaussian_a: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """One immutable version of the memory: what a reader sees atomically."""
+
+    M: Tensor  # (K, C) memory
+    C_inv: Tensor  # (K, K) float64 inverse of C_i = ridge I + sum alpha W^T W
+    updates: int = 0  # number of rank-N updates since the last exact rebuild
+
+
+def reference_memory(cfg: MemoryConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """Fixed, seeded M_ref (K, C): the same seed gives the same keys on any machine.
+
+    Drawn on the CPU generator (device generators differ), rows ~ N(0, I/C) so
+    keys W = Z M_ref^+ have norms of order sqrt(C/K) for unit-norm latents.
+    """
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    M_ref = torch.randn((cfg.slots, cfg.dim), generator=g, dtype=torch.float64) / math.sqrt(cfg.dim)
+    return M_ref.to(device=device, dtype=dtype)  # (K, C)
+
+
+class EpisodicMemory:
+    """Keys, updates and reads of a sequential Larimar memory.
+
+    Holds only what never changes (config and M_ref); the changing part is the
+    ``MemoryState`` passed in and returned, so callers decide when a new state
+    becomes visible.
+    """
+
+    def __init__(self, cfg: MemoryConfig, M_ref: Tensor | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.cfg = cfg
+        self.M_ref = reference_memory(cfg, device, dtype) if M_ref is None else M_ref.to(device=device, dtype=dtype)
+        assert self.M_ref.shape == (cfg.slots, cfg.dim), f"M_ref must be {(cfg.slots, cfg.dim)}"
+        # M_ref^+ (C, K) in float64 once: every linear key is a product with it.
+        self.M_ref_pinv = pinv(self.M_ref.double()).to(dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.M_ref.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.M_ref.dtype
+
+    # --- addressing ---------------------------------------------------------
+
+    def address(self, Z: Tensor) -> Tensor:
+        """Keys of latents. Recomputable later from the same Z, which is what forgetting needs."""
+        Z = Z.to(device=self.device, dtype=self.dtype)  # (N, C)
+        if self.cfg.addressing == "linear":
+            return Z @ self.M_ref_pinv  # W = Z M_ref^+ : (N, K)
+        # Gaussian (appendix E): w_k ~ exp(-||z - M_ref_k||^2 / (2 a s^2)), s = min_k ||z - M_ref_k||
+        d2 = torch.cdist(Z, self.M_ref).square()  # (N, K)
+        s2 = d2.min(dim=1, keepdim=True).values.clamp_min(1e-12)  # (N, 1)
+        return torch.softmax(-d2 / (2 * self.cfg.gaussian_a * s2), dim=1)  # (N, K), rows sum to 1
+
+    # --- state --------------------------------------------------------------
+
+    def empty(self) -> MemoryState:
+        """M_0 = 0, C_0 = ridge I."""
+        K, C = self.cfg.slots, self.cfg.dim
+        M = torch.zeros((K, C), device=self.device, dtype=self.dtype)
+        C_inv = torch.eye(K, device=self.device, dtype=torch.float64) / self.cfg.ridge
+        return MemoryState(M=M, C_inv=C_inv)
+
+    def update(self, state: MemoryState, Z: Tensor, alpha: float, inplace: bool = False) -> MemoryState:
+        """M_i = M_{i-1} + alpha C_i^-1 W^T (Z - W M_{i-1}), C_i = C_{i-1} + alpha W^T W.
+
+        Woodbury keeps C^-1 current with an N x N solve instead of a K x K one:
+          U = C_{i-1}^-1 W^T, S = I/alpha + W U,
+          C_i^-1 = C_{i-1}^-1 - U S^-1 U^T, and C_i^-1 W^T = U S^-1 / alpha,
+        so the memory step is M_i = M_{i-1} + U S^-1 (Z - W M_{i-1}).
+
+        Forgetting divides by S = -(1 - leverage), which is near 0 for a fact
+        the memory fits well, so C^-1 and the step are computed in float64.
+        M is always a new tensor (readers may hold the old one). With
+        ``inplace`` the K x K inverse is updated in its own storage: only
+        writers touch it, and at K=4096 a fresh copy per write costs more than
+        the update itself.
+        """
+        assert alpha in (1.0, -1.0), "alpha is +1 (write) or -1 (forget)"
+        K = self.cfg.slots
+        Z = Z.to(device=self.device, dtype=torch.float64)  # (N, C)
+        W = self.address(Z.to(self.dtype)).double()  # (N, K)
+        M = state.M.double()  # (K, C)
+        U = state.C_inv @ W.T  # (K, N)
+        S = torch.eye(W.shape[0], device=self.device, dtype=torch.float64) / alpha + W @ U  # (N, N)
+        R = Z - W @ M  # (N, C) residual of these facts under the old memory
+        X = torch.linalg.solve(S, torch.cat([U.T, R], dim=1))  # (N, K + C): one solve for both
+        if inplace:
+            C_inv = state.C_inv.addmm_(U, X[:, :K], alpha=-1.0)  # (K, K)
+        else:
+            C_inv = torch.addmm(state.C_inv, U, X[:, :K], alpha=-1.0)  # (K, K)
+        M = torch.addmm(M, U, X[:, K:])  # (K, C)
+        return MemoryState(M=M.to(self.dtype), C_inv=C_inv, updates=state.updates + 1)
+
+    def write(self, state: MemoryState, Z: Tensor) -> MemoryState:
+        return self.update(state, Z, +1.0)
+
+    def forget(self, state: MemoryState, Z: Tensor) -> MemoryState:
+        return self.update(state, Z, -1.0)
+
+    def rebuild(self, Z: Tensor) -> MemoryState:
+        """Exact least-squares state of the facts Z, by a direct solve.
+
+        M = (ridge I + W^T W)^-1 W^T Z: what any order of writes and forgets of
+        the same surviving facts converges to; used to wash out round-off.
+        """
+        K = self.cfg.slots
+        W = self.address(Z).double()  # (N, K)
+        C = self.cfg.ridge * torch.eye(K, device=self.device, dtype=torch.float64) + W.T @ W  # (K, K)
+        L = torch.linalg.cholesky(C)
+        C_inv = torch.cholesky_inverse(L)  # (K, K)
+        M = torch.cholesky_solve(W.T @ Z.to(self.device).double(), L)  # (K, C)
+        return MemoryState(M=M.to(self.dtype), C_inv=C_inv, updates=0)
+
+    # --- reading ------------------------------------------------------------
+
+    def read(self, state: MemoryState, Zq: Tensor) -> Tensor:
+        """Readout Z_r = W_q M with the query's own keys W_q = address(Zq)."""
+        Zq = Zq.to(device=self.device, dtype=self.dtype)  # (Q, C)
+        return self.address(Zq) @ state.M  # (Q, C)
+
+
+# ---------------------------------------------------------------------------
+# From a readout back to the facts it reconstructs
+# ---------------------------------------------------------------------------
+
+
+def nearest(readout: Tensor, latents: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
+    """Cosine similarity of each readout to the written latents, top k.
+
+    Returns (similarities (Q, k), indices (Q, k)).
+    """
+    # readout: (Q, C), latents: (N, C)
+    r = torch.nn.functional.normalize(readout, dim=-1)
+    z = torch.nn.functional.normalize(latents.to(readout), dim=-1)
+    sims = r @ z.T  # (Q, N)
+    return sims.topk(min(k, z.shape[0]), dim=-1)
