@@ -1,0 +1,46 @@
+"""External scope detector (ESD): is a query about something this memory holds?
+
+Without it every query is pulled toward some written fact and unrelated
+answers break (paper: neighbourhood score 80.4 with it, 13.7 without).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.encoder import TextEncoder
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    parts = [p.strip() for p in _SENTENCE_END.split(text.strip())]
+    return [p for p in parts if p] or [text]
+
+
+@dataclass(frozen=True)
+class ScopeDecision:
+    in_scope: bool
+    similarity: float  # best cosine between any query sentence and any written fact
+    query_latent: Tensor  # (C,) latent of the best-matching sentence
+
+
+class ScopeDetector:
+    def __init__(self, encoder: TextEncoder, threshold: float = 0.3) -> None:
+        self.encoder = encoder
+        self.threshold = threshold  # max cosine distance 1 - cos
+
+    def decide(self, query: str, fact_latents: Tensor) -> ScopeDecision:
+        """Best cosine over (query sentences x written facts); in scope when 1 - cos <= threshold."""
+        sentences = split_sentences(query)
+        Zq = self.encoder.encode(sentences)  # (S, C) unit norm
+        if fact_latents.shape[0] == 0:
+            return ScopeDecision(False, 0.0, Zq[0])
+        sims = Zq @ fact_latents.to(Zq).T  # (S, N)
+        best = sims.max()
+        row = int(torch.argmax(sims.max(dim=1).values))
+        return ScopeDecision(bool(1.0 - best.item() <= self.threshold), float(best), Zq[row])

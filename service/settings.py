@@ -1,0 +1,75 @@
+"""The one settings object: every knob, read from LARIMAR_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.paths import DEFAULT_ENCODER, DEFAULT_LLM
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LARIMAR_", env_file=None, extra="ignore")
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer tokens; empty means no auth."
+    )
+    log_level: str = "info"
+
+    # --- persistence
+    store_url: str = Field(
+        "file://./larimar-data", description="file://DIR (default) or redis://host:port/db for deployments."
+    )
+    snapshot_every: int = Field(100, ge=1, description="Log entries after which a memory is compacted.")
+
+    # --- models
+    llm: str = DEFAULT_LLM
+    encoder: str = DEFAULT_ENCODER
+    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    llm_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "larimar", description="Where GGUF models are converted to safetensors once."
+    )
+
+    # --- memory
+    memory_slots: int = Field(512, ge=8, le=16384, description="K, slots per memory.")
+    memory_addressing: Literal["linear", "gaussian"] = "linear"
+    memory_ridge: float = Field(1e-3, gt=0)
+    memory_seed: int = 0
+
+    # --- scope and decoding
+    scope_threshold: float = Field(0.3, ge=0, le=2, description="Max cosine distance for a query to be in scope.")
+    context_facts: int = Field(3, ge=1, le=32, description="Facts recovered from a readout and shown to the LLM.")
+    default_max_new_tokens: int = Field(48, ge=1)
+
+    # --- input limits (4xx beyond them)
+    max_text_chars: int = Field(2000, ge=1)
+    max_batch_facts: int = Field(256, ge=1)
+    max_candidates: int = Field(32, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
