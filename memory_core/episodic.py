@@ -100,7 +100,9 @@ class MemoryState:
     updates: int = 0  # number of rank-N updates since the last exact rebuild
 
 
-def reference_memory(cfg: MemoryConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+def reference_memory(
+    cfg: MemoryConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Fixed, seeded M_ref (K, C): the same seed gives the same keys on any machine.
 
     Drawn on the CPU generator (device generators differ), rows ~ N(0, I/C) so
@@ -206,6 +208,24 @@ class EpisodicMemory:
         C_inv = torch.cholesky_inverse(L)  # (K, K)
         M = torch.cholesky_solve(W.T @ Z.to(self.device).double(), L)  # (K, C)
         return MemoryState(M=M.to(self.dtype), C_inv=C_inv, updates=0)
+
+    # --- plain tensors, for safetensors ----------------------------------------
+
+    def to_tensors(self, state: MemoryState) -> dict[str, Tensor]:
+        """Everything needed to continue exactly where this state is (M_ref too: keys must not change)."""
+        return {"M": state.M, "C_inv": state.C_inv, "M_ref": self.M_ref,
+                "updates": torch.tensor([state.updates], dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, cfg: MemoryConfig, tensors: dict[str, Tensor], device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[EpisodicMemory, MemoryState]:
+        mem = cls(cfg, M_ref=tensors["M_ref"], device=device, dtype=dtype)
+        state = MemoryState(
+            M=tensors["M"].to(device=device, dtype=dtype),
+            C_inv=tensors["C_inv"].to(device=device, dtype=torch.float64),
+            updates=int(tensors["updates"][0]),
+        )
+        return mem, state
 
     # --- reading ------------------------------------------------------------
 

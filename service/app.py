@@ -1,0 +1,89 @@
+"""The FastAPI application: wiring only. Models load once in the lifespan; routes get the editor injected."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from memory_core import MemoryConfig
+from models.conditioning import CONDITIONERS
+from models.encoder import TextEncoder
+from models.llm import CausalLM
+from service.deps import require_api_key
+from service.editor import Editor, InvalidInput, NotFound
+from service.memories import MemoryRegistry
+from service.metrics import Metrics
+from service.routes import facts, health, memories, query
+from service.settings import Settings, get_settings
+from service.store import StoreError, open_store
+
+log = logging.getLogger("larimar")
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    encoder: TextEncoder
+    llm: CausalLM
+
+
+def load_models(settings: Settings) -> LoadedModels:
+    device = settings.resolved_device()
+    log.info("loading encoder %s and LLM %s on %s", settings.encoder, settings.llm, device)
+    encoder = TextEncoder(settings.encoder, device=device)
+    llm = CausalLM(settings.llm, settings.model_cache_dir, device=device, dtype=settings.llm_dtype)
+    return LoadedModels(encoder, llm)
+
+
+def build_editor(settings: Settings, models: LoadedModels) -> Editor:
+    cfg = MemoryConfig(
+        slots=settings.memory_slots,
+        dim=models.encoder.dim,
+        addressing=settings.memory_addressing,
+        ridge=settings.memory_ridge,
+        seed=settings.memory_seed,
+    )
+    registry = MemoryRegistry(open_store(settings.store_url), cfg, settings.resolved_device(),
+                              settings.snapshot_every)
+    n = registry.restore()
+    log.info("restored %d memories from %s", n, settings.store_url)
+    return Editor(settings, models.encoder, models.llm, CONDITIONERS["context"](), registry)
+
+
+def _error(code: int) -> object:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    return handler
+
+
+def create_app(settings: Settings | None = None, models: LoadedModels | None = None) -> FastAPI:
+    """``models`` lets tests share one loaded set across apps; the server loads its own."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.editor = build_editor(settings, models or load_models(settings))
+        log.info("larimar ready")
+        yield
+        app.state.editor.registry.store.close()
+
+    app = FastAPI(title="Larimar", version="0.1.0", lifespan=lifespan,
+                  description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
+    app.state.settings = settings
+    app.state.metrics = Metrics(app)
+    app.middleware("http")(app.state.metrics.middleware)
+    app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
+    app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for r in (facts.router, query.router, memories.router):
+        v1.include_router(r)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

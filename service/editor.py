@@ -1,0 +1,206 @@
+"""The knowledge editor: what every route calls.
+
+It checks input against the configured limits (a bad request changes
+nothing), turns text into latents, and for queries runs the Larimar read
+path: scope detector -> memory readout -> facts the readout reconstructs ->
+conditioned LLM. Out of scope, the LLM runs exactly as if no memory existed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from memory_core import nearest
+from models.conditioning import Conditioner, Readout
+from models.encoder import TextEncoder
+from models.llm import CausalLM, ContinuationScore
+from models.scope import ScopeDetector
+from service.memories import Fact, MemoryHandle, MemoryRegistry
+from service.settings import Settings
+
+MemoryMode = Literal["auto", "on", "off"]
+MAX_METADATA_CHARS = 4096
+
+
+class InvalidInput(ValueError):
+    """The request is well-formed JSON but breaks a limit or rule: 422, nothing changed."""
+
+
+class NotFound(LookupError):
+    """No such memory or fact: 404."""
+
+
+@dataclass(frozen=True)
+class RecalledFact:
+    id: str
+    text: str
+    similarity: float  # cosine between the memory readout and this fact's latent
+
+
+@dataclass
+class Recall:
+    in_scope: bool
+    readout: Readout | None
+    facts: list[RecalledFact]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    answer: str
+    in_scope: bool
+    facts: list[RecalledFact]
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    in_scope: bool
+    facts: list[RecalledFact]
+    scores: list[ContinuationScore]
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = time.perf_counter()
+        self.marks[name] = round((t - self._t) * 1e3, 3)
+        self._t = t
+
+
+class Editor:
+    def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, conditioner: Conditioner,
+                 registry: MemoryRegistry) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.llm = llm
+        self.conditioner = conditioner
+        self.registry = registry
+        self.scope = ScopeDetector(encoder, settings.scope_threshold)
+
+    # --- validation ------------------------------------------------------------
+
+    def _text(self, text: str, what: str = "text") -> str:
+        if not text.strip():
+            raise InvalidInput(f"{what} must not be empty")
+        if len(text) > self.settings.max_text_chars:
+            raise InvalidInput(f"{what} has {len(text)} characters; the limit is {self.settings.max_text_chars}")
+        return text
+
+    def _metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        metadata = metadata or {}
+        if len(json.dumps(metadata)) > MAX_METADATA_CHARS:
+            raise InvalidInput(f"metadata is over {MAX_METADATA_CHARS} characters of JSON")
+        return metadata
+
+    def _handle(self, memory: str) -> MemoryHandle:
+        h = self.registry.get(memory)
+        if h is None:
+            raise NotFound(f"memory {memory!r} does not exist (it is created by its first write)")
+        return h
+
+    # --- facts ---------------------------------------------------------------
+
+    def add_facts(self, memory: str, items: list[tuple[str, dict[str, Any] | None]]) -> list[Fact]:
+        """Write facts as one memory update (a batch is one rank-N Woodbury step)."""
+        if not items:
+            raise InvalidInput("facts must hold at least one fact")
+        if len(items) > self.settings.max_batch_facts:
+            raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
+        label = "facts[{}].text" if len(items) > 1 else "text"
+        checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
+        latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
+        return self.registry.write(memory, checked, latents)
+
+    def forget(self, memory: str, fact_id: str) -> None:
+        if not self.registry.forget(memory, fact_id):
+            raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
+
+    def list_facts(self, memory: str, limit: int, offset: int) -> tuple[list[Fact], int]:
+        view = self._handle(memory).view
+        ids = view.ids[offset : offset + limit]
+        return [view.facts[i] for i in ids], len(view.ids)
+
+    def get_fact(self, memory: str, fact_id: str) -> Fact:
+        fact = self._handle(memory).view.facts.get(fact_id)
+        if fact is None:
+            raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
+        return fact
+
+    # --- reading ---------------------------------------------------------------
+
+    def recall(self, handle: MemoryHandle, prompt: str, mode: MemoryMode) -> Recall:
+        """Scope decision and, in scope, the readout and the facts it reconstructs.
+
+        The view is taken once, so a write landing meanwhile is either wholly seen or not at all.
+        """
+        view = handle.view
+        timer = _Timer()
+        if mode == "off" or not view.ids:
+            return Recall(False, None, [], timer.marks)
+        decision = self.scope.decide(prompt, view.latents)
+        timer.lap("scope")
+        if mode == "auto" and not decision.in_scope:
+            return Recall(False, None, [], timer.marks)
+        z_r = handle.mem.read(view.state, decision.query_latent[None])  # (1, C)
+        sims, idx = nearest(z_r, view.latents, k=self.settings.context_facts)  # (1, k)
+        keep = [
+            (float(s), int(i))
+            for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
+            if rank == 0 or 1.0 - s <= self.settings.scope_threshold
+        ]
+        facts = [RecalledFact(view.ids[i], view.facts[view.ids[i]].text, s) for s, i in keep]
+        timer.lap("read")
+        return Recall(True, Readout(z_r[0], tuple(f.text for f in facts)), facts, timer.marks)
+
+    def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
+        self._text(prompt, "prompt")
+        n = max_new_tokens or self.settings.default_max_new_tokens
+        if not 1 <= n <= self.settings.max_new_tokens:
+            raise InvalidInput(f"max_new_tokens must be between 1 and {self.settings.max_new_tokens}")
+        h = self._handle(memory)
+        start = time.perf_counter()
+        recall = self.recall(h, prompt, mode)
+        t = time.perf_counter()
+        answer, _ = self.conditioner.generate(self.llm, prompt, recall.readout, n)
+        timings = recall.timings_ms | {"generate": round((time.perf_counter() - t) * 1e3, 3)}
+        timings["total"] = round((time.perf_counter() - start) * 1e3, 3)
+        return QueryResult(answer, recall.in_scope, recall.facts, timings)
+
+    def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
+        self._text(prompt, "prompt")
+        if not 1 <= len(candidates) <= self.settings.max_candidates:
+            raise InvalidInput(f"candidates must hold 1 to {self.settings.max_candidates} strings")
+        for i, c in enumerate(candidates):
+            self._text(c, f"candidates[{i}]")
+        h = self._handle(memory)
+        recall = self.recall(h, prompt, mode)
+        scores = self.conditioner.score(self.llm, prompt, candidates, recall.readout)
+        return ScoreResult(recall.in_scope, recall.facts, scores)
+
+    # --- memories ----------------------------------------------------------------
+
+    def memory(self, memory: str) -> MemoryHandle:
+        return self._handle(memory)
+
+    def memories(self) -> list[MemoryHandle]:
+        return [h for n in self.registry.names() if (h := self.registry.get(n)) is not None]
+
+    def delete_memory(self, memory: str) -> None:
+        if not self.registry.delete(memory):
+            raise NotFound(f"memory {memory!r} does not exist")
+
+    def snapshot(self, memory: str) -> MemoryHandle:
+        h = self.registry.snapshot(memory)
+        if h is None:
+            raise NotFound(f"memory {memory!r} does not exist")
+        return h
+
+    def ready(self) -> bool:
+        return self.registry.store.ping()

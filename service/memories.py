@@ -1,0 +1,243 @@
+"""Named memories: their facts, their episodic state, and how both persist.
+
+One ``MemoryHandle`` per memory. Writers take its lock, so writes to one
+memory are serialised; readers take ``handle.view`` once and use that
+immutable ``MemoryView`` for the whole request, so a query never sees half an
+update. Order of a write: encode -> append to the store's log (durable) ->
+apply to the state -> publish the new view -> acknowledge.
+
+A forget rewrites the snapshot without the fact and drops the log in one
+atomic store step, so no copy of its text or latent is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memory_core import EpisodicMemory, MemoryConfig, MemoryState
+from service.store import Store, codec
+
+log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "metadata": self.metadata, "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class MemoryView:
+    """One consistent version of a memory: row i of ``latents`` is fact ``ids[i]``."""
+
+    state: MemoryState
+    ids: tuple[str, ...]
+    latents: Tensor  # (N, C) encoder latents of the facts, for scope and readout -> fact
+    facts: Mapping[str, Fact]
+
+    def row(self, fact_id: str) -> int:
+        return self.ids.index(fact_id)
+
+
+@dataclass
+class MemoryHandle:
+    name: str
+    mem: EpisodicMemory
+    view: MemoryView
+    seq: int = 0  # last log sequence number applied
+    log_entries: int = 0  # entries in the store's log since the last snapshot
+    last_snapshot: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- snapshot / log encoding --------------------------------------------
+
+    def snapshot_bytes(self, view: MemoryView) -> bytes:
+        tensors = self.mem.to_tensors(view.state) | {"latents": view.latents}
+        meta = {
+            "kind": "snapshot",
+            "seq": self.seq,
+            "config": self.mem.cfg.__dict__,
+            "facts": [view.facts[i].as_dict() for i in view.ids],
+            "snapshot_at": now(),
+        }
+        return codec.encode(tensors, meta)
+
+    @staticmethod
+    def log_entry(seq: int, facts: list[Fact], latents: Tensor) -> bytes:
+        return codec.encode({"latents": latents}, {"kind": "write", "seq": seq, "facts": [f.as_dict() for f in facts]})
+
+    # --- state transitions (callers hold ``lock``) ---------------------------
+
+    def applied(self, facts: list[Fact], latents: Tensor) -> MemoryView:
+        """The view after writing ``facts``: one rank-N update for the whole batch."""
+        v = self.view
+        state = self.mem.update(v.state, latents, +1.0, inplace=True)  # only writers read C^-1
+        return MemoryView(
+            state=state,
+            ids=v.ids + tuple(f.id for f in facts),
+            latents=torch.cat([v.latents, latents.to(v.latents)]),
+            facts={**v.facts, **{f.id: f for f in facts}},
+        )
+
+    def without(self, fact_id: str) -> MemoryView:
+        """The view after forgetting one fact (alpha = -1 with its recomputed key)."""
+        v = self.view
+        i = v.row(fact_id)
+        state = self.mem.update(v.state, v.latents[i : i + 1], -1.0, inplace=False)  # old view stays valid on failure
+        facts = dict(v.facts)
+        del facts[fact_id]
+        return MemoryView(
+            state=state,
+            ids=v.ids[:i] + v.ids[i + 1 :],
+            latents=torch.cat([v.latents[:i], v.latents[i + 1 :]]),
+            facts=facts,
+        )
+
+
+class MemoryRegistry:
+    """All memories of this process, created on first write, restored from the store at start."""
+
+    def __init__(self, store: Store, cfg: MemoryConfig, device: str, snapshot_every: int) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.device = device
+        self.snapshot_every = snapshot_every
+        self._handles: dict[str, MemoryHandle] = {}
+        self._lock = threading.Lock()
+
+    # --- lookup --------------------------------------------------------------
+
+    def get(self, name: str) -> MemoryHandle | None:
+        return self._handles.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._handles)
+
+    def get_or_create(self, name: str) -> MemoryHandle:
+        with self._lock:
+            h = self._handles.get(name)
+            if h is None:
+                mem = EpisodicMemory(self.cfg, device=self.device)
+                empty = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
+                h = MemoryHandle(name=name, mem=mem, view=empty)
+                self._handles[name] = h
+            return h
+
+    # --- writes --------------------------------------------------------------
+
+    def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor) -> list[Fact]:
+        """Durably append, then apply and publish. Returns the new facts."""
+        h = self.get_or_create(name)
+        with h.lock:
+            created = now()
+            facts = [Fact(uuid.uuid4().hex, t, m, created) for t, m in texts_meta]
+            try:
+                self.store.append(name, h.log_entry(h.seq + 1, facts, latents))
+            except Exception:
+                self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
+                raise
+            h.seq += 1
+            h.log_entries += 1
+            h.view = h.applied(facts, latents)
+            if h.log_entries >= self.snapshot_every:
+                self._compact_logged(h)
+            return facts
+
+    def _drop_if_unborn(self, h: MemoryHandle) -> None:
+        with self._lock:
+            if h.seq == 0 and not h.view.ids and h.last_snapshot is None:
+                self._handles.pop(h.name, None)
+
+    def forget(self, name: str, fact_id: str) -> bool:
+        h = self.get(name)
+        if h is None:
+            return False
+        with h.lock:
+            if fact_id not in h.view.facts:
+                return False
+            view = h.without(fact_id)
+            self.store.replace(name, h.snapshot_bytes(view))  # raises StoreError: nothing changed
+            h.view, h.log_entries, h.last_snapshot = view, 0, now()
+            return True
+
+    def snapshot(self, name: str) -> MemoryHandle | None:
+        h = self.get(name)
+        if h is None:
+            return None
+        with h.lock:
+            self.store.replace(name, h.snapshot_bytes(h.view))
+            h.log_entries, h.last_snapshot = 0, now()
+        return h
+
+    def delete(self, name: str) -> bool:
+        with self._lock:
+            h = self._handles.get(name)
+            if h is None:
+                return False
+            with h.lock:
+                self.store.delete(name)
+                del self._handles[name]
+        return True
+
+    def _compact_logged(self, h: MemoryHandle) -> None:
+        """Fold the log into a snapshot; the log already holds the data, so failure is only logged."""
+        try:
+            self.store.replace(h.name, h.snapshot_bytes(h.view))
+            h.log_entries, h.last_snapshot = 0, now()
+        except Exception:  # noqa: BLE001 - compaction is an optimisation here, durability came from the log
+            log.exception("compaction of memory %r failed; its log stays in place", h.name)
+
+    # --- restore -------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Rebuild every stored memory from its snapshot plus log tail. Returns how many."""
+        for name in self.store.names():
+            stored = self.store.load(name)
+            h = self._restore_one(name, stored.snapshot, stored.log)
+            with self._lock:
+                self._handles[name] = h
+            if stored.log:  # fold the tail now: also drops any entry a crash left behind a newer snapshot
+                self._compact_logged(h)
+            log.info("restored memory %r: %d facts", name, len(h.view.ids))
+        return len(self._handles)
+
+    def _restore_one(self, name: str, snapshot: bytes | None, entries: list[bytes]) -> MemoryHandle:
+        if snapshot is not None:
+            tensors, meta = codec.decode(snapshot)
+            cfg = MemoryConfig(**meta["config"])
+            mem, state = EpisodicMemory.from_tensors(cfg, tensors, device=self.device)
+            facts = [Fact(**f) for f in meta["facts"]]
+            view = MemoryView(state, tuple(f.id for f in facts), tensors["latents"].to(self.device),
+                              {f.id: f for f in facts})
+            h = MemoryHandle(name=name, mem=mem, view=view, seq=int(meta["seq"]), last_snapshot=meta["snapshot_at"])
+        else:
+            mem = EpisodicMemory(self.cfg, device=self.device)
+            view = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
+            h = MemoryHandle(name=name, mem=mem, view=view)
+        for blob in entries:
+            tensors, meta = codec.decode(blob)
+            if meta["seq"] <= h.seq:
+                continue  # already inside the snapshot
+            facts = [Fact(**f) for f in meta["facts"]]
+            h.view = h.applied(facts, tensors["latents"].to(self.device))
+            h.seq = int(meta["seq"])
+            h.log_entries += 1
+        return h

@@ -1,0 +1,48 @@
+"""Prometheus metrics: per-route request counts and latency, plus facts per memory read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _MemoryCollector(Collector):
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
+        pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted", labels=["memory"])
+        editor = getattr(self.app.state, "editor", None)
+        for h in editor.memories() if editor is not None else []:
+            facts.add_metric([h.name], len(h.view.ids))
+            pending.add_metric([h.name], h.log_entries)
+        yield facts
+        yield pending
+
+
+class Metrics:
+    """One registry per app, so several apps in one process (tests) never collide."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("larimar_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("larimar_http_request_seconds", "HTTP request latency", ["method", "route"],
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.registry.register(_MemoryCollector(app))
+
+    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, so memory names do not explode cardinality
+        self.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        self.requests.labels(request.method, path, str(response.status_code)).inc()
+        return response

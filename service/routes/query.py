@@ -1,0 +1,30 @@
+"""Ask the edited LLM, and score candidate continuations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter
+
+from service.deps import EditorDep, MemoryName
+from service.schemas import CandidateScoreOut, QueryIn, QueryOut, RecalledFactOut, ScoreIn, ScoreOut
+
+router = APIRouter(prefix="/memories/{memory}", tags=["query"])
+
+
+@router.post("/query", response_model=QueryOut)
+def query(memory: MemoryName, body: QueryIn, editor: EditorDep) -> QueryOut:
+    r = editor.query(memory, body.prompt, body.max_new_tokens, body.memory)
+    return QueryOut(answer=r.answer, in_scope=r.in_scope, timings_ms=r.timings_ms,
+                    facts=[RecalledFactOut(**asdict(f)) for f in r.facts])
+
+
+@router.post("/score", response_model=ScoreOut)
+def score(memory: MemoryName, body: ScoreIn, editor: EditorDep) -> ScoreOut:
+    r = editor.score(memory, body.prompt, body.candidates, body.memory)
+    return ScoreOut(
+        in_scope=r.in_scope,
+        facts=[RecalledFactOut(**asdict(f)) for f in r.facts],
+        scores=[CandidateScoreOut(candidate=s.candidate, logprob=s.logprob, mean_logprob=s.mean_logprob,
+                                  n_tokens=s.n_tokens) for s in r.scores],
+    )

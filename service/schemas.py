@@ -1,0 +1,115 @@
+"""Request and response bodies. Types are checked here; limits that come from settings are checked by the editor."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MEMORY_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MemoryMode = Literal["auto", "on", "off"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FactIn(_Strict):
+    text: str = Field(description="The fact, one or a few sentences.", examples=["The capital of France is Lyon."])
+    metadata: dict[str, Any] | None = None
+
+
+class FactsIn(_Strict):
+    facts: list[FactIn]
+
+
+class FactOut(BaseModel):
+    id: str
+    memory: str
+    text: str
+    metadata: dict[str, Any]
+    created_at: str
+
+
+class FactsOut(BaseModel):
+    facts: list[FactOut]
+
+
+class FactPage(BaseModel):
+    facts: list[FactOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class Forgotten(BaseModel):
+    id: str
+    forgotten: bool
+
+
+class QueryIn(_Strict):
+    prompt: str
+    max_new_tokens: int | None = None
+    memory: MemoryMode = "auto"
+
+
+class RecalledFactOut(BaseModel):
+    id: str
+    text: str
+    similarity: float
+
+
+class QueryOut(BaseModel):
+    answer: str
+    in_scope: bool
+    facts: list[RecalledFactOut]
+    timings_ms: dict[str, float]
+
+
+class ScoreIn(_Strict):
+    prompt: str
+    candidates: list[str]
+    memory: MemoryMode = "auto"
+
+
+class CandidateScoreOut(BaseModel):
+    candidate: str
+    logprob: float
+    mean_logprob: float
+    n_tokens: int
+
+
+class ScoreOut(BaseModel):
+    in_scope: bool
+    facts: list[RecalledFactOut]
+    scores: list[CandidateScoreOut]
+
+
+class MemorySummary(BaseModel):
+    name: str
+    facts: int
+
+
+class MemoryList(BaseModel):
+    memories: list[MemorySummary]
+
+
+class MemoryInfo(BaseModel):
+    name: str
+    facts: int
+    slots: int
+    dim: int
+    addressing: str
+    device: str
+    log_entries: int
+    last_snapshot: str | None
+
+
+class MemoryDeleted(BaseModel):
+    name: str
+    deleted: bool
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = {}
