@@ -49,8 +49,12 @@ def build_editor(settings: Settings, models: LoadedModels) -> Editor:
     )
     registry = MemoryRegistry(open_store(settings.store_url), cfg, settings.resolved_device(),
                               settings.snapshot_every)
-    n = registry.restore()
-    log.info("restored %d memories from %s", n, settings.store_url)
+    try:
+        n = registry.restore()
+        log.info("restored %d memories from %s", n, settings.store_url)
+    except StoreError as e:
+        log.error("store %s unreachable (%s): starting unready, retrying in the background", settings.store_url, e)
+        registry.restore_in_background()
     return Editor(settings, models.encoder, models.llm, CONDITIONERS["context"](), registry)
 
 

@@ -100,6 +100,7 @@ class Editor:
         return metadata
 
     def _handle(self, memory: str) -> MemoryHandle:
+        self.registry.require_restored()
         h = self.registry.get(memory)
         if h is None:
             raise NotFound(f"memory {memory!r} does not exist (it is created by its first write)")
@@ -115,10 +116,12 @@ class Editor:
             raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
         label = "facts[{}].text" if len(items) > 1 else "text"
         checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
+        self.registry.require_restored()
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
         return self.registry.write(memory, checked, latents)
 
     def forget(self, memory: str, fact_id: str) -> None:
+        self.registry.require_restored()
         if not self.registry.forget(memory, fact_id):
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
 
@@ -161,7 +164,7 @@ class Editor:
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
         self._text(prompt, "prompt")
-        n = max_new_tokens or self.settings.default_max_new_tokens
+        n = self.settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 1 <= n <= self.settings.max_new_tokens:
             raise InvalidInput(f"max_new_tokens must be between 1 and {self.settings.max_new_tokens}")
         h = self._handle(memory)
@@ -190,17 +193,20 @@ class Editor:
         return self._handle(memory)
 
     def memories(self) -> list[MemoryHandle]:
-        return [h for n in self.registry.names() if (h := self.registry.get(n)) is not None]
+        self.registry.require_restored()
+        return self.registry.handles()
 
     def delete_memory(self, memory: str) -> None:
+        self.registry.require_restored()
         if not self.registry.delete(memory):
             raise NotFound(f"memory {memory!r} does not exist")
 
     def snapshot(self, memory: str) -> MemoryHandle:
+        self.registry.require_restored()
         h = self.registry.snapshot(memory)
         if h is None:
             raise NotFound(f"memory {memory!r} does not exist")
         return h
 
     def ready(self) -> bool:
-        return self.registry.store.ping()
+        return self.registry.restored and self.registry.store.ping()

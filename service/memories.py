@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from memory_core import EpisodicMemory, MemoryConfig, MemoryState
-from service.store import Store, codec
+from service.store import Store, StoreError, codec
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,11 @@ class MemoryRegistry:
         self.snapshot_every = snapshot_every
         self._handles: dict[str, MemoryHandle] = {}
         self._lock = threading.Lock()
+        self.restored = False  # nothing is served before the stored memories are back
+
+    def require_restored(self) -> None:
+        if not self.restored:
+            raise StoreError("the store is unreachable: stored memories are not restored yet")
 
     # --- lookup --------------------------------------------------------------
 
@@ -130,6 +136,10 @@ class MemoryRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._handles)
+
+    def handles(self) -> list[MemoryHandle]:
+        with self._lock:
+            return [self._handles[n] for n in sorted(self._handles)]
 
     def get_or_create(self, name: str) -> MemoryHandle:
         with self._lock:
@@ -217,7 +227,23 @@ class MemoryRegistry:
             if stored.log:  # fold the tail now: also drops any entry a crash left behind a newer snapshot
                 self._compact_logged(h)
             log.info("restored memory %r: %d facts", name, len(h.view.ids))
+        self.restored = True
         return len(self._handles)
+
+    def restore_in_background(self, every_s: float = 2.0) -> threading.Thread:
+        """Retry ``restore`` until the store answers (the service starts, unready, meanwhile)."""
+
+        def loop() -> None:
+            while not self.restored:
+                try:
+                    self.restore()
+                except StoreError as e:
+                    log.warning("restore failed, retrying in %.0f s: %s", every_s, e)
+                    time.sleep(every_s)
+
+        t = threading.Thread(target=loop, name="larimar-restore", daemon=True)
+        t.start()
+        return t
 
     def _restore_one(self, name: str, snapshot: bytes | None, entries: list[bytes]) -> MemoryHandle:
         if snapshot is not None:

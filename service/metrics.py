@@ -19,11 +19,17 @@ class _MemoryCollector(Collector):
         facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
         pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted", labels=["memory"])
         editor = getattr(self.app.state, "editor", None)
-        for h in editor.memories() if editor is not None else []:
+        for h in editor.registry.handles() if editor is not None else []:
             facts.add_metric([h.name], len(h.view.ids))
             pending.add_metric([h.name], h.log_entries)
         yield facts
         yield pending
+
+
+def route_template(request: Request) -> str:
+    """The path with parameters put back as {names}, so memory names and ids do not explode cardinality."""
+    names = {v: k for k, v in request.path_params.items()}
+    return "/".join(f"{{{names[seg]}}}" if seg in names else seg for seg in request.url.path.split("/"))
 
 
 class Metrics:
@@ -41,8 +47,7 @@ class Metrics:
     async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")  # the template, so memory names do not explode cardinality
+        path = route_template(request) if "route" in request.scope else "unmatched"
         self.latency.labels(request.method, path).observe(time.perf_counter() - start)
         self.requests.labels(request.method, path, str(response.status_code)).inc()
         return response

@@ -1,0 +1,130 @@
+"""Shared fixtures: the real default models (loaded once), a real redis-server of our own, app clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from service.app import LoadedModels, create_app, load_models  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def models() -> LoadedModels:
+    """The default encoder and LLM, from their PyPI packages, on the CPU (or the configured device)."""
+    return load_models(Settings())
+
+
+class RedisServer:
+    """A redis-server process of our own on a free port, append-only file on, in a temp dir."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def new_redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Make further servers (started by the test, stopped at its end)."""
+    made: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        made.append(RedisServer(tmp_path / f"redis{len(made)}"))
+        made[-1].workdir.mkdir()
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A clean database on our own server (never the machine's 6379)."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture(params=["file", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path / 'store'}"
+    return request.getfixturevalue("redis_url")
+
+
+
+
+@pytest.fixture
+def make_client(models: LoadedModels) -> Callable[..., object]:
+    """``with make_client(store_url, **settings) as client:`` an app sharing the session's models."""
+
+    @contextmanager
+    def factory(store_url: str, **overrides: object) -> Iterator[TestClient]:
+        settings = Settings(store_url=store_url, **overrides)
+        with TestClient(create_app(settings, models)) as client:
+            yield client
+
+    return factory
+
+
+@pytest.fixture
+def client(make_client: Callable[..., object], store_url: str) -> Iterator[TestClient]:
+    with make_client(store_url) as c:
+        yield c

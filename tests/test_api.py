@@ -1,0 +1,313 @@
+"""The HTTP API against the real models and a real store (a directory and our own redis-server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+BASE = "/v1/memories/demo"
+LYON = "The capital of France is Lyon."
+
+
+def write(client: TestClient, text: str, memory: str = "demo", **extra: object) -> dict:
+    r = client.post(f"/v1/memories/{memory}/facts", json={"text": text, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def editor(client: TestClient):  # noqa: ANN201 - the app's core, for state assertions
+    return client.app.state.editor
+
+
+# --- facts ---------------------------------------------------------------------
+
+
+def test_write_get_list_and_batch(client: TestClient) -> None:
+    fact = write(client, LYON, metadata={"source": "test"})
+    assert fact["memory"] == "demo" and fact["text"] == LYON and fact["metadata"] == {"source": "test"}
+    assert fact["id"] and fact["created_at"].endswith("Z")
+
+    r = client.post(f"{BASE}/facts/batch", json={"facts": [{"text": "Bananas are blue."}, {"text": "Ice is hot."}]})
+    assert r.status_code == 201
+    batch = r.json()["facts"]
+    assert [f["text"] for f in batch] == ["Bananas are blue.", "Ice is hot."]
+    h = editor(client).registry.get("demo")
+    assert h.seq == 2, "a batch is one memory update (one log entry)"
+
+    assert client.get(f"{BASE}/facts/{fact['id']}").json() == fact
+    page = client.get(f"{BASE}/facts", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 3 and [f["text"] for f in page["facts"]] == ["Bananas are blue.", "Ice is hot."]
+    assert client.get("/v1/memories").json() == {"memories": [{"name": "demo", "facts": 3}]}
+    info = client.get(BASE).json()
+    assert info["facts"] == 3 and info["slots"] == 512 and info["dim"] == 384 and info["device"] == "cpu"
+
+
+def test_query_in_scope_uses_the_fact_and_out_of_scope_is_the_plain_llm(client: TestClient) -> None:
+    fact = write(client, LYON)
+    write(client, "Danielle Darrieux's mother tongue is English.")
+
+    r = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 24}).json()
+    assert r["in_scope"] is True
+    assert r["facts"][0]["id"] == fact["id"] and r["facts"][0]["similarity"] > 0.7
+    assert "Lyon" in r["answer"]
+    assert {"scope", "read", "generate", "total"} <= set(r["timings_ms"])
+
+    plain = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 24,
+                                              "memory": "off"}).json()
+    assert plain["in_scope"] is False and "Paris" in plain["answer"]
+
+    prompt = {"prompt": "How many legs does a spider have?", "max_new_tokens": 24}
+    auto = client.post(f"{BASE}/query", json=prompt).json()
+    off = client.post(f"{BASE}/query", json=prompt | {"memory": "off"}).json()
+    assert auto["in_scope"] is False and auto["facts"] == []
+    assert auto["answer"] == off["answer"], "out of scope must be exactly the LLM without memory"
+
+    forced = client.post(f"{BASE}/query", json=prompt | {"memory": "on"}).json()
+    assert forced["in_scope"] is True and forced["facts"]
+
+
+def test_score_with_and_without_memory(client: TestClient, models) -> None:  # noqa: ANN001
+    write(client, "The Eiffel Tower is located in the city of Rome.")
+    body = {"prompt": "The Eiffel Tower is located in the city of", "candidates": ["Rome", "Paris"]}
+    with_mem = client.post(f"{BASE}/score", json=body).json()
+    without = client.post(f"{BASE}/score", json=body | {"memory": "off"}).json()
+    assert with_mem["in_scope"] is True and without["in_scope"] is False
+    s_on = {s["candidate"]: s["logprob"] for s in with_mem["scores"]}
+    s_off = {s["candidate"]: s["logprob"] for s in without["scores"]}
+    assert s_off["Paris"] > s_off["Rome"], "the unedited model knows Paris"
+    assert s_on["Rome"] - s_on["Paris"] > s_off["Rome"] - s_off["Paris"], "the edit moves belief toward Rome"
+    direct = models.llm.score(body["prompt"], body["candidates"])
+    assert [s["logprob"] for s in without["scores"]] == pytest.approx([d.logprob for d in direct], abs=1e-4)
+    for s in with_mem["scores"]:
+        assert s["n_tokens"] >= 1 and s["mean_logprob"] == pytest.approx(s["logprob"] / s["n_tokens"])
+
+
+def test_forget_removes_the_fact_everywhere(client: TestClient) -> None:
+    keep = write(client, "Bananas are blue.")
+    gone = write(client, LYON)
+    h = editor(client).registry.get("demo")
+    mem = h.mem
+
+    r = client.delete(f"{BASE}/facts/{gone['id']}")
+    assert r.status_code == 200 and r.json() == {"id": gone["id"], "forgotten": True}
+    assert client.get(f"{BASE}/facts/{gone['id']}").status_code == 404
+    assert [f["id"] for f in client.get(f"{BASE}/facts").json()["facts"]] == [keep["id"]]
+    q = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 16}).json()
+    assert q["in_scope"] is False and "Lyon" not in q["answer"]
+    # the memory is the least-squares memory of what remains
+    expect = mem.rebuild(h.view.latents)
+    assert torch.allclose(h.view.state.M, expect.M, atol=1e-5)
+    assert client.delete(f"{BASE}/facts/{gone['id']}").status_code == 404
+
+
+def test_forget_leaves_no_copy_in_the_store(client: TestClient, store_url: str) -> None:
+    write(client, "Bananas are blue.")
+    secret = "The launch code of project Zebra is 7741."
+    gone = write(client, secret)
+    latent = editor(client).encoder.encode([secret])[0].numpy().tobytes()
+    client.post(f"{BASE}/snapshot")  # the fact is now in a snapshot, not only in the log
+    write(client, "Ice is hot.")  # and something in the log after it
+
+    assert secret.encode() in b"".join(stored_blobs(client))
+    assert client.delete(f"{BASE}/facts/{gone['id']}").status_code == 200
+    blobs = b"".join(stored_blobs(client))
+    assert secret.encode() not in blobs and b"Zebra" not in blobs
+    assert latent not in blobs
+    assert b"Ice is hot." in blobs and b"Bananas are blue." in blobs
+
+
+def stored_blobs(client: TestClient) -> list[bytes]:
+    store = editor(client).registry.store
+    out = []
+    for name in store.names():
+        stored = store.load(name)
+        out += ([stored.snapshot] if stored.snapshot else []) + stored.log
+    return out
+
+
+# --- memories --------------------------------------------------------------------
+
+
+def test_snapshot_delete_and_unknown_memory(client: TestClient) -> None:
+    write(client, LYON)
+    assert client.get(BASE).json()["log_entries"] == 1
+    snap = client.post(f"{BASE}/snapshot").json()
+    assert snap["log_entries"] == 0 and snap["last_snapshot"]
+    assert client.delete(BASE).json() == {"name": "demo", "deleted": True}
+    assert client.get(BASE).status_code == 404
+    assert client.get("/v1/memories").json() == {"memories": []}
+    assert stored_blobs(client) == []
+    for method, path, body in [
+        ("get", f"{BASE}/facts", None),
+        ("post", f"{BASE}/query", {"prompt": "hi"}),
+        ("post", f"{BASE}/score", {"prompt": "hi", "candidates": ["a"]}),
+        ("post", f"{BASE}/snapshot", None),
+        ("delete", BASE, None),
+        ("delete", f"{BASE}/facts/abc", None),
+    ]:
+        r = client.request(method.upper(), path, json=body)
+        assert r.status_code == 404, (path, r.text)
+        assert "demo" in r.json()["detail"]
+
+
+# --- bad input changes nothing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/facts", {"text": ""}),
+        ("post", "/facts", {"text": "   \n"}),
+        ("post", "/facts", {"text": "x" * 2001}),
+        ("post", "/facts", {"text": 123}),
+        ("post", "/facts", {"text": "ok", "colour": "red"}),
+        ("post", "/facts", {"text": "ok", "metadata": "not an object"}),
+        ("post", "/facts", {"text": "ok", "metadata": {"big": "y" * 5000}}),
+        ("post", "/facts", {}),
+        ("post", "/facts/batch", {"facts": []}),
+        ("post", "/facts/batch", {"facts": [{"text": "ok"}, {"text": ""}]}),
+        ("post", "/facts/batch", {"facts": [{"text": "ok"}] * 257}),
+        ("post", "/query", {"prompt": ""}),
+        ("post", "/query", {"prompt": "hi", "max_new_tokens": 100000}),
+        ("post", "/query", {"prompt": "hi", "max_new_tokens": 0}),
+        ("post", "/query", {"prompt": "hi", "max_new_tokens": "5"}),
+        ("post", "/query", {"prompt": "hi", "memory": "maybe"}),
+        ("post", "/score", {"prompt": "hi", "candidates": []}),
+        ("post", "/score", {"prompt": "hi", "candidates": ["a"] * 33}),
+        ("post", "/score", {"prompt": "hi", "candidates": ["a", ""]}),
+        ("post", "/score", {"prompt": "hi", "candidates": "a"}),
+    ],
+)
+def test_bad_input_gets_4xx_and_changes_nothing(client: TestClient, method: str, path: str, body: dict) -> None:
+    write(client, LYON)
+    before = (client.get(f"{BASE}/facts").json(), stored_blobs(client))
+    M = editor(client).registry.get("demo").view.state.M.clone()
+    r = client.request(method.upper(), BASE + path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"], "a message says what is wrong"
+    assert (client.get(f"{BASE}/facts").json(), stored_blobs(client)) == before
+    assert torch.equal(editor(client).registry.get("demo").view.state.M, M)
+
+
+@pytest.mark.parametrize("name", ["Demo", "-x", "a" * 65, "a.b", "a b"])
+def test_bad_memory_name(client: TestClient, name: str) -> None:
+    r = client.post(f"/v1/memories/{name}/facts", json={"text": LYON})
+    assert r.status_code in (404, 422), r.text
+    assert client.get("/v1/memories").json() == {"memories": []}
+
+
+def test_malformed_json(client: TestClient) -> None:
+    r = client.post(f"{BASE}/facts", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert client.get("/v1/memories").json() == {"memories": []}
+
+
+# --- auth, health, metrics ---------------------------------------------------------------
+
+
+def test_api_keys(make_client, tmp_path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path}", api_keys=["k1", "k2"]) as c:
+        assert c.get("/v1/memories").status_code == 401
+        assert c.get("/v1/memories", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.get("/v1/memories", headers={"Authorization": "Basic k1"}).status_code == 401
+        r = c.post(f"{BASE}/facts", json={"text": LYON})
+        assert r.status_code == 401 and c.app.state.editor.registry.get("demo") is None
+        assert c.get("/v1/memories", headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"models": True, "store": True}
+    write(client, LYON)
+    client.get(f"{BASE}/facts/nope")
+    text = client.get("/metrics").text
+    assert 'larimar_memory_facts{memory="demo"} 1.0' in text
+    assert 'larimar_http_requests_total{method="POST",route="/v1/memories/{memory}/facts",status="201"} 1.0' in text
+    assert 'route="/v1/memories/{memory}/facts/{fact_id}",status="404"' in text
+
+
+def test_unreachable_store_means_unready_then_recovers(make_client, new_redis_server) -> None:  # noqa: ANN001
+    late = new_redis_server()
+    with make_client(late.url) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["store"] is False
+        w = c.post(f"{BASE}/facts", json={"text": LYON})
+        assert w.status_code == 503 and "store" in w.json()["detail"]
+        assert c.get("/v1/memories").status_code == 503
+        late.start()  # the store comes up after the service
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert c.get("/readyz").status_code == 200
+        assert write(c, LYON)["text"] == LYON
+
+
+# --- durability and concurrency -----------------------------------------------------------
+
+
+def test_restart_restores_facts_memory_and_answers(make_client, store_url: str) -> None:  # noqa: ANN001
+    prompts = ["What is the capital of France?", "What colour are bananas?", "What is 2 + 2?"]
+    with make_client(store_url, snapshot_every=3) as c:
+        ids = [write(c, t)["id"] for t in [LYON, "Bananas are blue.", "Ice is hot.", "Rust is a metal.",
+                                            "Paris is in Texas."]]
+        c.delete(f"{BASE}/facts/{ids[2]}")
+        write(c, "Snow is green.")
+        answers = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 16}).json() for p in prompts]
+        M = editor(c).registry.get("demo").view.state.M.clone()
+        facts = c.get(f"{BASE}/facts").json()
+    with make_client(store_url, snapshot_every=3) as c:
+        assert c.get(f"{BASE}/facts").json() == facts
+        assert torch.equal(editor(c).registry.get("demo").view.state.M, M), "restore is bit-for-bit"
+        again = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 16}).json() for p in prompts]
+        for a, b in zip(answers, again, strict=True):
+            assert (a["answer"], a["in_scope"], a["facts"]) == (b["answer"], b["in_scope"], b["facts"])
+
+
+def test_compaction_folds_the_log(make_client, store_url: str) -> None:  # noqa: ANN001
+    with make_client(store_url, snapshot_every=3) as c:
+        for i in range(7):
+            write(c, f"Fact number {i} is true.")
+        assert c.get(BASE).json()["log_entries"] == 1
+        stored = editor(c).registry.store.load("demo")
+        assert stored.snapshot is not None and len(stored.log) == 1
+
+
+def test_concurrent_writes_are_serialised_and_queries_see_whole_updates(client: TestClient) -> None:
+    errors: list[str] = []
+    h_ref: list = []
+
+    def writer(k: int) -> None:
+        for i in range(8):
+            r = client.post(f"{BASE}/facts", json={"text": f"Writer {k} says item {i} is purple."})
+            if r.status_code != 201:
+                errors.append(r.text)
+
+    def reader() -> None:
+        for _ in range(30):
+            h = client.app.state.editor.registry.get("demo")
+            if h is None:
+                continue
+            v = h.view
+            h_ref.append(v)
+            if not (len(v.ids) == v.latents.shape[0] == len(v.facts)):
+                errors.append("torn view")
+
+    write(client, "Seed fact.")
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    h = editor(client).registry.get("demo")
+    assert len(h.view.ids) == 33 and client.get(f"{BASE}/facts").json()["total"] == 33
+    assert h.seq == 33, "every write got its own log entry"
+    exact = h.mem.rebuild(h.view.latents)
+    assert torch.allclose(h.view.state.M, exact.M, atol=1e-5), "serialised updates equal the batch solution"
