@@ -1,0 +1,85 @@
+"""The real default models: encoder, scope detector, LLM (GGUF cache, generation, scoring), conditioning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.conditioning import ContextConditioner, Readout
+from models.llm import gguf_cache_dir, model_dir
+from models.paths import DEFAULT_LLM, resolve
+from models.scope import ScopeDetector, split_sentences
+
+
+def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # noqa: ANN001
+    z = models.encoder.encode(["The capital of France is Paris.", "Paris is France's capital city.",
+                               "Bananas are yellow."])
+    assert z.shape == (3, 384) and models.encoder.dim == 384
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    sims = z @ z.T
+    assert sims[0, 1] > 0.8 > 0.2 > sims[0, 2]
+
+
+def test_scope_detector(models) -> None:  # noqa: ANN001
+    facts = models.encoder.encode(["The capital of France is Lyon.", "Bananas are blue."])
+    esd = ScopeDetector(models.encoder, threshold=0.3)
+    assert esd.decide("What is the capital of France?", facts).in_scope
+    assert not esd.decide("How many legs does a spider have?", facts).in_scope
+    # multi-sentence: one in-scope sentence is enough
+    multi = esd.decide("I like trains. What colour are bananas?", facts)
+    assert multi.in_scope and multi.similarity > 0.7
+    assert not esd.decide("anything", facts[:0]).in_scope
+    assert split_sentences("One. Two? Three!") == ["One.", "Two?", "Three!"]
+
+
+def test_gguf_is_converted_once_into_the_cache(models) -> None:  # noqa: ANN001
+    from service.settings import Settings
+
+    cache = Settings().model_cache_dir
+    gguf = resolve(DEFAULT_LLM)
+    assert isinstance(gguf, Path) and gguf.suffix == ".gguf" and gguf.exists()
+    target = gguf_cache_dir(gguf, cache)
+    assert (target / "model.safetensors").exists() and (target / "config.json").exists()
+    assert model_dir(DEFAULT_LLM, cache) == target
+    assert not list(target.parent.glob(".tmp-*")), "no half-written conversions left behind"
+
+
+def test_llm_generates_deterministically_and_knows_paris(models) -> None:  # noqa: ANN001
+    llm = models.llm
+    ids = llm.ids(llm.render([{"role": "user", "content": "What is the capital of France?"}]))
+    a, n = llm.generate(ids, 16)
+    b, _ = llm.generate(ids, 16)
+    assert a == b and "Paris" in a and 0 < n <= 16
+    forced, n_forced = llm.generate(ids, 12, min_new_tokens=12)
+    assert n_forced == 12
+
+
+def test_scores_are_log_likelihoods(models) -> None:  # noqa: ANN001
+    llm = models.llm
+    s = llm.score("The capital of France is", ["Paris", "Berlin", " Paris"])
+    assert s[0].logprob > s[1].logprob
+    assert s[0].logprob == s[2].logprob, "a leading space is added when missing"
+    assert all(x.logprob < 0 and x.n_tokens >= 1 for x in s)
+    # the sum over a two-token continuation equals a manual forward pass
+    tok = llm.tokenizer
+    prefix = tok("The capital of France is", add_special_tokens=False)["input_ids"]
+    cont = tok(" Paris, France", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(llm.model(torch.tensor([prefix + cont])).logits[0], -1)
+    manual = sum(logp[len(prefix) - 1 + i, t].item() for i, t in enumerate(cont))
+    (got,) = llm.score("The capital of France is", ["Paris, France"])
+    assert abs(got.logprob - manual) < 1e-3 and got.n_tokens == len(cont)
+
+
+def test_context_conditioner_is_the_plain_llm_without_a_readout(models) -> None:  # noqa: ANN001
+    llm, cond = models.llm, ContextConditioner()
+    plain = llm.render([{"role": "user", "content": "Hi?"}])
+    assert cond.generation_text(llm, "Hi?", None) == plain
+    assert cond.scoring_prefix(llm, "The sky is", None) == "The sky is"
+    r = Readout(latent=torch.zeros(384), facts=("The sky is green.",))
+    text = cond.generation_text(llm, "What colour is the sky?", r)
+    assert "The sky is green." in text and text.startswith("<|im_start|>")
+    edited = cond.score(llm, "The sky is", ["green", "blue"], r)
+    unedited = cond.score(llm, "The sky is", ["green", "blue"], None)
+    assert edited[0].logprob - edited[1].logprob > unedited[0].logprob - unedited[1].logprob
