@@ -126,8 +126,10 @@ class EpisodicMemory:
         self.cfg = cfg
         self.M_ref = reference_memory(cfg, device, dtype) if M_ref is None else M_ref.to(device=device, dtype=dtype)
         assert self.M_ref.shape == (cfg.slots, cfg.dim), f"M_ref must be {(cfg.slots, cfg.dim)}"
-        # M_ref^+ (C, K) in float64 once: every linear key is a product with it.
-        self.M_ref_pinv = pinv(self.M_ref.double()).to(dtype)
+        # Keys are computed in float64 (a fact's key must come out the same alone or in a batch, or
+        # forgetting it leaves residue), from M_ref and M_ref^+ (C, K) kept in float64 once.
+        self._M_ref64 = self.M_ref.double()
+        self._M_ref_pinv64 = pinv(self._M_ref64)
 
     @property
     def device(self) -> torch.device:
@@ -140,12 +142,12 @@ class EpisodicMemory:
     # --- addressing ---------------------------------------------------------
 
     def address(self, Z: Tensor) -> Tensor:
-        """Keys of latents. Recomputable later from the same Z, which is what forgetting needs."""
-        Z = Z.to(device=self.device, dtype=self.dtype)  # (N, C)
+        """float64 keys of latents. Recomputable later from the same Z, which is what forgetting needs."""
+        Z = Z.to(device=self.device, dtype=torch.float64)  # (N, C)
         if self.cfg.addressing == "linear":
-            return Z @ self.M_ref_pinv  # W = Z M_ref^+ : (N, K)
+            return Z @ self._M_ref_pinv64  # W = Z M_ref^+ : (N, K)
         # Gaussian (appendix E): w_k ~ exp(-||z - M_ref_k||^2 / (2 a s^2)), s = min_k ||z - M_ref_k||
-        d2 = torch.cdist(Z, self.M_ref).square()  # (N, K)
+        d2 = torch.cdist(Z, self._M_ref64).square()  # (N, K)
         s2 = d2.min(dim=1, keepdim=True).values.clamp_min(1e-12)  # (N, 1)
         return torch.softmax(-d2 / (2 * self.cfg.gaussian_a * s2), dim=1)  # (N, K), rows sum to 1
 
@@ -161,32 +163,35 @@ class EpisodicMemory:
     def update(self, state: MemoryState, Z: Tensor, alpha: float, inplace: bool = False) -> MemoryState:
         """M_i = M_{i-1} + alpha C_i^-1 W^T (Z - W M_{i-1}), C_i = C_{i-1} + alpha W^T W.
 
-        Woodbury keeps C^-1 current with an N x N solve instead of a K x K one:
-          U = C_{i-1}^-1 W^T, S = I/alpha + W U,
-          C_i^-1 = C_{i-1}^-1 - U S^-1 U^T, and C_i^-1 W^T = U S^-1 / alpha,
-        so the memory step is M_i = M_{i-1} + U S^-1 (Z - W M_{i-1}).
+        Woodbury keeps C^-1 current with an N x N factorisation instead of a K x K solve:
+          U = C_{i-1}^-1 W^T                      (K, N)
+          P = I + alpha W U = L L^T               (N, N), positive definite for a write, and for a
+                                                  forget of facts that are in the memory
+          V = U L^-T                              (K, N)
+          C_i^-1 = C_{i-1}^-1 - alpha V V^T       (exactly symmetric: forgets amplify any asymmetry)
+          M_i = M_{i-1} + alpha V L^-1 (Z - W M_{i-1})
 
-        Forgetting divides by S = -(1 - leverage), which is near 0 for a fact
-        the memory fits well, so C^-1 and the step are computed in float64.
-        M is always a new tensor (readers may hold the old one). With
-        ``inplace`` the K x K inverse is updated in its own storage: only
-        writers touch it, and at K=4096 a fresh copy per write costs more than
-        the update itself.
+        Forgetting divides by 1 - leverage, near 0 for a fact the memory fits
+        well, so everything here runs in float64. M is always a new tensor
+        (readers may hold the old one). With ``inplace`` the K x K inverse is
+        updated in its own storage: only writers touch it, and at K=4096 a fresh
+        copy per write costs more than the update itself.
         """
-        assert alpha in (1.0, -1.0), "alpha is +1 (write) or -1 (forget)"
-        K = self.cfg.slots
+        if alpha not in (1.0, -1.0):
+            raise ValueError(f"alpha is +1 (write) or -1 (forget), not {alpha}")
         Z = Z.to(device=self.device, dtype=torch.float64)  # (N, C)
-        W = self.address(Z.to(self.dtype)).double()  # (N, K)
+        W = self.address(Z)  # (N, K)
         M = state.M.double()  # (K, C)
         U = state.C_inv @ W.T  # (K, N)
-        S = torch.eye(W.shape[0], device=self.device, dtype=torch.float64) / alpha + W @ U  # (N, N)
-        R = Z - W @ M  # (N, C) residual of these facts under the old memory
-        X = torch.linalg.solve(S, torch.cat([U.T, R], dim=1))  # (N, K + C): one solve for both
-        if inplace:
-            C_inv = state.C_inv.addmm_(U, X[:, :K], alpha=-1.0)  # (K, K)
-        else:
-            C_inv = torch.addmm(state.C_inv, U, X[:, :K], alpha=-1.0)  # (K, K)
-        M = torch.addmm(M, U, X[:, K:])  # (K, C)
+        P = torch.eye(W.shape[0], device=self.device, dtype=torch.float64) + alpha * (W @ U)  # (N, N)
+        L, info = torch.linalg.cholesky_ex(P)
+        if int(info) != 0:
+            raise ValueError("update is not positive definite: forgetting facts that are not in the memory?")
+        V = torch.linalg.solve_triangular(L, U.T, upper=False).T  # (K, N)
+        Y = torch.linalg.solve_triangular(L, Z - W @ M, upper=False)  # (N, C) whitened residual
+        C_inv = state.C_inv if inplace else state.C_inv.clone()
+        C_inv.addmm_(V, V.T, alpha=-alpha)  # (K, K)
+        M = torch.addmm(M, V, Y, alpha=alpha)  # (K, C)
         return MemoryState(M=M.to(self.dtype), C_inv=C_inv, updates=state.updates + 1)
 
     def write(self, state: MemoryState, Z: Tensor) -> MemoryState:
@@ -202,12 +207,12 @@ class EpisodicMemory:
         the same surviving facts converges to; used to wash out round-off.
         """
         K = self.cfg.slots
-        W = self.address(Z).double()  # (N, K)
+        W = self.address(Z)  # (N, K)
         C = self.cfg.ridge * torch.eye(K, device=self.device, dtype=torch.float64) + W.T @ W  # (K, K)
         L = torch.linalg.cholesky(C)
         C_inv = torch.cholesky_inverse(L)  # (K, K)
         M = torch.cholesky_solve(W.T @ Z.to(self.device).double(), L)  # (K, C)
-        return MemoryState(M=M.to(self.dtype), C_inv=C_inv, updates=0)
+        return MemoryState(M=M.to(self.dtype).contiguous(), C_inv=C_inv.contiguous(), updates=0)
 
     # --- plain tensors, for safetensors ----------------------------------------
 
@@ -231,8 +236,7 @@ class EpisodicMemory:
 
     def read(self, state: MemoryState, Zq: Tensor) -> Tensor:
         """Readout Z_r = W_q M with the query's own keys W_q = address(Zq)."""
-        Zq = Zq.to(device=self.device, dtype=self.dtype)  # (Q, C)
-        return self.address(Zq) @ state.M  # (Q, C)
+        return self.address(Zq).to(self.dtype) @ state.M  # (Q, K) @ (K, C) -> (Q, C)
 
 
 # ---------------------------------------------------------------------------

@@ -8,13 +8,13 @@ import torch
 
 from models.conditioning import ContextConditioner, Readout
 from models.llm import gguf_cache_dir, model_dir
-from models.paths import DEFAULT_LLM, resolve
+from models.paths import resolve
 from models.scope import ScopeDetector, split_sentences
 
 
 def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # noqa: ANN001
     z = models.encoder.encode(["The capital of France is Paris.", "Paris is France's capital city.",
-                               "Bananas are yellow."])
+                               "Bananas are yellow."]).cpu()
     assert z.shape == (3, 384) and models.encoder.dim == 384
     assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
     sims = z @ z.T
@@ -36,12 +36,12 @@ def test_scope_detector(models) -> None:  # noqa: ANN001
 def test_gguf_is_converted_once_into_the_cache(models) -> None:  # noqa: ANN001
     from service.settings import Settings
 
-    cache = Settings().model_cache_dir
-    gguf = resolve(DEFAULT_LLM)
+    settings = Settings()
+    gguf = resolve(settings.llm)  # the default, or a GGUF file named by LARIMAR_LLM
     assert isinstance(gguf, Path) and gguf.suffix == ".gguf" and gguf.exists()
-    target = gguf_cache_dir(gguf, cache)
+    target = gguf_cache_dir(gguf, settings.model_cache_dir)
     assert (target / "model.safetensors").exists() and (target / "config.json").exists()
-    assert model_dir(DEFAULT_LLM, cache) == target
+    assert model_dir(settings.llm, settings.model_cache_dir) == target
     assert not list(target.parent.glob(".tmp-*")), "no half-written conversions left behind"
 
 
@@ -66,7 +66,7 @@ def test_scores_are_log_likelihoods(models) -> None:  # noqa: ANN001
     prefix = tok("The capital of France is", add_special_tokens=False)["input_ids"]
     cont = tok(" Paris, France", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
-        logp = torch.log_softmax(llm.model(torch.tensor([prefix + cont])).logits[0], -1)
+        logp = torch.log_softmax(llm.model(torch.tensor([prefix + cont], device=llm.device)).logits[0].float(), -1)
     manual = sum(logp[len(prefix) - 1 + i, t].item() for i, t in enumerate(cont))
     (got,) = llm.score("The capital of France is", ["Paris, France"])
     assert abs(got.logprob - manual) < 1e-3 and got.n_tokens == len(cont)
