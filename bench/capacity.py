@@ -31,6 +31,10 @@ def load_dev_edits(data: Path, n: int) -> list[dict]:
     return records[:n]
 
 
+def encode_all(enc: TextEncoder, texts: list[str], desc: str) -> torch.Tensor:
+    return torch.cat([enc.encode(texts[i : i + 128]) for i in tqdm(range(0, len(texts), 128), desc=desc)])
+
+
 def recall_at_1(readout: torch.Tensor, latents: torch.Tensor) -> float:
     _, idx = nearest(readout, latents, k=1)
     return (idx[:, 0] == torch.arange(len(latents))).float().mean().item()
@@ -49,8 +53,8 @@ def main() -> None:
     enc = TextEncoder(DEFAULT_ENCODER)
     facts = [f"{r['prompt']} {r['target_new']}." for r in records]
     paraphrases = [r["rephrase_prompt"] for r in records]
-    Z = torch.cat([enc.encode(facts[i : i + 128]) for i in tqdm(range(0, len(facts), 128), desc="encode facts")])
-    Zp = torch.cat([enc.encode(paraphrases[i : i + 128]) for i in tqdm(range(0, len(facts), 128), desc="encode paraphrases")])
+    Z = encode_all(enc, facts, "encode facts")
+    Zp = encode_all(enc, paraphrases, "encode paraphrases")
 
     rows: list[dict] = []
     for n in args.sizes:
@@ -59,8 +63,10 @@ def main() -> None:
             for mode in ("linear", "gaussian"):
                 mem = EpisodicMemory(MemoryConfig(slots=K, dim=enc.dim, addressing=mode))
                 state = mem.rebuild(Z[:n])  # equals n sequential writes (tested)
-                rows.append({"mode": f"{mode}, key read", "K": K, "N": n, "recall": recall_at_1(mem.read(state, Zp[:n]), Z[:n])})
-                rows.append({"mode": f"{mode}, pinv read", "K": K, "N": n, "recall": recall_at_1(read(Zp[:n], state.M)[0], Z[:n])})
+                key_read = mem.read(state, Zp[:n])  # W_q = address(Zq), the service's read
+                pinv_read = read(Zp[:n], state.M)[0]  # Algorithm 1's W_q = Zq M^+
+                rows.append({"mode": f"{mode}, key read", "K": K, "N": n, "recall": recall_at_1(key_read, Z[:n])})
+                rows.append({"mode": f"{mode}, pinv read", "K": K, "N": n, "recall": recall_at_1(pinv_read, Z[:n])})
         print(n, [(r["mode"], r["K"], round(r["recall"], 3)) for r in rows if r["N"] == n])
 
     (args.out / "capacity.json").write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=1))
