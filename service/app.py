@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
@@ -33,6 +34,8 @@ class LoadedModels:
 
 def load_models(settings: Settings) -> LoadedModels:
     device = settings.resolved_device()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     log.info("loading encoder %s and LLM %s on %s", settings.encoder, settings.llm, device)
     encoder = TextEncoder(settings.encoder, device=device)
     llm = CausalLM(settings.llm, settings.model_cache_dir, device=device, dtype=settings.llm_dtype)

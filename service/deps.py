@@ -16,11 +16,11 @@ def get_editor(request: Request) -> Editor:
     return request.app.state.editor
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+def require_api_key(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> None:
     """With LARIMAR_API_KEYS set, every /v1 call needs ``Authorization: Bearer <key>``."""
     if not settings.api_keys:
         return

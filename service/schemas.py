@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.editor import MemoryMode
+
 MEMORY_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-MemoryMode = Literal["auto", "on", "off"]
 
 
 class _Strict(BaseModel):

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     encoder: str = DEFAULT_ENCODER
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1 ...")
     llm_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads for torch; 0 keeps torch's default (one per core). 1 holds up best on a "
+        "machine shared with other CPU-heavy work."
+    )
     model_cache_dir: Path = Field(
         Path.home() / ".cache" / "larimar", description="Where GGUF models are converted to safetensors once."
     )
