@@ -68,6 +68,19 @@ def _error(code: int) -> object:
     return handler
 
 
+def body_limit(max_bytes: int) -> object:
+    """Refuse oversized bodies from their Content-Length, before anything reads or parses them."""
+
+    async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's middleware signature
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                                content={"detail": f"request body over {max_bytes} bytes"})
+        return await call_next(request)
+
+    return middleware
+
+
 def create_app(settings: Settings | None = None, models: LoadedModels | None = None) -> FastAPI:
     """``models`` lets tests share one loaded set across apps; the server loads its own."""
     settings = settings or get_settings()
@@ -83,6 +96,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
                   description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
     app.state.settings = settings
     app.state.metrics = Metrics(app)
+    app.middleware("http")(body_limit(settings.max_body_bytes))
     app.middleware("http")(app.state.metrics.middleware)
     app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))

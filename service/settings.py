@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_batch_facts: int = Field(256, ge=1)
     max_candidates: int = Field(32, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 before parsing.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

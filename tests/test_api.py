@@ -200,6 +200,12 @@ def test_bad_memory_name(client: TestClient, name: str) -> None:
     assert client.get("/v1/memories").json() == {"memories": []}
 
 
+def test_oversized_body_is_refused_before_parsing(client: TestClient) -> None:
+    r = client.post(f"{BASE}/facts/batch", json={"facts": [{"text": "x" * 1000}] * 1100})
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    assert client.get("/v1/memories").json() == {"memories": []}
+
+
 def test_malformed_json(client: TestClient) -> None:
     r = client.post(f"{BASE}/facts", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
