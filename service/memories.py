@@ -145,18 +145,31 @@ class MemoryRegistry:
         with self._lock:
             h = self._handles.get(name)
             if h is None:
-                mem = EpisodicMemory(self.cfg, device=self.device)
-                empty = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
-                h = MemoryHandle(name=name, mem=mem, view=empty)
+                h = self._empty_handle(name)
                 self._handles[name] = h
             return h
 
+    def _empty_handle(self, name: str) -> MemoryHandle:
+        mem = EpisodicMemory(self.cfg, device=self.device)
+        empty = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
+        return MemoryHandle(name=name, mem=mem, view=empty)
+
     # --- writes --------------------------------------------------------------
+
+    def _locked(self, name: str) -> MemoryHandle:
+        """The memory's handle with its lock held, re-checked once held: a delete, or the drop of a memory whose
+        first write failed, may have unregistered the handle while we waited, and a write must not land there."""
+        while True:
+            h = self.get_or_create(name)
+            h.lock.acquire()
+            if self._handles.get(name) is h:
+                return h
+            h.lock.release()
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor) -> list[Fact]:
         """Durably append, then apply and publish. Returns the new facts."""
-        h = self.get_or_create(name)
-        with h.lock:
+        h = self._locked(name)
+        try:
             created = now()
             facts = [Fact(uuid.uuid4().hex, t, m, created) for t, m in texts_meta]
             try:
@@ -170,6 +183,8 @@ class MemoryRegistry:
             if h.log_entries >= self.snapshot_every:
                 self._compact_logged(h)
             return facts
+        finally:
+            h.lock.release()
 
     def _drop_if_unborn(self, h: MemoryHandle) -> None:
         with self._lock:
@@ -198,12 +213,15 @@ class MemoryRegistry:
         return h
 
     def delete(self, name: str) -> bool:
-        with self._lock:
-            h = self._handles.get(name)
-            if h is None:
+        # Lock order everywhere: a memory's lock, then the registry's.
+        h = self.get(name)
+        if h is None:
+            return False
+        with h.lock:
+            if self._handles.get(name) is not h:
                 return False
-            with h.lock:
-                self.store.delete(name)
+            self.store.delete(name)
+            with self._lock:
                 del self._handles[name]
         return True
 
@@ -255,9 +273,7 @@ class MemoryRegistry:
                               {f.id: f for f in facts})
             h = MemoryHandle(name=name, mem=mem, view=view, seq=int(meta["seq"]), last_snapshot=meta["snapshot_at"])
         else:
-            mem = EpisodicMemory(self.cfg, device=self.device)
-            view = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
-            h = MemoryHandle(name=name, mem=mem, view=view)
+            h = self._empty_handle(name)
         for blob in entries:
             tensors, meta = codec.decode(blob)
             if meta["seq"] <= h.seq:

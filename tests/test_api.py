@@ -285,6 +285,33 @@ def test_compaction_folds_the_log(make_client, store_url: str) -> None:  # noqa:
         assert stored.snapshot is not None and len(stored.log) == 1
 
 
+def test_deletes_racing_writes_leave_store_and_memory_agreeing(make_client, store_url: str) -> None:  # noqa: ANN001
+    acknowledged: list[str] = []
+
+    with make_client(store_url) as c:
+        def writer() -> None:
+            for i in range(12):
+                r = c.post(f"{BASE}/facts", json={"text": f"Race fact {i} holds."})
+                assert r.status_code == 201, r.text
+
+        def deleter() -> None:
+            for _ in range(6):
+                c.delete(BASE)
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=writer) for _ in range(2)] + [threading.Thread(target=deleter)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        r = c.get(f"{BASE}/facts", params={"limit": 1000})
+        acknowledged = sorted(f["id"] for f in r.json()["facts"]) if r.status_code == 200 else []
+    with make_client(store_url) as c:  # what the store holds is exactly what the running service had
+        r = c.get(f"{BASE}/facts", params={"limit": 1000})
+        restored = sorted(f["id"] for f in r.json()["facts"]) if r.status_code == 200 else []
+    assert restored == acknowledged
+
+
 def test_concurrent_writes_are_serialised_and_queries_see_whole_updates(client: TestClient) -> None:
     errors: list[str] = []
     h_ref: list = []
