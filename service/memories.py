@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -156,20 +157,28 @@ class MemoryRegistry:
 
     # --- writes --------------------------------------------------------------
 
-    def _locked(self, name: str) -> MemoryHandle:
-        """The memory's handle with its lock held, re-checked once held: a delete, or the drop of a memory whose
-        first write failed, may have unregistered the handle while we waited, and a write must not land there."""
+    @contextmanager
+    def _holding(self, name: str, create: bool = False) -> Iterator[MemoryHandle | None]:
+        """The memory's handle with its lock held (None if there is no such memory).
+
+        Re-checked once held: a delete, or the drop of a memory whose first write failed, may have
+        unregistered the handle while we waited, and nothing may then land in the store for it.
+        Lock order everywhere: a memory's lock, then the registry's.
+        """
         while True:
-            h = self.get_or_create(name)
-            h.lock.acquire()
-            if self._handles.get(name) is h:
-                return h
-            h.lock.release()
+            h = self.get_or_create(name) if create else self.get(name)
+            if h is None:
+                yield None
+                return
+            with h.lock:
+                if self._handles.get(name) is h:
+                    yield h
+                    return
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor) -> list[Fact]:
         """Durably append, then apply and publish. Returns the new facts."""
-        h = self._locked(name)
-        try:
+        with self._holding(name, create=True) as h:
+            assert h is not None
             created = now()
             facts = [Fact(uuid.uuid4().hex, t, m, created) for t, m in texts_meta]
             try:
@@ -183,8 +192,6 @@ class MemoryRegistry:
             if h.log_entries >= self.snapshot_every:
                 self._compact_logged(h)
             return facts
-        finally:
-            h.lock.release()
 
     def _drop_if_unborn(self, h: MemoryHandle) -> None:
         with self._lock:
@@ -192,11 +199,8 @@ class MemoryRegistry:
                 self._handles.pop(h.name, None)
 
     def forget(self, name: str, fact_id: str) -> bool:
-        h = self.get(name)
-        if h is None:
-            return False
-        with h.lock:
-            if fact_id not in h.view.facts:
+        with self._holding(name) as h:
+            if h is None or fact_id not in h.view.facts:
                 return False
             view = h.without(fact_id)
             self.store.replace(name, h.snapshot_bytes(view))  # raises StoreError: nothing changed
@@ -204,26 +208,20 @@ class MemoryRegistry:
             return True
 
     def snapshot(self, name: str) -> MemoryHandle | None:
-        h = self.get(name)
-        if h is None:
-            return None
-        with h.lock:
-            self.store.replace(name, h.snapshot_bytes(h.view))
-            h.log_entries, h.last_snapshot = 0, now()
-        return h
+        with self._holding(name) as h:
+            if h is not None:
+                self.store.replace(name, h.snapshot_bytes(h.view))
+                h.log_entries, h.last_snapshot = 0, now()
+            return h
 
     def delete(self, name: str) -> bool:
-        # Lock order everywhere: a memory's lock, then the registry's.
-        h = self.get(name)
-        if h is None:
-            return False
-        with h.lock:
-            if self._handles.get(name) is not h:
+        with self._holding(name) as h:
+            if h is None:
                 return False
             self.store.delete(name)
             with self._lock:
                 del self._handles[name]
-        return True
+            return True
 
     def _compact_logged(self, h: MemoryHandle) -> None:
         """Fold the log into a snapshot; the log already holds the data, so failure is only logged."""
