@@ -100,7 +100,6 @@ class Editor:
         return metadata
 
     def _handle(self, memory: str) -> MemoryHandle:
-        self.registry.require_restored()
         h = self.registry.get(memory)
         if h is None:
             raise NotFound(f"memory {memory!r} does not exist (it is created by its first write)")
@@ -116,12 +115,10 @@ class Editor:
             raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
         label = "facts[{}].text" if len(items) > 1 else "text"
         checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
-        self.registry.require_restored()
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
         return self.registry.write(memory, checked, latents)
 
     def forget(self, memory: str, fact_id: str) -> None:
-        self.registry.require_restored()
         if not self.registry.forget(memory, fact_id):
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
 
@@ -193,16 +190,13 @@ class Editor:
         return self._handle(memory)
 
     def memories(self) -> list[MemoryHandle]:
-        self.registry.require_restored()
         return self.registry.handles()
 
     def delete_memory(self, memory: str) -> None:
-        self.registry.require_restored()
         if not self.registry.delete(memory):
             raise NotFound(f"memory {memory!r} does not exist")
 
     def snapshot(self, memory: str) -> MemoryHandle:
-        self.registry.require_restored()
         h = self.registry.snapshot(memory)
         if h is None:
             raise NotFound(f"memory {memory!r} does not exist")

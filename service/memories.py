@@ -133,12 +133,11 @@ class MemoryRegistry:
     # --- lookup --------------------------------------------------------------
 
     def get(self, name: str) -> MemoryHandle | None:
+        self.require_restored()
         return self._handles.get(name)
 
-    def names(self) -> list[str]:
-        return sorted(self._handles)
-
     def handles(self) -> list[MemoryHandle]:
+        self.require_restored()
         with self._lock:
             return [self._handles[n] for n in sorted(self._handles)]
 
@@ -165,6 +164,7 @@ class MemoryRegistry:
         unregistered the handle while we waited, and nothing may then land in the store for it.
         Lock order everywhere: a memory's lock, then the registry's.
         """
+        self.require_restored()
         while True:
             h = self.get_or_create(name) if create else self.get(name)
             if h is None:

@@ -19,7 +19,7 @@ class _MemoryCollector(Collector):
         facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
         pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted", labels=["memory"])
         editor = getattr(self.app.state, "editor", None)
-        for h in editor.registry.handles() if editor is not None else []:
+        for h in editor.registry.handles() if editor is not None and editor.registry.restored else []:
             facts.add_metric([h.name], len(h.view.ids))
             pending.add_metric([h.name], h.log_entries)
         yield facts
