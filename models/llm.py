@@ -30,10 +30,17 @@ class ContinuationScore:
     candidate: str
     logprob: float  # sum of token log-probabilities of the continuation
     n_tokens: int
+    predicted: tuple[int, ...] = ()  # the model's greedy (argmax) token at each continuation position
+    n_correct: int = 0  # continuation tokens that are the model's greedy choice too
 
     @property
     def mean_logprob(self) -> float:
         return self.logprob / max(self.n_tokens, 1)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Share of continuation tokens the model would itself predict next (zsRE's accuracy metric)."""
+        return self.n_correct / max(self.n_tokens, 1)
 
 
 def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
@@ -112,39 +119,70 @@ class CausalLM:
         new = out[0, input_ids.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.shape[0])
 
+    @torch.inference_mode()
+    def generate_batch(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers to many rendered prompts in one left-padded batch (benchmarks evaluate thousands)."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [a.strip() for a in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+
     # --- scoring -------------------------------------------------------------
 
-    @torch.inference_mode()
     def score(self, prefix: str, candidates: list[str]) -> list[ContinuationScore]:
-        """Log-likelihood of each candidate continuing ``prefix``, in one padded batch.
+        """Log-likelihood of each candidate continuing ``prefix``, in one padded batch."""
+        return self.score_batch([(prefix, candidates)])[0]
+
+    @torch.inference_mode()
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[ContinuationScore]]:
+        """Candidates scored against their prefixes, every (prefix, candidate) pair one row of one batch.
 
         The prefix and candidate are tokenised apart and joined, so every
         candidate is scored against the same prefix tokens; a space is put
         between them unless one side already has it.
         """
         tok = self.tokenizer
-        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-            prefix_ids = [tok.bos_token_id, *prefix_ids]
-        conts = []
-        for c in candidates:
-            sep = "" if (prefix.endswith((" ", "\n")) or c.startswith((" ", "\n"))) else " "
-            conts.append(tok(sep + c, add_special_tokens=False)["input_ids"])
-        seqs = [prefix_ids + c for c in conts]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        rows: list[tuple[int, list[int]]] = []  # (prefix length, prefix + continuation ids)
+        conts: list[list[int]] = []
+        for prefix, candidates in items:
+            prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+            if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
+                prefix_ids = [tok.bos_token_id, *prefix_ids]
+            for c in candidates:
+                sep = "" if (prefix.endswith((" ", "\n")) or c.startswith((" ", "\n"))) else " "
+                cont = tok(sep + c, add_special_tokens=False)["input_ids"]
+                conts.append(cont)
+                rows.append((len(prefix_ids), prefix_ids + cont))
+        width = max(len(s) for _, s in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
+        for i, (_, s) in enumerate(rows):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        results = []
-        P = len(prefix_ids)
-        for i, c in enumerate(conts):
+        flat = []
+        for i, ((P, _), c) in enumerate(zip(rows, conts, strict=True)):
             # token t of the continuation sits at P + t and is predicted at P + t - 1
             pos = torch.arange(P - 1, P - 1 + len(c), device=logp.device)
-            tgt = torch.tensor(c, device=logp.device)
+            tgt = torch.tensor(c, device=logp.device, dtype=torch.long)
             lp = logp[i, pos, tgt].sum().item() if c else 0.0
-            results.append(ContinuationScore(candidate=candidates[i], logprob=lp, n_tokens=len(c)))
-        return results
+            pred = logp[i, pos].argmax(-1)
+            flat.append((lp, len(c), tuple(pred.tolist()), int((pred == tgt).sum())))
+        out, k = [], 0
+        for _, candidates in items:
+            out.append([ContinuationScore(candidate=cand, logprob=lp, n_tokens=n, predicted=pred, n_correct=ok)
+                        for cand, (lp, n, pred, ok) in zip(candidates, flat[k : k + len(candidates)], strict=True)])
+            k += len(candidates)
+        return out

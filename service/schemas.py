@@ -78,6 +78,8 @@ class CandidateScoreOut(BaseModel):
     logprob: float
     mean_logprob: float
     n_tokens: int
+    token_accuracy: float = Field(description="share of the candidate's tokens that are the model's own greedy choice")
+    predicted_token_ids: list[int] = Field(description="the model's greedy token at each of the candidate's positions")
 
 
 class ScoreOut(BaseModel):

@@ -26,5 +26,6 @@ def score(memory: MemoryName, body: ScoreIn, editor: EditorDep) -> ScoreOut:
         in_scope=r.in_scope,
         facts=[RecalledFactOut(**asdict(f)) for f in r.facts],
         scores=[CandidateScoreOut(candidate=s.candidate, logprob=s.logprob, mean_logprob=s.mean_logprob,
-                                  n_tokens=s.n_tokens) for s in r.scores],
+                                  n_tokens=s.n_tokens, token_accuracy=s.token_accuracy,
+                                  predicted_token_ids=list(s.predicted)) for s in r.scores],
     )

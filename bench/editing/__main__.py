@@ -1,0 +1,153 @@
+"""Editing quality and speed of this service and its peers, in one harness (see docs/benchmarks.md).
+
+    python -m bench.editing --system larimar-context --protocol sequential --n 10 100 1000
+    python -m bench.editing --system rome --protocol single --n 10 100
+    python -m bench.editing --dataset zsre --system grace --protocol sequential --n 10 100 500
+    python -m bench.editing --system larimar-context --protocol forgetting --n 512 1024
+    python -m bench.editing --url http://localhost:8000 --protocol sequential --n 100   # the live service
+
+Systems: unedited, oracle, larimar-context (the service in process), ft-l, rome, grace; --url runs the
+running service over HTTP. One system per process, so its peak memory is its own. Runs resume: cases
+already in a run's .cases.jsonl are skipped. Reported sets (CounterFact case_id < 2000, zsRE eval 0-499)
+are the default; --split dev is for tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from bench.editing import data as data_mod
+from bench.editing.metrics import Reference, reference, summarize
+from bench.editing.protocols import CaseLog, forgetting, machine, peak_memory_mib, sequential, single
+from bench.editing.systems import Http, Oracle, Service, System, TextSystem, WeightEdited
+from service.app import LoadedModels, load_models
+from service.settings import Settings
+
+log = logging.getLogger("bench.editing")
+SYSTEMS = ("unedited", "oracle", "larimar-context", "ft-l", "rome", "grace")
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "editing"
+
+
+def make_system(name: str, models: LoadedModels, batch: int) -> System:
+    llm = models.llm
+    if name == "unedited":
+        return TextSystem(llm, batch)
+    if name == "oracle":
+        return Oracle(llm, batch)
+    if name == "larimar-context":
+        return Service(models, batch=batch)
+    if name == "ft-l":
+        from bench.baselines.ft_l import FineTuneL
+
+        return WeightEdited(llm, FineTuneL(llm), batch)
+    if name == "rome":
+        from bench.baselines.rome import Rome
+
+        return WeightEdited(llm, Rome(llm), batch)
+    if name == "grace":
+        from bench.baselines.grace import Grace
+
+        return WeightEdited(llm, Grace(llm), batch=1)  # its codebook keys on each prompt's own boundary
+    raise ValueError(name)
+
+
+def cached_reference(unedited: System, cases: list, gen_tokens: int, tag: str, cache: Path) -> Reference:
+    """The unedited model's neighbourhood answers, computed once per (model, prompts, length) and cached."""
+    key = hashlib.sha256(json.dumps([tag, gen_tokens, [c.neighbours for c in cases]]).encode()).hexdigest()[:16]
+    path = cache / f"reference-{key}.json"
+    if path.exists():
+        raw = json.loads(path.read_text())
+        return Reference(raw["answers"], raw["predicted"])
+    ref = reference(unedited, cases, gen_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"answers": ref.answers, "predicted": ref.predicted}))
+    return ref
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", choices=SYSTEMS, default="larimar-context")
+    ap.add_argument("--url", help="run the protocol against a running service instead of in process")
+    ap.add_argument("--api-key")
+    ap.add_argument("--dataset", choices=("counterfact", "zsre"), default="counterfact")
+    ap.add_argument("--schema", choices=("flat", "rome"), default="flat",
+                    help="CounterFact: flat (all cases, 1 paraphrase + 1 neighbour) or rome (1,129 cases, 2 + 10)")
+    ap.add_argument("--split", choices=("report", "dev"), default="report")
+    ap.add_argument("--protocol", choices=("single", "sequential", "forgetting"), default="sequential")
+    ap.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000], help="edits per run")
+    ap.add_argument("--limit", type=int, help="evaluate at most this many cases per run (spread evenly)")
+    ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--forget-sample", type=int, default=100)
+    ap.add_argument("--data", type=Path, default=data_mod.DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    settings = Settings(device=args.device)
+    if args.url:
+        name = "larimar-http"
+        client = Http.connect(args.url, args.api_key)
+        system: System = Http(client)
+        unedited: System = Http(client, memory_mode="off")
+        tag = f"http:{args.url}"
+    else:
+        models = load_models(settings)
+        system, unedited, name = make_system(args.system, models, args.batch), TextSystem(models.llm, args.batch), \
+            args.system
+        tag = settings.llm
+    pool = data_mod.load(args.dataset, args.data, args.split, args.schema)
+    # Writing more edits than the split holds (the service's N = 10,000) continues into the next split's cases;
+    # only cases of the chosen split are ever evaluated.
+    extra = data_mod.load(args.dataset, args.data, "dev" if args.split == "report" else "train", args.schema) \
+        if max(args.n) > len(pool) and args.dataset == "counterfact" else []
+    pool_ids = {c.case_id for c in pool}
+    args.out.mkdir(parents=True, exist_ok=True)
+    prefix = f"{args.dataset}{'-rome' if args.schema == 'rome' else ''}-{args.split}-{name}"
+    for n in args.n:
+        edits = (pool + extra)[:n]
+        evaluable = [c for c in edits if c.case_id in pool_ids]
+        step = max(1, len(evaluable) // args.limit) if args.limit else 1
+        eval_cases = evaluable[::step][: args.limit] if args.limit else evaluable
+        ref = cached_reference(unedited, eval_cases if args.protocol != "forgetting" else edits, args.gen_tokens,
+                               tag, settings.model_cache_dir / "bench")
+        summary: dict = {"system": name, "dataset": args.dataset, "schema": args.schema, "split": args.split,
+                         "protocol": args.protocol, "n_edits": n, "gen_tokens": args.gen_tokens,
+                         "case_ids": [edits[0].case_id, edits[-1].case_id], "machine": machine(),
+                         "llm": settings.llm if not args.url else args.url}
+        if args.protocol == "forgetting":
+            summary["forgetting"] = forgetting(system, edits, unedited, ref, args.gen_tokens, args.forget_sample)
+        elif args.protocol == "single":
+            # Single edits are independent, so every N shares one log: N=10 is the first 10 cases of N=1000.
+            cases_log = CaseLog(args.out / f"{prefix}-single.cases.jsonl")
+            single(system, eval_cases, ref, args.gen_tokens, cases_log)
+            wanted = {c.case_id for c in eval_cases}
+            records = [r for r in cases_log.records if r["case_id"] in wanted]
+            times = [r["edit_s"] for r in records]
+            summary |= summarize(records, args.dataset) | _timing(times)
+        else:
+            cases_log = CaseLog(args.out / f"{prefix}-sequential-n{n}.cases.jsonl")
+            times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log)
+            summary |= summarize(cases_log.records, args.dataset) | _timing(times)
+        summary["peak_memory"] = peak_memory_mib()
+        stem = f"{prefix}-{args.protocol}-n{n}"
+        (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+        log.info("%s: %s", stem, json.dumps({k: v for k, v in summary.items() if k not in ("machine", "llm")}))
+
+
+def _timing(times: list[float]) -> dict:
+    return {"edit_s_median": round(median(times), 5) if times else None, "edits_timed": len(times)}
+
+if __name__ == "__main__":
+    main()

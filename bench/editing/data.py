@@ -1,0 +1,97 @@
+"""Benchmark cases from ../shared/data, one shape for CounterFact and zsRE, with the project's splits.
+
+Splits (never choose settings on the reported ones):
+- CounterFact, by case_id over the three flat files: 0-1999 reported (the paper's Table 2 set),
+  2000-9999 development, 10000+ training.
+- zsRE eval records (by position): 0-499 reported, 500-1036 development; the 1,000 train records are training.
+
+CounterFact comes in two schemas: "flat" (EasyEdit's files: all 21,919 cases, one paraphrase and one
+neighbourhood prompt each) and "rome" (the 1,129 cases kept in ROME's full format: 2 paraphrases and
+10 neighbourhood prompts each). The ROME-format file lost its non-ASCII characters upstream, so its
+rewrite fields are taken from the flat files, which match it otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bench.baselines import EditRequest
+
+Dataset = Literal["counterfact", "zsre"]
+Split = Literal["report", "dev", "train"]
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+CF_FLAT = ("counterfact-edit.json.gz", "counterfact-train.json.gz", "counterfact-val.json.gz")
+CF_ROME = ("counterfact_portability_gpt4.json.gz", "counterfact_subject_replace.json")
+CF_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 2000), "dev": (2000, 10000), "train": (10000, 10**9)}
+ZSRE_EVAL, ZSRE_TRAIN = "zsre_mend_eval_portability_gpt4.json", "zsre_mend_train-1k.json"
+ZSRE_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 500), "dev": (500, 10**9)}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One edit and the prompts that test it."""
+
+    dataset: Dataset
+    case_id: int
+    request: EditRequest  # what is written: prompt + target_new
+    paraphrases: tuple[str, ...]  # should now answer target_new
+    neighbours: tuple[str, ...]  # should keep answering neighbour_truth
+    neighbour_truth: str
+
+    @property
+    def fact(self) -> str:
+        """The edit as one sentence, as the service stores it."""
+        r = self.request
+        return f"{r.prompt} {r.target_new}" + ("" if r.target_new.endswith((".", "?", "!")) else ".")
+
+
+def _read(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _flat_counterfact(data: Path) -> dict[int, dict]:
+    return {r["case_id"]: r for name in CF_FLAT for r in _read(data / name)}
+
+
+def counterfact(data: Path, split: Split, schema: Literal["flat", "rome"] = "flat") -> list[Case]:
+    lo, hi = CF_SPLITS[split]
+    flat = _flat_counterfact(data)
+    cases = []
+    if schema == "flat":
+        for cid in sorted(c for c in flat if lo <= c < hi):
+            r = flat[cid]
+            req = EditRequest(r["prompt"], r["subject"], r["target_new"], r["ground_truth"])
+            cases.append(Case("counterfact", cid, req, (r["rephrase_prompt"],), (r["locality_prompt"],),
+                              r["locality_ground_truth"]))
+        return cases
+    full = {r["case_id"]: r for name in CF_ROME for r in _read(data / name)}
+    for cid in sorted(c for c in full if lo <= c < hi):
+        r, f = full[cid], flat[cid]  # flat holds the rewrite fields with their accents intact
+        req = EditRequest(f["prompt"], f["subject"], f["target_new"], f["ground_truth"])
+        cases.append(Case("counterfact", cid, req, tuple(r["paraphrase_prompts"]), tuple(r["neighborhood_prompts"]),
+                          f["ground_truth"]))
+    return cases
+
+
+def zsre(data: Path, split: Split) -> list[Case]:
+    if split == "train":
+        records, lo, hi = _read(data / ZSRE_TRAIN), 0, 10**9
+    else:
+        records, (lo, hi) = _read(data / ZSRE_EVAL), ZSRE_SPLITS[split]
+    return [
+        Case("zsre", i, EditRequest(r["src"], r["subject"], r["alt"], r["pred"]), (r["rephrase"],), (r["loc"],),
+             r["loc_ans"])
+        for i, r in enumerate(records)
+        if lo <= i < hi
+    ]
+
+
+def load(dataset: Dataset, data: Path, split: Split, schema: Literal["flat", "rome"] = "flat") -> list[Case]:
+    return counterfact(data, split, schema) if dataset == "counterfact" else zsre(data, split)

@@ -1,0 +1,168 @@
+"""Tables and plots from the run summaries in bench/results/editing (python -m bench.editing.report).
+
+Rewrites the block between the markers in docs/benchmarks.md and draws two PNGs: ES/PS/NS against N for
+every system, and median time per edit on a log scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "editing"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- tables:begin (python -m bench.editing.report) -->", "<!-- tables:end -->"
+ORDER = ("unedited", "oracle", "larimar-context", "larimar-http", "ft-l", "rome", "grace")
+
+
+def load(results: Path) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    return sorted(runs, key=lambda r: (r["dataset"], r.get("schema", "flat"), r["protocol"],
+                                       ORDER.index(r["system"]) if r["system"] in ORDER else 99, r["n_edits"]))
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ms(s: float | None) -> str:
+    return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
+    if dataset == "zsre":
+        head = "| system | protocol | N | rel (src) | gen (rephrase) | loc | score | gen. acc. src / rephrase | " \
+               "time per edit | peak RSS | cases |"
+        cols = ("rel", "gen", "loc", "score")
+    else:
+        head = "| system | protocol | N | ES | PS | NS | score | ES / PS / NS magnitude | " \
+               "gen. acc. rewrite / paraphrase / neighbour same | time per edit | peak RSS | cases |"
+        cols = ("ES", "PS", "NS", "score")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in runs:
+        if r["dataset"] != dataset or r.get("schema", "flat") != schema or r["protocol"] == "forgetting":
+            continue
+        main = " | ".join(_f(r.get(c)) for c in cols)
+        if dataset == "zsre":
+            extra = f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))}"
+        else:
+            extra = f"{_f(r.get('EM'))} / {_f(r.get('PM'))} / {_f(r.get('NM'))} | " \
+                    f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / {_f(r.get('gen_neighbour_same'))}"
+        rss = r.get("peak_memory", {}).get("rss_mib")
+        lines.append(f"| {r['system']} | {r['protocol']} | {r['n_edits']} | {main} | {extra} | "
+                     f"{_ms(r.get('edit_s_median'))} | {_f(rss, 0)} MiB | {r.get('n_cases')} |")
+    return "\n".join(lines)
+
+
+def scope_table(runs: list[dict]) -> str:
+    lines = ["| dataset | protocol | N | rewrite in scope | paraphrase in scope | neighbour kept out | "
+             "paraphrase fact retrieved | paraphrase failures: out of scope / not retrieved / LLM ignored |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if "scope" not in r:
+            continue
+        s, f = r["scope"], r.get("paraphrase_failures", {})
+        kept_out = None if s.get("neighbour") is None else 100 - s["neighbour"]
+        causes = " / ".join(str(f.get(k, "–")) for k in ("out_of_scope", "not_retrieved", "llm_ignored_fact"))
+        lines.append(f"| {r['dataset']} | {r['protocol']} | {r['n_edits']} | {_f(s.get('rewrite'))} | "
+                     f"{_f(s.get('paraphrase'))} | {_f(kept_out)} | {_f(r.get('retrieved', {}).get('paraphrase'))} | "
+                     f"{causes if f else '–'} |")
+    return "\n".join(lines)
+
+
+def forgetting_table(runs: list[dict]) -> str:
+    lines = ["| system | N written | before: ES of the to-be-forgotten | forget one: its ES / kept ES | "
+             "forget half: forgotten ES / kept ES | unedited ES (same facts) | forget time per fact |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if r["protocol"] != "forgetting":
+            continue
+        g = r["forgetting"]
+        es = "ES" if r["dataset"] == "counterfact" else "rel"
+        lines.append(f"| {r['system']} | {g['n_written']} | {_f(g['before']['to_forget'][es])} | "
+                     f"{_f(g['forget_one']['forgotten'][es])} / {_f(g['forget_one']['kept'][es])} | "
+                     f"{_f(g['forget_half']['forgotten'][es])} / {_f(g['forget_half']['kept'][es])} | "
+                     f"{_f(g['unedited']['forgotten_sample'][es])} | {_ms(g['forget_half']['forget_s_per_fact'])} |")
+    return "\n".join(lines)
+
+
+def plot_quality(runs: list[dict], path: Path) -> None:
+    series: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["dataset"] == "counterfact" and r.get("schema", "flat") == "flat" and r["protocol"] != "forgetting":
+            series[(r["system"], r["protocol"])].append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for ax, metric in zip(axes, ("ES", "PS", "NS"), strict=True):
+        for (system, protocol), rs in sorted(series.items()):
+            rs = sorted(rs, key=lambda r: r["n_edits"])
+            ax.plot([r["n_edits"] for r in rs], [r.get(metric) for r in rs], marker="o",
+                    linestyle="-" if protocol == "sequential" else "--", label=f"{system} ({protocol})")
+        ax.set_xscale("log")
+        ax.set_title(f"CounterFact {metric} (reported set)")
+        ax.set_xlabel("edits N")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_speed(runs: list[dict], path: Path) -> None:
+    best: dict[str, tuple[float, str]] = {}
+    for r in runs:
+        t = r.get("edit_s_median")
+        if t and r["system"] not in ("unedited", "oracle"):
+            best.setdefault(r["system"], (t, r["machine"]))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = sorted(best, key=lambda s: best[s][0])
+    ax.barh(names, [best[s][0] * 1e3 for s in names])
+    ax.set_xscale("log")
+    ax.set_xlabel("median wall time per edit (ms, log scale)")
+    for i, s in enumerate(names):
+        ax.text(best[s][0] * 1e3, i, f" {_ms(best[s][0])}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    args = ap.parse_args()
+    runs = load(args.results)
+    machines = sorted({r["machine"] for r in runs})
+    block = "\n\n".join([
+        "Machines: " + "; ".join(f"`{m}`" for m in machines),
+        "### CounterFact (flat schema: 1 paraphrase, 1 neighbourhood prompt per case)",
+        quality_table(runs, "counterfact"),
+        "### CounterFact (ROME schema: 2 paraphrases, 10 neighbourhood prompts per case)",
+        quality_table(runs, "counterfact", "rome"),
+        "### zsRE",
+        quality_table(runs, "zsre"),
+        "### The service's scope detector on its own",
+        scope_table(runs),
+        "### Forgetting",
+        forgetting_table(runs),
+        "![ES/PS/NS against N](../bench/results/editing/quality_vs_n.png)\n\n"
+        "![time per edit](../bench/results/editing/time_per_edit.png)",
+    ])
+    doc = args.doc.read_text() if args.doc.exists() else f"# Editing benchmarks\n\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}")
+    plot_quality(runs, args.results / "quality_vs_n.png")
+    plot_speed(runs, args.results / "time_per_edit.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The systems under test, behind one small interface so every protocol and metric is shared.
+
+A system edits (one case at a time), forgets where it can, resets to the unedited model, and
+answers two kinds of evaluation calls in bulk: score candidates after a prompt, and generate a
+greedy answer. Systems that only change what the LLM reads (unedited, oracle, the service's
+context decoding, weight editors) are ``TextSystem``s and share batched LLM calls; the HTTP
+system sends the service's own routes one request at a time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import torch
+
+from bench.baselines import WeightEditor
+from bench.editing.data import Case
+from models.conditioning import ContextConditioner, Readout
+from models.llm import CausalLM, ContinuationScore
+from service.app import LoadedModels, build_editor
+from service.editor import Editor
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    case: Case
+    prompt: str
+    candidates: list[str]
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: list[ContinuationScore]
+    in_scope: bool | None = None  # None: the system has no scope decision
+    retrieved: bool | None = None  # whether the case's own fact reached the LLM (service only)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    in_scope: bool | None = None
+    retrieved: bool | None = None
+
+
+class System(Protocol):
+    name: str
+
+    def edit(self, case: Case) -> None: ...
+
+    def forget(self, case: Case) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def score(self, items: Sequence[ScoreItem]) -> list[Scored]: ...
+
+    def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]: ...
+
+
+def chunks(seq: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    readout: Readout | None
+    in_scope: bool | None = None
+    retrieved: bool | None = None
+
+
+class TextSystem:
+    """A system whose edits change only what the (possibly weight-edited) LLM reads: batched evaluation."""
+
+    name = "unedited"
+
+    def __init__(self, llm: CausalLM, batch: int = 32) -> None:
+        self.llm, self.batch, self.cond = llm, batch, ContextConditioner()
+
+    def condition(self, case: Case, prompt: str) -> Conditioning:
+        return Conditioning(None)
+
+    def edit(self, case: Case) -> None:
+        pass
+
+    def forget(self, case: Case) -> None:
+        raise NotImplementedError(f"{self.name} cannot forget one edit")
+
+    def reset(self) -> None:
+        pass
+
+    def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
+        out = []
+        for part in chunks(items, self.batch):
+            conds = [self.condition(it.case, it.prompt) for it in part]
+            pairs = [(self.cond.scoring_prefix(self.llm, it.prompt, c.readout), it.candidates)
+                     for it, c in zip(part, conds, strict=True)]
+            for s, c in zip(self.llm.score_batch(pairs), conds, strict=True):
+                out.append(Scored(s, c.in_scope, c.retrieved))
+        return out
+
+    def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]:
+        out = []
+        for part in chunks(items, self.batch):
+            conds = [self.condition(case, prompt) for case, prompt in part]
+            texts = [self.cond.generation_text(self.llm, prompt, c.readout)
+                     for (_, prompt), c in zip(part, conds, strict=True)]
+            for a, c in zip(self.llm.generate_batch(texts, max_new_tokens), conds, strict=True):
+                out.append(Answer(a, c.in_scope, c.retrieved))
+        return out
+
+
+class Oracle(TextSystem):
+    """The case's own new fact always in the prompt: context decoding with perfect scope and retrieval."""
+
+    name = "oracle"
+
+    def condition(self, case: Case, prompt: str) -> Conditioning:
+        return Conditioning(Readout(torch.empty(0), (case.fact,)))
+
+
+class Service(TextSystem):
+    """The service's editor in process: real memory, scope detector, store and context decoding."""
+
+    name = "larimar-context"
+
+    def __init__(self, models: LoadedModels, settings: Settings | None = None, batch: int = 32) -> None:
+        super().__init__(models.llm, batch)
+        self.settings = settings or Settings(store_url=f"file://{tempfile.mkdtemp(prefix='larimar-bench-')}")
+        self.editor: Editor = build_editor(self.settings, models)
+        self.memory, self.generation, self.fact_ids = "bench-0", 0, {}
+
+    def edit(self, case: Case) -> None:
+        (fact,) = self.editor.add_facts(self.memory, [(case.fact, {"case_id": case.case_id})])
+        self.fact_ids[case.case_id] = fact.id
+
+    def forget(self, case: Case) -> None:
+        self.editor.forget(self.memory, self.fact_ids.pop(case.case_id))
+
+    def reset(self) -> None:
+        if self.fact_ids:
+            self.editor.delete_memory(self.memory)
+        self.generation += 1
+        self.memory, self.fact_ids = f"bench-{self.generation}", {}
+
+    def condition(self, case: Case, prompt: str) -> Conditioning:
+        if not self.fact_ids:
+            return Conditioning(None, False, False)
+        recall = self.editor.recall(self.editor.memory(self.memory), prompt, "auto")
+        retrieved = case.fact in recall.readout.facts if recall.readout else False
+        return Conditioning(recall.readout, recall.in_scope, retrieved)
+
+
+class WeightEdited(TextSystem):
+    """A peer method that edits the LLM's weights; evaluated through the same plain LLM calls as the base."""
+
+    def __init__(self, llm: CausalLM, method: WeightEditor, batch: int = 32) -> None:
+        super().__init__(llm, batch)
+        self.method, self.name = method, method.name
+
+    def edit(self, case: Case) -> None:
+        self.method.apply(case.request)
+
+    def reset(self) -> None:
+        self.method.reset()
+
+
+class Http:
+    """The running service over its REST routes: the same protocol, checkable from outside."""
+
+    name = "larimar-http"
+
+    def __init__(self, client: httpx.Client, memory_mode: str = "auto") -> None:
+        self.mode = memory_mode  # "off" asks the same server for the unedited model's answers
+        self.client = client
+        self.memory, self.generation, self.fact_ids = "bench-http-0", 0, {}
+        if memory_mode == "off":  # the routes need an existing memory even when they do not read it
+            self.memory = "bench-http-unedited"
+            self._post("/facts", {"text": "This memory only exists so the benchmark can query with memory off."})
+
+    @staticmethod
+    def connect(url: str, api_key: str | None = None, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _post(self, path: str, body: dict) -> dict:
+        r = self.client.post(f"/v1/memories/{self.memory}{path}", json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def edit(self, case: Case) -> None:
+        self.fact_ids[case.case_id] = self._post("/facts", {"text": case.fact})["id"]
+
+    def forget(self, case: Case) -> None:
+        self.client.delete(f"/v1/memories/{self.memory}/facts/{self.fact_ids.pop(case.case_id)}").raise_for_status()
+
+    def reset(self) -> None:
+        if self.fact_ids:
+            self.client.delete(f"/v1/memories/{self.memory}").raise_for_status()
+        self.generation += 1
+        self.memory, self.fact_ids = f"bench-http-{self.generation}", {}
+
+    def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
+        out = []
+        for it in items:
+            body = self._post("/score", {"prompt": it.prompt, "candidates": it.candidates, "memory": self.mode})
+            scores = [ContinuationScore(s["candidate"], s["logprob"], s["n_tokens"], tuple(s["predicted_token_ids"]),
+                                        round(s["token_accuracy"] * s["n_tokens"])) for s in body["scores"]]
+            out.append(Scored(scores, body["in_scope"], any(f["text"] == it.case.fact for f in body["facts"])))
+        return out
+
+    def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]:
+        out = []
+        for case, prompt in items:
+            body = self._post("/query", {"prompt": prompt, "max_new_tokens": max_new_tokens, "memory": self.mode})
+            out.append(Answer(body["answer"], body["in_scope"], any(f["text"] == case.fact for f in body["facts"])))
+        return out

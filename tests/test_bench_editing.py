@@ -1,0 +1,93 @@
+"""The editing benchmark harness: data splits, metrics, protocols, and HTTP agreeing with in-process runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.editing import data
+from bench.editing.metrics import evaluate, failure_causes, reference, summarize
+from bench.editing.protocols import CaseLog, sequential, single
+from bench.editing.systems import Http, Oracle, Service, TextSystem
+from service.app import LoadedModels
+from service.settings import Settings
+
+pytestmark = pytest.mark.skipif(not data.DEFAULT_DATA.exists(), reason="../shared/data is not on this machine")
+
+
+def test_splits_follow_the_reported_dev_train_ranges() -> None:
+    report = data.load("counterfact", data.DEFAULT_DATA, "report")
+    assert [c.case_id for c in report] == list(range(2000))
+    dev = data.load("counterfact", data.DEFAULT_DATA, "dev")
+    assert min(c.case_id for c in dev) == 2000 and max(c.case_id for c in dev) == 9999
+    assert len(data.load("zsre", data.DEFAULT_DATA, "report")) == 500
+    assert [c.case_id for c in data.load("zsre", data.DEFAULT_DATA, "dev")][:1] == [500]
+    rome = data.load("counterfact", data.DEFAULT_DATA, "report", schema="rome")
+    assert rome and all(c.case_id < 2000 and len(c.neighbours) == 10 for c in rome)
+    # The ROME-format file lost its accents upstream; rewrite fields come from the flat files.
+    flat = {c.case_id: c for c in report}
+    assert all(c.request == flat[c.case_id].request for c in rome)
+    assert report[0].fact == "The mother tongue of Danielle Darrieux is English."
+
+
+def test_paraphrase_failures_are_split_by_cause() -> None:
+    def row(ok: bool, scope: bool, got: bool) -> dict:
+        return {"ok": ok, "in_scope": scope, "retrieved": got}
+
+    records = [{"paraphrase": [row(True, True, True)]}, {"paraphrase": [row(False, False, False)]},
+               {"paraphrase": [row(False, True, False)]}, {"paraphrase": [row(False, True, True)]}]
+    assert failure_causes(records) == {"ok": 1, "out_of_scope": 1, "not_retrieved": 1, "llm_ignored_fact": 1}
+
+
+@pytest.fixture
+def cases() -> list[data.Case]:
+    return data.load("counterfact", data.DEFAULT_DATA, "report")[:3]
+
+
+def test_oracle_beats_the_unedited_model_on_efficacy(models: LoadedModels, cases: list[data.Case]) -> None:
+    plain = TextSystem(models.llm)
+    ref = reference(plain, cases, 4)
+    base = summarize(evaluate(plain, cases, ref, 4), "counterfact")
+    oracle = summarize(evaluate(Oracle(models.llm), cases, ref, 4), "counterfact")
+    assert oracle["ES"] > base["ES"]
+    # The unedited model answers its own neighbourhood prompts exactly as the reference does.
+    assert base["gen_neighbour_same"] == 100.0
+
+
+def test_http_and_in_process_runs_agree(models: LoadedModels, make_client, tmp_path: Path,
+                                        cases: list[data.Case]) -> None:
+    plain = TextSystem(models.llm)
+    ref = reference(plain, cases, 4)
+    inproc = Service(models, Settings(store_url=f"file://{tmp_path / 'a'}"))
+    log_a = CaseLog(tmp_path / "a.jsonl")
+    sequential(inproc, cases, cases, ref, 4, log_a)
+    with make_client(f"file://{tmp_path / 'b'}") as client:
+        log_b = CaseLog(tmp_path / "b.jsonl")
+        sequential(Http(client), cases, cases, ref, 4, log_b)
+        assert client.get("/v1/memories").json()["memories"] == []  # the run cleans up after itself
+    a, b = log_a.records, log_b.records
+    assert [r["rewrite"][0]["ok"] for r in a] == [r["rewrite"][0]["ok"] for r in b]
+    assert [r["paraphrase"][0]["in_scope"] for r in a] == [r["paraphrase"][0]["in_scope"] for r in b]
+    s = summarize(log_a.records, "counterfact")
+    assert s["scope"]["rewrite"] == 100.0 and s["retrieved"]["rewrite"] == 100.0
+    assert s["ES"] == 100.0
+
+
+def test_single_runs_resume_from_their_case_log(models: LoadedModels, tmp_path: Path, cases: list[data.Case]) -> None:
+    class Counting(Service):
+        edits = 0
+
+        def edit(self, case: data.Case) -> None:
+            Counting.edits += 1
+            super().edit(case)
+
+    ref = reference(TextSystem(models.llm), cases, 4)
+    system = Counting(models, Settings(store_url=f"file://{tmp_path / 's'}"))
+    single(system, cases[:2], ref, 4, CaseLog(tmp_path / "single.jsonl"))
+    log = CaseLog(tmp_path / "single.jsonl")
+    times = single(system, cases, ref, 4, log)
+    assert Counting.edits == 3 and len(times) == 3  # the third case only was edited again
+    assert [r["case_id"] for r in log.records] == [c.case_id for c in cases]
+    # One edit at a time in an empty memory: the service always finds the case's own fact.
+    assert all(r["rewrite"][0]["retrieved"] for r in log.records)
