@@ -18,6 +18,9 @@ import argparse
 import hashlib
 import json
 import logging
+import math
+import os
+import time
 from pathlib import Path
 from statistics import median
 
@@ -27,6 +30,7 @@ from bench.editing import data as data_mod
 from bench.editing.metrics import Reference, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, machine, peak_memory_mib, sequential, single
 from bench.editing.systems import Http, Oracle, Service, System, TextSystem, WeightEdited
+from models.llm import CausalLM
 from service.app import LoadedModels, load_models
 from service.settings import Settings
 
@@ -67,7 +71,9 @@ def cached_reference(unedited: System, cases: list, gen_tokens: int, tag: str, c
         return Reference(raw["answers"], raw["predicted"])
     ref = reference(unedited, cases, gen_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"answers": ref.answers, "predicted": ref.predicted}))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel runs may race to fill the same cache entry
+    tmp.write_text(json.dumps({"answers": ref.answers, "predicted": ref.predicted}))
+    os.replace(tmp, path)
     return ref
 
 
@@ -90,11 +96,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget-s", type=float, default=math.inf,
+                    help="stop starting new cases after this many seconds; summaries then say partial")
     args = ap.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    deadline = time.time() + args.budget_s
     settings = Settings(device=args.device)
     if args.url:
         name = "larimar-http"
@@ -103,7 +112,11 @@ def main() -> None:
         unedited: System = Http(client, memory_mode="off")
         tag = f"http:{args.url}"
     else:
-        models = load_models(settings)
+        if args.system == "larimar-context":
+            models = load_models(settings)
+        else:  # the peers and baselines need no encoder
+            llm = CausalLM(settings.llm, settings.model_cache_dir, settings.resolved_device(), settings.llm_dtype)
+            models = LoadedModels(None, llm)  # type: ignore[arg-type]
         system, unedited, name = make_system(args.system, models, args.batch), TextSystem(models.llm, args.batch), \
             args.system
         tag = settings.llm
@@ -131,15 +144,19 @@ def main() -> None:
         elif args.protocol == "single":
             # Single edits are independent, so every N shares one log: N=10 is the first 10 cases of N=1000.
             cases_log = CaseLog(args.out / f"{prefix}-single.cases.jsonl")
-            single(system, eval_cases, ref, args.gen_tokens, cases_log)
+            single(system, eval_cases, ref, args.gen_tokens, cases_log, deadline)
             wanted = {c.case_id for c in eval_cases}
             records = [r for r in cases_log.records if r["case_id"] in wanted]
             times = [r["edit_s"] for r in records]
             summary |= summarize(records, args.dataset) | _timing(times)
         else:
             cases_log = CaseLog(args.out / f"{prefix}-sequential-n{n}.cases.jsonl")
-            times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log)
+            times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log, deadline=deadline)
             summary |= summarize(cases_log.records, args.dataset) | _timing(times)
+            if len(times) < n:  # the budget ran out: this is the largest N the system reached
+                summary |= {"n_edits": len(times), "n_edits_asked": n}
+        if args.protocol != "forgetting":
+            summary["partial"] = summary["n_cases"] < len(eval_cases)
         summary["peak_memory"] = peak_memory_mib()
         stem = f"{prefix}-{args.protocol}-n{n}"
         (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
@@ -148,6 +165,7 @@ def main() -> None:
 
 def _timing(times: list[float]) -> dict:
     return {"edit_s_median": round(median(times), 5) if times else None, "edits_timed": len(times)}
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import resource
 import time
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
@@ -62,10 +68,16 @@ def _timed_edit(system: System, case: Case) -> float:
     return time.perf_counter() - t
 
 
-def single(system: System, cases: Sequence[Case], ref: Reference, gen_tokens: int, log_: CaseLog) -> list[float]:
-    """Each edit alone on the unedited model, evaluated, then undone (the papers' main tables)."""
+def single(system: System, cases: Sequence[Case], ref: Reference, gen_tokens: int, log_: CaseLog,
+           deadline: float = math.inf) -> list[float]:
+    """Each edit alone on the unedited model, evaluated, then undone (the papers' main tables).
+
+    Stops starting new cases at ``deadline`` (time.time()); the log keeps what was done for a later resume.
+    """
     times = [r["edit_s"] for r in log_.records]
     for case in tqdm([c for c in cases if c.case_id not in log_.done], desc=f"{system.name} single"):
+        if time.time() > deadline:
+            break
         system.reset()
         dt = _timed_edit(system, case)
         log_.add([evaluate(system, [case], ref, gen_tokens)[0] | {"edit_s": dt}])
@@ -75,11 +87,20 @@ def single(system: System, cases: Sequence[Case], ref: Reference, gen_tokens: in
 
 
 def sequential(system: System, cases: Sequence[Case], eval_cases: Sequence[Case], ref: Reference, gen_tokens: int,
-               log_: CaseLog, batch_cases: int = 32) -> list[float]:
-    """All edits into one model or memory, one at a time, then every evaluated case (the hard setting)."""
+               log_: CaseLog, batch_cases: int = 32, deadline: float = math.inf) -> list[float]:
+    """All edits into one model or memory, one at a time, then every evaluated case (the hard setting).
+
+    Past ``deadline`` no further edit starts; the cases edited by then are all evaluated, and the caller
+    reports the N actually reached.
+    """
     system.reset()
-    times = [_timed_edit(system, c) for c in tqdm(cases, desc=f"{system.name} edits")]
-    todo = [c for c in eval_cases if c.case_id not in log_.done]
+    times = []
+    for case in tqdm(cases, desc=f"{system.name} edits"):
+        if time.time() > deadline:
+            break
+        times.append(_timed_edit(system, case))
+    edited = {c.case_id for c in cases[: len(times)]}
+    todo = [c for c in eval_cases if c.case_id not in log_.done and c.case_id in edited]
     for part in tqdm(list(chunks(todo, batch_cases)), desc=f"{system.name} evaluate"):
         log_.add(evaluate(system, part, ref, gen_tokens))
     system.reset()

@@ -24,7 +24,8 @@ ORDER = ("unedited", "oracle", "larimar-context", "larimar-http", "ft-l", "rome"
 
 
 def load(results: Path) -> list[dict]:
-    runs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(results.rglob("*.json"))]
+    runs = [r for r in runs if r["protocol"] == "forgetting" or r.get("n_cases")]  # runs cut before any case
     return sorted(runs, key=lambda r: (r["dataset"], r.get("schema", "flat"), r["protocol"],
                                        ORDER.index(r["system"]) if r["system"] in ORDER else 99, r["n_edits"]))
 
@@ -94,6 +95,23 @@ def forgetting_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(runs: list[dict]) -> str:
+    """Median time per edit, per machine, taken from the largest run of each system there."""
+    lines = ["| machine | system | median time per edit | from run | peak RSS | peak CUDA |",
+             "|---|---|---|---|---|---|"]
+    best: dict[tuple[str, str], dict] = {}
+    for r in runs:
+        if r.get("edit_s_median") and r["system"] not in ("unedited", "oracle"):
+            key = (r["machine"], r["system"])
+            if key not in best or r.get("edits_timed", 0) > best[key].get("edits_timed", 0):
+                best[key] = r
+    for (m, system), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[1]["edit_s_median"])):
+        mem = r.get("peak_memory", {})
+        lines.append(f"| {m} | {system} | {_ms(r['edit_s_median'])} | {r['dataset']} {r['protocol']} "
+                     f"N={r['n_edits']} | {_f(mem.get('rss_mib'), 0)} MiB | {_f(mem.get('cuda_mib'), 0)} MiB |")
+    return "\n".join(lines)
+
+
 def plot_quality(runs: list[dict], path: Path) -> None:
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in runs:
@@ -117,18 +135,21 @@ def plot_quality(runs: list[dict], path: Path) -> None:
 
 
 def plot_speed(runs: list[dict], path: Path) -> None:
-    best: dict[str, tuple[float, str]] = {}
+    best: dict[str, float] = {}  # "system (machine)" -> median seconds, from its largest run
+    size: dict[str, int] = {}
     for r in runs:
         t = r.get("edit_s_median")
         if t and r["system"] not in ("unedited", "oracle"):
-            best.setdefault(r["system"], (t, r["machine"]))
+            label = f"{r['system']} ({'GPU' if 'cuda_mib' in r.get('peak_memory', {}) else 'CPU'})"
+            if r.get("edits_timed", 0) > size.get(label, -1):
+                best[label], size[label] = t, r.get("edits_timed", 0)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = sorted(best, key=lambda s: best[s][0])
-    ax.barh(names, [best[s][0] * 1e3 for s in names])
+    names = sorted(best, key=lambda s: best[s])
+    ax.barh(names, [best[s] * 1e3 for s in names])
     ax.set_xscale("log")
     ax.set_xlabel("median wall time per edit (ms, log scale)")
     for i, s in enumerate(names):
-        ax.text(best[s][0] * 1e3, i, f" {_ms(best[s][0])}", va="center", fontsize=8)
+        ax.text(best[s] * 1e3, i, f" {_ms(best[s])}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -153,6 +174,8 @@ def main() -> None:
         scope_table(runs),
         "### Forgetting",
         forgetting_table(runs),
+        "### Time per edit",
+        speed_table(runs),
         "![ES/PS/NS against N](../bench/results/editing/quality_vs_n.png)\n\n"
         "![time per edit](../bench/results/editing/time_per_edit.png)",
     ])
