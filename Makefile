@@ -9,9 +9,10 @@ test:  ## run the whole test suite (installs into .venv first)
 lint:
 	bash scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-bench:  ## latency, capacity, scope and CounterFact benchmarks (about 15 minutes on 2 cores)
+bench:  ## latency, capacity, scope and editing benchmarks (the editing runs take hours on 2 cores)
 	bash scripts/bootstrap.sh
 	.venv/bin/python bench/service_bench.py
 	.venv/bin/python bench/capacity.py
 	.venv/bin/python bench/scope_sweep.py
-	.venv/bin/python bench/counterfact_eval.py --split report --n 500
+	bash bench/editing/cpu_run.sh
+	.venv/bin/python -m bench.editing.report

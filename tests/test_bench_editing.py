@@ -8,7 +8,7 @@ import pytest
 
 from bench.editing import data
 from bench.editing.metrics import evaluate, failure_causes, reference, summarize
-from bench.editing.protocols import CaseLog, sequential, single
+from bench.editing.protocols import CaseLog, forgetting, sequential, single
 from bench.editing.systems import Http, Oracle, Service, TextSystem
 from service.app import LoadedModels
 from service.settings import Settings
@@ -91,3 +91,14 @@ def test_single_runs_resume_from_their_case_log(models: LoadedModels, tmp_path: 
     assert [r["case_id"] for r in log.records] == [c.case_id for c in cases]
     # One edit at a time in an empty memory: the service always finds the case's own fact.
     assert all(r["rewrite"][0]["retrieved"] for r in log.records)
+
+
+def test_forgetting_returns_forgotten_facts_to_the_unedited_model(models: LoadedModels, tmp_path: Path) -> None:
+    cases = data.load("counterfact", data.DEFAULT_DATA, "report")[:4]
+    system = Service(models, Settings(store_url=f"file://{tmp_path / 'f'}"))
+    out = forgetting(system, cases, TextSystem(models.llm), sample=2)
+    assert out["before"]["to_forget"]["ES"] == 100.0 and out["before"]["kept"]["ES"] == 100.0
+    # Forgotten facts are out of the memory, so the model answers as it did unedited; the kept ones still hold.
+    assert out["forget_half"]["forgotten"]["ES"] == out["unedited"]["forgotten_sample"]["ES"]
+    assert out["forget_half"]["kept"]["ES"] == 100.0
+    assert not system.fact_ids  # the run resets its memory at the end

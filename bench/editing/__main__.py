@@ -50,7 +50,8 @@ def make_system(name: str, models: LoadedModels, batch: int) -> System:
     if name == "ft-l":
         from bench.baselines.ft_l import FineTuneL
 
-        return WeightEdited(llm, FineTuneL(llm), batch)
+        # Layer 2 with a 2e-3 bound: the best of layers 2 / 10 / 20 and bounds 5e-4 / 2e-3 on 20 dev cases.
+        return WeightEdited(llm, FineTuneL(llm, layer=2, epsilon=2e-3), batch)
     if name == "rome":
         from bench.baselines.rome import Rome
 
@@ -58,7 +59,8 @@ def make_system(name: str, models: LoadedModels, batch: int) -> System:
     if name == "grace":
         from bench.baselines.grace import Grace
 
-        return WeightEdited(llm, Grace(llm), batch=1)  # its codebook keys on each prompt's own boundary
+        # Every layer and radius tried on dev gave the same ES/PS/NS; layer 16's MLP is the cheapest to train.
+        return WeightEdited(llm, Grace(llm, layer=16, site="mlp"), batch)
     raise ValueError(name)
 
 
@@ -133,30 +135,41 @@ def main() -> None:
         evaluable = [c for c in edits if c.case_id in pool_ids]
         step = max(1, len(evaluable) // args.limit) if args.limit else 1
         eval_cases = evaluable[::step][: args.limit] if args.limit else evaluable
-        ref = cached_reference(unedited, eval_cases if args.protocol != "forgetting" else edits, args.gen_tokens,
-                               tag, settings.model_cache_dir / "bench")
+        log_path = args.out / (f"{prefix}-single.cases.jsonl" if args.protocol == "single"
+                               else f"{prefix}-{args.protocol}-n{n}.cases.jsonl")
+        done = CaseLog(log_path).done if args.protocol != "forgetting" else set()
+        # Only the cases still to evaluate need the unedited model's answers (a resumed run skips the rest).
+        todo = [c for c in eval_cases if c.case_id not in done] if args.protocol != "forgetting" else []
+        ref = cached_reference(unedited, todo, args.gen_tokens, tag, settings.model_cache_dir / "bench")
         summary: dict = {"system": name, "dataset": args.dataset, "schema": args.schema, "split": args.split,
                          "protocol": args.protocol, "n_edits": n, "gen_tokens": args.gen_tokens,
                          "case_ids": [edits[0].case_id, edits[-1].case_id], "machine": machine(),
                          "llm": settings.llm if not args.url else args.url}
+        if isinstance(system, WeightEdited):
+            summary["method_config"] = system.config()
+        elif isinstance(system, Service):
+            summary["service_config"] = {"slots": system.settings.memory_slots,
+                                         "scope_threshold": system.settings.scope_threshold,
+                                         "context_facts": system.settings.context_facts, "decoder": "context"}
         if args.protocol == "forgetting":
-            summary["forgetting"] = forgetting(system, edits, unedited, ref, args.gen_tokens, args.forget_sample)
+            summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)
         elif args.protocol == "single":
             # Single edits are independent, so every N shares one log: N=10 is the first 10 cases of N=1000.
-            cases_log = CaseLog(args.out / f"{prefix}-single.cases.jsonl")
+            cases_log = CaseLog(log_path)
             single(system, eval_cases, ref, args.gen_tokens, cases_log, deadline)
             wanted = {c.case_id for c in eval_cases}
             records = [r for r in cases_log.records if r["case_id"] in wanted]
             times = [r["edit_s"] for r in records]
             summary |= summarize(records, args.dataset) | _timing(times)
         else:
-            cases_log = CaseLog(args.out / f"{prefix}-sequential-n{n}.cases.jsonl")
+            cases_log = CaseLog(log_path)
             times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log, deadline=deadline)
             summary |= summarize(cases_log.records, args.dataset) | _timing(times)
             if len(times) < n:  # the budget ran out: this is the largest N the system reached
                 summary |= {"n_edits": len(times), "n_edits_asked": n}
-        if args.protocol != "forgetting":
-            summary["partial"] = summary["n_cases"] < len(eval_cases)
+        if args.protocol != "forgetting":  # fewer cases evaluated than were edited (a budget or an interrupt)
+            edited = len(eval_cases) if args.protocol == "single" else len(times)
+            summary["partial"] = summary["n_cases"] < min(len(eval_cases), edited)
         summary["peak_memory"] = peak_memory_mib()
         stem = f"{prefix}-{args.protocol}-n{n}"
         (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# The rows measured on this CPU: the service (context decoding) in every protocol, and the peers at N=10
-# so that every system's time per edit is also measured on one machine. Two runs at a time, one thread each
-# (on 2 cores that beats one run with two threads for a 135M model). Logs in /tmp/bench-logs.
+# The rows measured on this 2-core CPU, in two lanes of one thread each (for a 135M model on 2 cores that beats
+# one run with two threads). The peers get a time budget per run: the summaries then give the largest N reached
+# and the measured time per edit. Logs in /tmp/bench-logs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
+PEER_BUDGET_S=${PEER_BUDGET_S:-480}
 mkdir -p /tmp/bench-logs
-run() { local name=$1; shift; $PY -m bench.editing --threads 1 "$@" > "/tmp/bench-logs/$name.log" 2>&1; }
+run() { local name=$1; shift; echo "$(date +%T) $name"; $PY -m bench.editing --threads 1 "$@" > "/tmp/bench-logs/$name.log" 2>&1; }
+S=larimar-context
 (
-  run cf-ctx-seq --system larimar-context --protocol sequential --n 10 100 1000
-  run cf-ctx-10k --system larimar-context --protocol sequential --n 10000 --limit 500
-  run zsre-ctx-seq --dataset zsre --system larimar-context --protocol sequential --n 10 100 500
-  run cf-forget --system larimar-context --protocol forgetting --n 512 1024
-  run cf-rome-schema --schema rome --system larimar-context --protocol sequential --n 202
+  run cf-ctx-seq --system $S --protocol sequential --n 1000 10 100
+  run cf-ctx-single --system $S --protocol single --n 10 100
+  run zsre-ctx-seq --dataset zsre --system $S --protocol sequential --n 10 100 500 --limit 100
+  run cf-forget --system $S --protocol forgetting --n 512 1024 --forget-sample 100
+  run cf-ctx-10k --system $S --protocol sequential --n 10000 --limit 100
+  run zsre-ctx-single --dataset zsre --system $S --protocol single --n 10 100
 ) &
 (
-  run cf-ctx-single --system larimar-context --protocol single --n 10 100 1000
-  run zsre-ctx-single --dataset zsre --system larimar-context --protocol single --n 10 100 500
-  for sys in ft-l rome grace; do run "cf-$sys-cpu" --system "$sys" --protocol single --n 10 --out bench/results/editing/cpu; done
+  run cf-stateless --system unedited --protocol sequential --n 10 100
+  run cf-oracle --system oracle --protocol sequential --n 10 100
+  run zsre-unedited --dataset zsre --system unedited --protocol sequential --n 10 100 500 --limit 100
+  for sys in rome ft-l grace; do
+    run "cf-$sys-single" --system "$sys" --protocol single --n 10
+    run "cf-$sys-seq" --system "$sys" --protocol sequential --n 10 100 --budget-s "$PEER_BUDGET_S"
+    run "zsre-$sys-seq" --dataset zsre --system "$sys" --protocol sequential --n 10
+  done
 ) &
 wait

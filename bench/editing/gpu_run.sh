@@ -3,9 +3,11 @@
 #
 # A device call carries at most 64 MiB, so earlier calls on the same warm machine leave in $GPU_FILES (default
 # /tmp/gpu) the two halves of the 98 MB SmolLM2 GGUF (llm_00, llm_01) and whl/ (wheels for packages that
-# machine's python lacks); this call carries .gpu/enc (all-MiniLM-L6-v2 in float16, put back to float32 here).
-# Every run stops starting new edits/cases BUDGET_S seconds after this script starts (summaries then say
-# "partial" or give the N reached). Results land in $OUT/editing, logs in $OUT/logs.
+# machine's python lacks, opentelemetry-api included: fastapi imports it); this call carries .gpu/enc
+# (all-MiniLM-L6-v2 in float16, put back to float32 here) and .gpu/data (the ../shared/data files the runs read,
+# 6 MB: the device only gets this repository). Every run stops starting new edits/cases BUDGET_S seconds after
+# this script starts (summaries then give the N reached). The device returns only a few files per call, so
+# everything comes back as one archive, $OUT/editing.tgz (results and logs).
 set -uo pipefail
 G=${GPU_FILES:-/tmp/gpu}
 END=$(( $(date +%s) + ${BUDGET_S:-380} ))
@@ -13,7 +15,8 @@ cat "$G/llm_00" "$G/llm_01" > /tmp/smol.gguf
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$G"/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export LARIMAR_LLM=/tmp/smol.gguf LARIMAR_ENCODER=/tmp/enc LARIMAR_DEVICE=cuda LARIMAR_MODEL_CACHE_DIR=/tmp/lcache
-mkdir -p "$OUT/editing" "$OUT/logs" /tmp/enc
+mkdir -p "$OUT/editing" "$OUT/logs" /tmp/enc /work/shared
+[ -d /work/shared/data ] || cp -r .gpu/data /work/shared/data   # where bench.editing looks by default
 cp -r .gpu/enc/. /tmp/enc/
 nvidia-smi -L
 # Encoder back to float32; GGUF converted and ROME's second moments computed once, before the parallel runs.
@@ -56,3 +59,4 @@ nvidia-smi --query-gpu=name,memory.used --format=csv
 grep -h "bench.editing:" "$OUT"/logs/*.log | cut -c1-300
 grep -l -E "Traceback|Error" "$OUT"/logs/*.log | while read -r f; do echo "== $f"; grep -B2 -A8 Traceback "$f" | tail -20; done
 ls "$OUT/editing" | wc -l
+tar czf "$OUT/editing.tgz" -C "$OUT" editing logs && rm -rf "$OUT/editing" "$OUT/logs"

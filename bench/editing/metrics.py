@@ -42,6 +42,8 @@ def candidates(case: Case, kind: str) -> list[str]:
 def reference(system: System, cases: Sequence[Case], gen_tokens: int) -> Reference:
     """Run on the unedited system, before any edit."""
     items = [(c, p) for c in cases for p in c.neighbours]
+    if not items:
+        return Reference({}, {})
     answers = {p: a.text for (_, p), a in zip(items, system.generate(items, gen_tokens), strict=True)}
     loc = [ScoreItem(c, p, candidates(c, "neighbour")) for c in cases if c.dataset == "zsre" for p in c.neighbours]
     predicted = {_loc_key(it.prompt, it.case): list(s.scores[0].predicted)

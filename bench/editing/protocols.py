@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from bench.editing.data import Case
-from bench.editing.metrics import Reference, evaluate, summarize
-from bench.editing.systems import System, chunks
+from bench.editing.metrics import Reference, candidates, evaluate
+from bench.editing.systems import ScoreItem, System, chunks
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ def sequential(system: System, cases: Sequence[Case], eval_cases: Sequence[Case]
     return times
 
 
-def forgetting(system: System, cases: Sequence[Case], unedited: System, ref: Reference, gen_tokens: int,
-               sample: int) -> dict:
+def forgetting(system: System, cases: Sequence[Case], unedited: System, sample: int) -> dict:
     """Write N facts, forget one, then half: recall of the forgotten should fall to the unedited level."""
     system.reset()
     times = [_timed_edit(system, c) for c in tqdm(cases, desc=f"{system.name} edits")]
@@ -118,8 +117,10 @@ def forgetting(system: System, cases: Sequence[Case], unedited: System, ref: Ref
     f_sample, k_sample = forgotten[::step][:sample], kept[::step][:sample]
 
     def recall(which: Sequence[Case], on: System) -> dict:
-        s = summarize(evaluate(on, which, ref, gen_tokens), which[0].dataset)
-        return {k: s.get(k) for k in ("n_cases", "ES", "rel", "gen_rewrite", "PS", "gen", "gen_paraphrase")}
+        """ES on the rewrite prompts only: whether each fact is still (or no longer) what the model says."""
+        items = [ScoreItem(c, c.request.prompt, candidates(c, "rewrite")) for c in which]
+        wins = [s.scores[0].mean_logprob > s.scores[1].mean_logprob for s in on.score(items)]
+        return {"n_cases": len(wins), "ES": round(100 * sum(wins) / len(wins), 2)}
 
     out: dict = {"n_written": len(cases), "before": {"to_forget": recall(f_sample, system),
                                                      "kept": recall(k_sample, system)}}

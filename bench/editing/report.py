@@ -38,14 +38,18 @@ def _ms(s: float | None) -> str:
     return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
 
 
+def device(r: dict) -> str:
+    return r.get("device") or ("H200" if "cuda_mib" in r.get("peak_memory", {}) else "CPU")
+
+
 def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
     if dataset == "zsre":
         head = "| system | protocol | N | rel (src) | gen (rephrase) | loc | score | gen. acc. src / rephrase | " \
-               "time per edit | peak RSS | cases |"
+               "time per edit | peak RSS | cases | device |"
         cols = ("rel", "gen", "loc", "score")
     else:
         head = "| system | protocol | N | ES | PS | NS | score | ES / PS / NS magnitude | " \
-               "gen. acc. rewrite / paraphrase / neighbour same | time per edit | peak RSS | cases |"
+               "gen. acc. rewrite / paraphrase / neighbour same | time per edit | peak RSS | cases | device |"
         cols = ("ES", "PS", "NS", "score")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in runs:
@@ -58,8 +62,10 @@ def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
             extra = f"{_f(r.get('EM'))} / {_f(r.get('PM'))} / {_f(r.get('NM'))} | " \
                     f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / {_f(r.get('gen_neighbour_same'))}"
         rss = r.get("peak_memory", {}).get("rss_mib")
-        lines.append(f"| {r['system']} | {r['protocol']} | {r['n_edits']} | {main} | {extra} | "
-                     f"{_ms(r.get('edit_s_median'))} | {_f(rss, 0)} MiB | {r.get('n_cases')} |")
+        n = f"{r['n_edits']} of {r['n_edits_asked']} (budget)" if r.get("n_edits_asked") else r["n_edits"]
+        lines.append(f"| {r['system']} | {r['protocol']} | {n} | {main} | {extra} | "
+                     f"{_ms(r.get('edit_s_median'))} | {_f(rss, 0)} MiB | {r.get('n_cases')}"
+                     f"{' (partial)' if r.get('partial') else ''} | {device(r)} |")
     return "\n".join(lines)
 
 
@@ -87,7 +93,7 @@ def forgetting_table(runs: list[dict]) -> str:
         if r["protocol"] != "forgetting":
             continue
         g = r["forgetting"]
-        es = "ES" if r["dataset"] == "counterfact" else "rel"
+        es = "ES"
         lines.append(f"| {r['system']} | {g['n_written']} | {_f(g['before']['to_forget'][es])} | "
                      f"{_f(g['forget_one']['forgotten'][es])} / {_f(g['forget_one']['kept'][es])} | "
                      f"{_f(g['forget_half']['forgotten'][es])} / {_f(g['forget_half']['kept'][es])} | "
@@ -140,7 +146,7 @@ def plot_speed(runs: list[dict], path: Path) -> None:
     for r in runs:
         t = r.get("edit_s_median")
         if t and r["system"] not in ("unedited", "oracle"):
-            label = f"{r['system']} ({'GPU' if 'cuda_mib' in r.get('peak_memory', {}) else 'CPU'})"
+            label = f"{r['system']} ({device(r)})"
             if r.get("edits_timed", 0) > size.get(label, -1):
                 best[label], size[label] = t, r.get("edits_timed", 0)
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -162,6 +162,10 @@ class WeightEdited(TextSystem):
         super().__init__(llm, batch)
         self.method, self.name = method, method.name
 
+    def config(self) -> dict:
+        """The method's scalar settings, recorded with every run so a result names what produced it."""
+        return {k: v for k, v in vars(self.method).items() if isinstance(v, int | float | str) and k != "name"}
+
     def edit(self, case: Case) -> None:
         self.method.apply(case.request)
 
