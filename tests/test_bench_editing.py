@@ -13,9 +13,11 @@ from bench.editing.systems import Http, Oracle, Service, TextSystem
 from service.app import LoadedModels
 from service.settings import Settings
 
-pytestmark = pytest.mark.skipif(not data.DEFAULT_DATA.exists(), reason="../shared/data is not on this machine")
+needs_data = pytest.mark.skipif(not data.DEFAULT_DATA.exists(),
+                                reason="no benchmark data: ../shared/data is missing and LARIMAR_BENCH_DATA is unset")
 
 
+@needs_data
 def test_splits_follow_the_reported_dev_train_ranges() -> None:
     report = data.load("counterfact", data.DEFAULT_DATA, "report")
     assert [c.case_id for c in report] == list(range(2000))
@@ -45,6 +47,7 @@ def cases() -> list[data.Case]:
     return data.load("counterfact", data.DEFAULT_DATA, "report")[:3]
 
 
+@needs_data
 def test_oracle_beats_the_unedited_model_on_efficacy(models: LoadedModels, cases: list[data.Case]) -> None:
     plain = TextSystem(models.llm)
     ref = reference(plain, cases, 4)
@@ -55,6 +58,7 @@ def test_oracle_beats_the_unedited_model_on_efficacy(models: LoadedModels, cases
     assert base["gen_neighbour_same"] == 100.0
 
 
+@needs_data
 def test_http_and_in_process_runs_agree(models: LoadedModels, make_client, tmp_path: Path,
                                         cases: list[data.Case]) -> None:
     plain = TextSystem(models.llm)
@@ -74,6 +78,7 @@ def test_http_and_in_process_runs_agree(models: LoadedModels, make_client, tmp_p
     assert s["ES"] == 100.0
 
 
+@needs_data
 def test_single_runs_resume_from_their_case_log(models: LoadedModels, tmp_path: Path, cases: list[data.Case]) -> None:
     class Counting(Service):
         edits = 0
@@ -93,6 +98,7 @@ def test_single_runs_resume_from_their_case_log(models: LoadedModels, tmp_path: 
     assert all(r["rewrite"][0]["retrieved"] for r in log.records)
 
 
+@needs_data
 def test_forgetting_returns_forgotten_facts_to_the_unedited_model(models: LoadedModels, tmp_path: Path) -> None:
     cases = data.load("counterfact", data.DEFAULT_DATA, "report")[:4]
     system = Service(models, Settings(store_url=f"file://{tmp_path / 'f'}"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,8 @@ from bench.baselines import EditRequest
 Dataset = Literal["counterfact", "zsre"]
 Split = Literal["report", "dev", "train"]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+# ../shared/data next to the repository, as this project lays it out; LARIMAR_BENCH_DATA points elsewhere.
+DEFAULT_DATA = Path(os.environ.get("LARIMAR_BENCH_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 CF_FLAT = ("counterfact-edit.json.gz", "counterfact-train.json.gz", "counterfact-val.json.gz")
 CF_ROME = ("counterfact_portability_gpt4.json.gz", "counterfact_subject_replace.json")
 CF_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 2000), "dev": (2000, 10000), "train": (10000, 10**9)}
