@@ -122,7 +122,8 @@ def plot_quality(runs: list[dict], path: Path) -> None:
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in runs:
         if r["dataset"] == "counterfact" and r.get("schema", "flat") == "flat" and r["protocol"] != "forgetting":
-            series[(r["system"], r["protocol"])].append(r)
+            where = "" if device(r) == "CPU" or r["n_edits"] >= 1000 or "N=1000" in device(r) else ", GPU run"
+            series[(r["system"], r["protocol"] + where)].append(r)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for ax, metric in zip(axes, ("ES", "PS", "NS"), strict=True):
         for (system, protocol), rs in sorted(series.items()):
