@@ -147,10 +147,12 @@ def plot_speed(runs: list[dict], path: Path) -> None:
     for r in runs:
         t = r.get("edit_s_median")
         if t and r["system"] not in ("unedited", "oracle"):
-            label = f"{r['system']} ({device(r)})"
+            # where the timed edits ran: the process that wrote the summary (a resumed run replays its edits)
+            where = "H200" if "cuda_mib" in r.get("peak_memory", {}) else "CPU"
+            label = f"{r['system']} ({where}{', shared' if 'sharing' in device(r) else ''})"
             if r.get("edits_timed", 0) > size.get(label, -1):
                 best[label], size[label] = t, r.get("edits_timed", 0)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
     names = sorted(best, key=lambda s: best[s])
     ax.barh(names, [best[s] * 1e3 for s in names])
     ax.set_xscale("log")
