@@ -29,7 +29,7 @@ the backward pass runs through every layer above the edited one, so later layers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -85,6 +85,21 @@ def training(model: torch.nn.Module, trainable: list[torch.Tensor]) -> Iterator[
             p.requires_grad_(flag)
 
 
+def fit(model: torch.nn.Module, param: torch.Tensor, ids: torch.Tensor, n_prompt: int, steps: int, lr: float,
+        stop_loss: float, after_step: Callable[[], None] | None = None) -> None:
+    """Adam on one tensor against the target's NLL, stopping early once the target is learnt."""
+    opt = torch.optim.Adam([param], lr=lr)
+    for _ in range(steps):
+        loss = target_nll(model, ids, n_prompt)
+        if loss.item() < stop_loss:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+
+
 class FineTuneL:
     """FT-L on ``model.layers[layer].mlp.down_proj``; ``reset`` restores the original weight bit for bit."""
 
@@ -108,16 +123,12 @@ class FineTuneL:
         with training(self.llm.model, [self.weight]):
             ids, n_prompt = encode_edit(self.llm, request.prompt, request.target_new)  # (1, P + C), P
             low, high = self.weight.detach() - self.epsilon, self.weight.detach() + self.epsilon  # (576, 1536)
-            opt = torch.optim.Adam([self.weight], lr=self.lr)
-            for _ in range(self.steps):
-                loss = target_nll(self.llm.model, ids, n_prompt)
-                if loss.item() < self.stop_loss:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():  # project back into the L-inf ball around this edit's start
+
+            def project() -> None:  # back into the L-inf ball around this edit's start
+                with torch.no_grad():
                     torch.clamp(self.weight, low, high, out=self.weight)
+
+            fit(self.llm.model, self.weight, ids, n_prompt, self.steps, self.lr, self.stop_loss, project)
         self.weight.grad = None
 
     def reset(self) -> None:

@@ -76,7 +76,7 @@ from typing import Any, Literal
 import torch
 
 from bench.baselines import EditRequest
-from bench.baselines.ft_l import encode_edit, target_nll, training
+from bench.baselines.ft_l import encode_edit, fit, training
 from models.llm import CausalLM
 
 Site = Literal["mlp", "layer"]
@@ -188,14 +188,7 @@ class Grace:
             return torch.cat([out[:, :pos], value.to(out.dtype).expand(1, out.shape[1] - pos, -1)], dim=1)
 
         with training(self.llm.model, [value]), self._overriding(force):
-            opt = torch.optim.Adam([value], lr=self.lr)
-            for _ in range(self.steps):
-                loss = target_nll(self.llm.model, ids, n_prompt)
-                if loss.item() < self.stop_loss:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            fit(self.llm.model, value, ids, n_prompt, self.steps, self.lr, self.stop_loss)
         return value.detach().clone()
 
     def _add(self, key: torch.Tensor, value: torch.Tensor, radius: float, label: str) -> None:
