@@ -55,10 +55,6 @@ def _loc_key(prompt: str, case: Case) -> str:
     return f"{prompt}\t{case.neighbour_truth}"
 
 
-def _prob(lp: float) -> float:
-    return math.exp(lp)
-
-
 def _one(case: Case, kind: str, prompt: str, scored: Scored, answer: Answer, ref: Reference) -> dict:
     first = scored.scores[0]
     row: dict = {"in_scope": scored.in_scope, "retrieved": scored.retrieved}
@@ -72,7 +68,7 @@ def _one(case: Case, kind: str, prompt: str, scored: Scored, answer: Answer, ref
         return row
     a, b = first.mean_logprob, scored.scores[1].mean_logprob
     row["ok"] = a > b
-    row["mag"] = _prob(a) - _prob(b)
+    row["mag"] = math.exp(a) - math.exp(b)  # P = exp(mean token log-likelihood)
     row["gen"] = (answer.text == ref.answers[prompt]) if kind == "neighbour" else _contains(answer.text, case)
     return row
 
