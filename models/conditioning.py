@@ -5,25 +5,34 @@ With no readout (out of scope, or memory off) every conditioner must give the
 plain LLM exactly, as if no memory existed.
 
 ``ContextConditioner`` (kind "context") gives the facts a readout reconstructs
-to the LLM in its prompt. The paper's trained latent conditioning (z_r
-projected into a one-token key/value prefix per layer) is the next kind: it
-would use ``Readout.latent`` and ignore ``Readout.facts``.
+to the LLM in its prompt. ``LatentConditioner`` (kind "latent") is the paper's
+trained decoder: the readout becomes key/value slots and an embedding bias
+(``models.latent``); an adapter trained in "hybrid" form also shows the facts
+as text. Both decode many prompts in one batch, since benchmarks score thousands.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
+from models.latent import LatentAdapter
 from models.llm import CausalLM, ContinuationScore
+
+ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
+GenerateRequest = tuple[str, "Readout | None"]  # prompt, readout
 
 
 @dataclass(frozen=True)
 class Readout:
     latent: Tensor  # (C,) z_r, the memory's reconstruction for the query
     facts: tuple[str, ...]  # texts of the written facts nearest to z_r, best first
+    fact_latents: Tensor | None = None  # (k, C) their written latents, same order
 
 
 class Conditioner(Protocol):
@@ -34,6 +43,10 @@ class Conditioner(Protocol):
 
     def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
               ) -> list[ContinuationScore]: ...
+
+    def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]: ...
+
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]: ...
 
 
 def facts_block(facts: tuple[str, ...]) -> str:
@@ -74,7 +87,101 @@ class ContextConditioner:
 
     def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
               ) -> list[ContinuationScore]:
-        return llm.score(self.scoring_prefix(llm, prompt, readout), candidates)
+        return self.score_batch(llm, [(prompt, candidates, readout)])[0]
+
+    def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
+        return llm.score_batch([(self.scoring_prefix(llm, p, r), c) for p, c, r in items])
+
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]:
+        return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens)
 
 
-CONDITIONERS: dict[str, type[ContextConditioner]] = {"context": ContextConditioner}
+class LatentConditioner:
+    """The memory reaches the LLM as a trained prefix computed from a latent.
+
+    The latent is the written latent of the best fact the readout reconstructs (``input="fact"``) or the
+    raw readout z_r (``input="readout"``). With a linear-addressed memory holding more facts than its
+    latent width, z_r is close to the query's own latent and says little about the answer, while the
+    nearest written latent is the fact itself; the adapter's config records which one it was trained on.
+    Rows without a readout take the plain LLM path, so out of scope the base model is unchanged to the bit.
+    """
+
+    def __init__(self, adapter: LatentAdapter, context: bool = False, device: str | torch.device = "cpu") -> None:
+        self.adapter = adapter.to(device).eval()
+        self.context = context  # "hybrid": the facts are shown as text too
+        self.kind = "hybrid" if context else "latent"
+        self.text = ContextConditioner()
+        self.device = torch.device(device)
+
+    def latent(self, readout: Readout | None) -> Tensor | None:
+        """(C,) what the adapter reads, or None for "no memory" (no readout, or an all-zero one)."""
+        if readout is None:
+            return None
+        use_fact = self.adapter.cfg.input == "fact" and readout.fact_latents is not None and len(readout.fact_latents)
+        z = readout.fact_latents[0] if use_fact else readout.latent
+        return None if z.numel() == 0 or not bool(z.any()) else z
+
+    def _text_readout(self, readout: Readout | None) -> Readout | None:
+        """What the prompt shows: the facts in hybrid form, and nothing at all when there is no memory."""
+        return readout if self.context and self.latent(readout) is not None else None
+
+    def _split(self, readouts: Sequence[Readout | None]) -> tuple[list[int], list[int], Tensor | None]:
+        zs = [self.latent(r) for r in readouts]
+        on = [i for i, z in enumerate(zs) if z is not None]
+        off = [i for i, z in enumerate(zs) if z is None]
+        Z = torch.stack([zs[i].to(self.device).float() for i in on]) if on else None  # (B_on, C)
+        return on, off, Z
+
+    @torch.inference_mode()
+    def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
+        on, off, Z = self._split([r for _, _, r in items])
+        out: list[list[ContinuationScore]] = [[] for _ in items]
+        pairs = [(self.text.scoring_prefix(llm, p, self._text_readout(r)), c) for p, c, r in items]
+        if off:
+            for i, s in zip(off, llm.score_batch([pairs[i] for i in off]), strict=True):
+                out[i] = s
+        if on:
+            for i, s in zip(on, llm.score_batch([pairs[i] for i in on], self.adapter(Z)), strict=True):
+                out[i] = s
+        return out
+
+    @torch.inference_mode()
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]:
+        on, off, Z = self._split([r for _, r in items])
+        out = [""] * len(items)
+        texts = [self.text.generation_text(llm, p, self._text_readout(r)) for p, r in items]
+        if off:  # the plain LLM, exactly as the context kind runs it without a readout
+            for i, a in zip(off, llm.generate_batch([texts[i] for i in off], max_new_tokens), strict=True):
+                out[i] = a
+        if on:
+            res = llm.generate_prefixed([texts[i] for i in on], self.adapter(Z), max_new_tokens)
+            for i, (a, _) in zip(on, res, strict=True):
+                out[i] = a
+        return out
+
+    @torch.inference_mode()
+    def generate(self, llm: CausalLM, prompt: str, readout: Readout | None, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> tuple[str, int]:
+        _, off, Z = self._split([readout])
+        text = self.text.generation_text(llm, prompt, self._text_readout(readout))
+        if off:
+            return llm.generate(llm.ids(text), max_new_tokens, min_new_tokens)
+        return llm.generate_prefixed([text], self.adapter(Z), max_new_tokens, min_new_tokens)[0]
+
+    def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
+              ) -> list[ContinuationScore]:
+        return self.score_batch(llm, [(prompt, candidates, readout)])[0]
+
+
+DECODERS = ("context", "latent", "hybrid")
+
+
+def load_conditioner(kind: str, adapter_dir: Path | None, device: str | torch.device = "cpu") -> Conditioner:
+    """"context"; or "latent" / "hybrid" with the trained adapter in ``adapter_dir``."""
+    if kind == "context":
+        return ContextConditioner()
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder kind {kind!r}: one of {', '.join(DECODERS)}")
+    if adapter_dir is None:
+        raise ValueError(f"the {kind} decoder needs a trained adapter (LARIMAR_ADAPTER)")
+    return LatentConditioner(LatentAdapter.load(adapter_dir, device), context=kind == "hybrid", device=device)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.paths import resolve
 
@@ -41,6 +42,26 @@ class ContinuationScore:
     def token_accuracy(self) -> float:
         """Share of continuation tokens the model would itself predict next (zsRE's accuracy metric)."""
         return self.n_correct / max(self.n_tokens, 1)
+
+
+@dataclass(frozen=True)
+class KVPrefix:
+    """What a trained latent decoder puts in front of a prompt: key/value slots in every layer and an
+    embedding bias, one row per sequence. The LLM's weights stay as they are; without a prefix it is
+    exactly the base model.
+    """
+
+    keys: tuple[Tensor, ...]  # per layer (B, n_kv_heads, S, head_dim)
+    values: tuple[Tensor, ...]  # per layer (B, n_kv_heads, S, head_dim)
+    bias: Tensor  # (B, hidden) added to every input token embedding
+
+    @property
+    def slots(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def rows(self, index: Tensor) -> KVPrefix:
+        """The prefix of the given rows (a candidate-per-row batch repeats its item's prefix)."""
+        return KVPrefix(tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values), self.bias[index])
 
 
 def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
@@ -119,9 +140,8 @@ class CausalLM:
         new = out[0, input_ids.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.shape[0])
 
-    @torch.inference_mode()
-    def generate_batch(self, texts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers to many rendered prompts in one left-padded batch (benchmarks evaluate thousands)."""
+    def _left_padded(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """(B, T) ids and mask of rendered prompts, padded on the left so every row ends where decoding starts."""
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -129,48 +149,127 @@ class CausalLM:
         for i, r in enumerate(rows):
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def generate_batch(self, texts: list[str], max_new_tokens: int, prefix: KVPrefix | None = None) -> list[str]:
+        """Greedy answers to many rendered prompts in one left-padded batch (benchmarks evaluate thousands)."""
+        if prefix is not None:
+            return [t for t, _ in self.generate_prefixed(texts, prefix, max_new_tokens)]
+        ids, mask = self._left_padded(texts)
         out = self.model.generate(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
+            input_ids=ids,
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
         )
+        width = ids.shape[1]
         return [a.strip() for a in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
 
+    @torch.inference_mode()
+    def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0
+                          ) -> list[tuple[str, int]]:
+        """Greedy decoding behind a latent prefix, whose embedding bias every generated token gets as well.
+
+        ``model.generate`` cannot add a bias to the tokens it feeds back, hence this loop. Returns
+        (text, new tokens counting the end-of-turn token) per row.
+        """
+        ids, mask = self._left_padded(texts)
+        B, S = ids.shape[0], prefix.slots
+        eos = torch.tensor(self._eos_ids(), device=self.device)
+        out = self.forward(ids, mask, prefix)
+        kv, pos = out.past_key_values, S + mask.sum(1, keepdim=True)  # (B, 1) next position of each row
+        embed = self.model.get_input_embeddings()
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        n_new = torch.zeros(B, dtype=torch.long, device=self.device)
+        new: list[Tensor] = []
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1].float()  # (B, V)
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            nxt = torch.where(done, self.tokenizer.pad_token_id, logits.argmax(-1))  # (B,)
+            new.append(nxt)
+            n_new += (~done).long()
+            done |= torch.isin(nxt, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+            attn = torch.cat([mask.new_ones(B, S), mask], 1)
+            emb = embed(nxt[:, None]) + prefix.bias[:, None, :].to(embed.weight.dtype)
+            out = self.model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv,
+                             use_cache=True)
+            pos = pos + 1
+        toks = torch.stack(new, 1) if new else ids.new_zeros(B, 0)  # (B, n)
+        texts_out = self.tokenizer.batch_decode(toks, skip_special_tokens=True)
+        return [(t.strip(), int(n)) for t, n in zip(texts_out, n_new.tolist(), strict=True)]
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, list | tuple) else [int(eos)]
+
+    def forward(self, ids: Tensor, mask: Tensor, prefix: KVPrefix | None = None, hidden: bool = False
+                ):  # noqa: ANN201 - HF output
+        """One pass over a padded batch. With a prefix, its S slots are the first S positions (the keys
+        are learned as they are, i.e. at rotary position 0) and the tokens follow from position S; the
+        returned cache holds prefix and tokens, ready for decoding.
+        """
+        if prefix is None:
+            return self.model(input_ids=ids, attention_mask=mask)
+        embed = self.model.get_input_embeddings()
+        emb = embed(ids) + prefix.bias[:, None, :].to(embed.weight.dtype)  # (B, T, H)
+        kv = DynamicCache()
+        for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+            kv.update(k.to(emb.dtype), v.to(emb.dtype), layer)
+        S = prefix.slots
+        attn = torch.cat([mask.new_ones(mask.shape[0], S), mask], 1)  # (B, S + T)
+        pos = S + (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T): right padding keeps real tokens at S.., left
+        # hidden=True stops before the LM head (training applies it only where the loss needs logits)
+        net = self.model.get_decoder() if hidden else self.model
+        return net(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv, use_cache=True)
+
     # --- scoring -------------------------------------------------------------
+
+    def pair_ids(self, prefix: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Prefix and continuation tokenised apart, so every candidate is scored against the same prefix
+        tokens; a space goes between them unless one side already has it. Training uses the same split.
+        """
+        tok = self.tokenizer
+        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
+            prefix_ids = [tok.bos_token_id, *prefix_ids]
+        sep = "" if (not prefix or prefix.endswith((" ", "\n")) or continuation.startswith((" ", "\n"))) else " "
+        return prefix_ids, tok(sep + continuation, add_special_tokens=False)["input_ids"]
 
     def score(self, prefix: str, candidates: list[str]) -> list[ContinuationScore]:
         """Log-likelihood of each candidate continuing ``prefix``, in one padded batch."""
         return self.score_batch([(prefix, candidates)])[0]
 
     @torch.inference_mode()
-    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[ContinuationScore]]:
-        """Candidates scored against their prefixes, every (prefix, candidate) pair one row of one batch.
-
-        The prefix and candidate are tokenised apart and joined, so every
-        candidate is scored against the same prefix tokens; a space is put
-        between them unless one side already has it.
+    def score_batch(self, items: list[tuple[str, list[str]]], kv_prefix: KVPrefix | None = None
+                    ) -> list[list[ContinuationScore]]:
+        """Candidates scored against their prefixes, every (prefix, candidate) pair one row of one batch
+        (joined as ``pair_ids`` splits them); ``kv_prefix`` holds one latent prefix per item.
         """
-        tok = self.tokenizer
         rows: list[tuple[int, list[int]]] = []  # (prefix length, prefix + continuation ids)
         conts: list[list[int]] = []
-        for prefix, candidates in items:
-            prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-            if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-                prefix_ids = [tok.bos_token_id, *prefix_ids]
+        item_of_row: list[int] = []
+        for n, (prefix, candidates) in enumerate(items):
             for c in candidates:
-                sep = "" if (prefix.endswith((" ", "\n")) or c.startswith((" ", "\n"))) else " "
-                cont = tok(sep + c, add_special_tokens=False)["input_ids"]
+                prefix_ids, cont = self.pair_ids(prefix, c)
                 conts.append(cont)
                 rows.append((len(prefix_ids), prefix_ids + cont))
+                item_of_row.append(n)
         width = max(len(s) for _, s in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, (_, s) in enumerate(rows):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, T, V)
+        rows_prefix = None if kv_prefix is None else kv_prefix.rows(torch.tensor(item_of_row, device=self.device))
+        logits = self.forward(ids.to(self.device), mask.to(self.device), rows_prefix).logits  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         flat = []
         for i, ((P, _), c) in enumerate(zip(rows, conts, strict=True)):

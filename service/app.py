@@ -12,8 +12,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from memory_core import MemoryConfig
-from models.conditioning import CONDITIONERS
+from models.conditioning import Conditioner, load_conditioner
 from models.encoder import TextEncoder
+from models.latent import find_adapter, preferred_decoder
 from models.llm import CausalLM
 from service.deps import require_api_key
 from service.editor import Editor, InvalidInput, NotFound
@@ -42,6 +43,16 @@ def load_models(settings: Settings) -> LoadedModels:
     return LoadedModels(encoder, llm)
 
 
+def decoder_for(settings: Settings) -> Conditioner:
+    """The configured decoding kind; "auto" is the adapter's measured choice, or context where none exists."""
+    adapter = settings.adapter or find_adapter(settings.llm, settings.encoder)
+    kind = settings.decoder
+    if kind == "auto":
+        kind = preferred_decoder(adapter) if adapter else "context"
+    log.info("decoder: %s%s", kind, f" (adapter {adapter})" if kind != "context" else "")
+    return load_conditioner(kind, adapter, settings.resolved_device())
+
+
 def build_editor(settings: Settings, models: LoadedModels) -> Editor:
     cfg = MemoryConfig(
         slots=settings.memory_slots,
@@ -58,7 +69,7 @@ def build_editor(settings: Settings, models: LoadedModels) -> Editor:
     except StoreError as e:
         log.error("store %s unreachable (%s): starting unready, retrying in the background", settings.store_url, e)
         registry.restore_in_background()
-    return Editor(settings, models.encoder, models.llm, CONDITIONERS["context"](), registry)
+    return Editor(settings, models.encoder, models.llm, decoder_for(settings), registry)
 
 
 def _error(code: int) -> object:

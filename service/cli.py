@@ -1,4 +1,5 @@
-"""``larimar serve`` starts the service; ``larimar prepare`` fills the model cache (for images and CI)."""
+"""``larimar serve`` starts the service; ``larimar prepare`` fills the model cache (for images and CI);
+``larimar train`` fits the latent decoder's adapter (resumable: rerun the same command after a kill)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,33 @@ import argparse
 import logging
 import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 # Weights come from installed packages or local directories: never reach for a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def run_training(settings: Settings, args: argparse.Namespace) -> None:
+    from bench.editing.data import DEFAULT_DATA
+    from service.app import load_models
+    from training.train import TrainConfig, Trainer
+
+    models = load_models(settings)
+    out = args.out or settings.model_cache_dir / "adapter-training"
+    cfg = TrainConfig(**{k: v for k in ("steps", "lr", "seed") if (v := getattr(args, k)) is not None})
+    trainer = Trainer(cfg, models.llm, models.encoder, args.data or DEFAULT_DATA, out,
+                      settings.llm, settings.encoder)
+    trainer.resume()
+    trainer.run()
+    trainer.export(out / "adapter")
+    if args.export:
+        trainer.export(args.export)
+    logging.getLogger("larimar").info("adapter written to %s", args.export or out / "adapter")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,12 +43,22 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", help="bind address (default LARIMAR_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default LARIMAR_PORT or 8000)")
     sub.add_parser("prepare", help="load the models once so later starts are warm")
+    train = sub.add_parser("train", help="train the latent decoder's adapter (resumes from OUT/checkpoint.pt)")
+    train.add_argument("--out", type=Path, help="checkpoint directory (default: the adapter dir in the model cache)")
+    train.add_argument("--export", type=Path, help="write the finished adapter here too (e.g. models/adapters/NAME)")
+    train.add_argument("--data", type=Path, help="benchmark data folder (default ../shared/data or LARIMAR_BENCH_DATA)")
+    train.add_argument("--steps", type=int, help="optimiser steps (default 450: about an hour on 2 CPU cores)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    train.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
 
     from service.settings import Settings
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        run_training(settings, args)
+        return
     if args.command == "prepare":
         from service.app import load_models
 

@@ -157,7 +157,8 @@ class Editor:
         ]
         facts = [RecalledFact(view.ids[i], view.facts[view.ids[i]].text, s) for s, i in keep]
         timer.lap("read")
-        return Recall(True, Readout(z_r[0], tuple(f.text for f in facts)), facts, timer.marks)
+        latents = view.latents[[i for _, i in keep]]  # (k, C) the written latents of those facts
+        return Recall(True, Readout(z_r[0], tuple(f.text for f in facts), latents), facts, timer.marks)
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
         self._text(prompt, "prompt")

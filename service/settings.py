@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     # --- scope and decoding
     scope_threshold: float = Field(0.3, ge=0, le=2, description="Max cosine distance for a query to be in scope.")
     context_facts: int = Field(3, ge=1, le=32, description="Facts recovered from a readout and shown to the LLM.")
+    decoder: Literal["auto", "context", "latent", "hybrid"] = Field(
+        "auto", description="How memory conditions the LLM: context (facts as text), latent (trained prefix), "
+        "hybrid (both); auto takes the kind the shipped adapter's benchmark chose, or context without an adapter."
+    )
+    adapter: Path | None = Field(
+        None, description="Latent-decoder adapter directory; default: the one shipped for this LLM and encoder."
+    )
     default_max_new_tokens: int = Field(48, ge=1)
 
     # --- input limits (4xx beyond them)

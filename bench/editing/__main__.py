@@ -6,7 +6,8 @@
     python -m bench.editing --system larimar-context --protocol forgetting --n 512 1024
     python -m bench.editing --url http://localhost:8000 --protocol sequential --n 100   # the live service
 
-Systems: unedited, oracle, larimar-context (the service in process), ft-l, rome, grace; --url runs the
+Systems: unedited, oracle, larimar-context / -latent / -hybrid (the service in process with each decoder),
+ft-l, rome, grace; --url runs the
 running service over HTTP. One system per process, so its peak memory is its own. Runs resume: cases
 already in a run's .cases.jsonl are skipped. Reported sets (CounterFact case_id < 2000, zsRE eval 0-499)
 are the default; --split dev is for tuning.
@@ -30,12 +31,13 @@ from bench.editing import data as data_mod
 from bench.editing.metrics import Reference, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, machine, peak_memory_mib, sequential, single
 from bench.editing.systems import Http, Oracle, Service, System, TextSystem, WeightEdited
+from models.latent import WEIGHTS, find_adapter
 from models.llm import CausalLM
 from service.app import LoadedModels, load_models
 from service.settings import Settings
 
 log = logging.getLogger("bench.editing")
-SYSTEMS = ("unedited", "oracle", "larimar-context", "ft-l", "rome", "grace")
+SYSTEMS = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "ft-l", "rome", "grace")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "editing"
 
 
@@ -45,8 +47,8 @@ def make_system(name: str, models: LoadedModels, batch: int) -> System:
         return TextSystem(llm, batch)
     if name == "oracle":
         return Oracle(llm, batch)
-    if name == "larimar-context":
-        return Service(models, batch=batch)
+    if name.startswith("larimar-"):
+        return Service(models, batch=batch, decoder=name.removeprefix("larimar-"))
     if name == "ft-l":
         from bench.baselines.ft_l import FineTuneL
 
@@ -114,7 +116,7 @@ def main() -> None:
         unedited: System = Http(client, memory_mode="off")
         tag = f"http:{args.url}"
     else:
-        if args.system == "larimar-context":
+        if args.system.startswith("larimar-"):
             models = load_models(settings)
         else:  # the peers and baselines need no encoder
             llm = CausalLM(settings.llm, settings.model_cache_dir, settings.resolved_device(), settings.llm_dtype)
@@ -150,7 +152,8 @@ def main() -> None:
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,
                                          "scope_threshold": system.settings.scope_threshold,
-                                         "context_facts": system.settings.context_facts, "decoder": "context"}
+                                         "context_facts": system.settings.context_facts,
+                                         "decoder": system.cond.kind} | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)
         elif args.protocol == "single":
@@ -174,6 +177,16 @@ def main() -> None:
         stem = f"{prefix}-{args.protocol}-n{n}"
         (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
         log.info("%s: %s", stem, json.dumps({k: v for k, v in summary.items() if k not in ("machine", "llm")}))
+
+
+def adapter_info(system: Service) -> dict:
+    """Which trained adapter a latent run used (its directory and weights' hash), so a row names its model."""
+    adapter = getattr(system.cond, "adapter", None)
+    if adapter is None:
+        return {}
+    path = system.settings.adapter or find_adapter(system.settings.llm, system.settings.encoder)
+    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12] if path else None
+    return {"adapter": str(path), "adapter_sha256": digest}
 
 
 def _timing(times: list[float]) -> dict:

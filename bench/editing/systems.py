@@ -19,7 +19,7 @@ import torch
 
 from bench.baselines import WeightEditor
 from bench.editing.data import Case
-from models.conditioning import ContextConditioner, Readout
+from models.conditioning import Conditioner, ContextConditioner, Readout
 from models.llm import CausalLM, ContinuationScore
 from service.app import LoadedModels, build_editor
 from service.editor import Editor
@@ -78,8 +78,9 @@ class TextSystem:
 
     name = "unedited"
 
-    def __init__(self, llm: CausalLM, batch: int = 32) -> None:
-        self.llm, self.batch, self.cond = llm, batch, ContextConditioner()
+    def __init__(self, llm: CausalLM, batch: int = 32, cond: Conditioner | None = None) -> None:
+        self.llm, self.batch = llm, batch
+        self.cond: Conditioner = cond or ContextConditioner()
 
     def condition(self, case: Case, prompt: str) -> Conditioning:
         return Conditioning(None)
@@ -97,9 +98,8 @@ class TextSystem:
         out = []
         for part in chunks(items, self.batch):
             conds = [self.condition(it.case, it.prompt) for it in part]
-            pairs = [(self.cond.scoring_prefix(self.llm, it.prompt, c.readout), it.candidates)
-                     for it, c in zip(part, conds, strict=True)]
-            for s, c in zip(self.llm.score_batch(pairs), conds, strict=True):
+            reqs = [(it.prompt, it.candidates, c.readout) for it, c in zip(part, conds, strict=True)]
+            for s, c in zip(self.cond.score_batch(self.llm, reqs), conds, strict=True):
                 out.append(Scored(s, c.in_scope, c.retrieved))
         return out
 
@@ -107,9 +107,8 @@ class TextSystem:
         out = []
         for part in chunks(items, self.batch):
             conds = [self.condition(case, prompt) for case, prompt in part]
-            texts = [self.cond.generation_text(self.llm, prompt, c.readout)
-                     for (_, prompt), c in zip(part, conds, strict=True)]
-            for a, c in zip(self.llm.generate_batch(texts, max_new_tokens), conds, strict=True):
+            reqs = [(prompt, c.readout) for (_, prompt), c in zip(part, conds, strict=True)]
+            for a, c in zip(self.cond.generate_batch(self.llm, reqs, max_new_tokens), conds, strict=True):
                 out.append(Answer(a, c.in_scope, c.retrieved))
         return out
 
@@ -124,14 +123,15 @@ class Oracle(TextSystem):
 
 
 class Service(TextSystem):
-    """The service's editor in process: real memory, scope detector, store and context decoding."""
+    """The service's editor in process: real memory, scope detector, store and its decoder (context by default)."""
 
-    name = "larimar-context"
-
-    def __init__(self, models: LoadedModels, settings: Settings | None = None, batch: int = 32) -> None:
-        super().__init__(models.llm, batch)
-        self.settings = settings or Settings(store_url=f"file://{tempfile.mkdtemp(prefix='larimar-bench-')}")
+    def __init__(self, models: LoadedModels, settings: Settings | None = None, batch: int = 32,
+                 decoder: str = "context") -> None:
+        self.settings = settings or Settings(store_url=f"file://{tempfile.mkdtemp(prefix='larimar-bench-')}",
+                                             decoder=decoder)
         self.editor: Editor = build_editor(self.settings, models)
+        super().__init__(models.llm, batch, self.editor.conditioner)
+        self.name = f"larimar-{self.editor.conditioner.kind}"
         self.memory, self.generation, self.fact_ids = "bench-0", 0, {}
 
     def edit(self, case: Case) -> None:

@@ -1,0 +1,103 @@
+"""Larimar's trained decoder conditioning: the memory readout z_r becomes a prefix the frozen LLM attends to.
+
+Following the paper's reference code (larimar.md section 5), z_r is projected into S key/value slots
+in every decoder layer and into a bias added to every input token embedding. The LLM's own weights
+never change, so with no readout (out of scope) the model is exactly the base model.
+
+    z_r (B, C) --down--> (B, R) --kv--> (B, L, 2, S, n_kv, d)   one key and one value slot per layer
+    z_r (B, C) --emb---> (B, H)                                  bias on every token embedding
+
+The adapter is saved as ``adapter.safetensors`` + ``config.json`` in one directory, next to a model card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import PretrainedConfig
+
+from models.llm import KVPrefix
+
+WEIGHTS, CONFIG = "adapter.safetensors", "config.json"
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    latent_dim: int  # C, the encoder's width
+    n_layers: int  # L
+    n_kv_heads: int
+    head_dim: int  # d
+    hidden: int  # H, the LLM's embedding width
+    slots: int = 1  # S key/value slots per layer
+    rank: int = 256  # R, the bottleneck between z_r and the slots
+    input: str = "fact"  # "fact": the written latent of the best recalled fact; "readout": z_r itself
+    llm: str = ""  # the base model and encoder this adapter was trained for
+    encoder: str = ""
+
+    @classmethod
+    def for_llm(cls, llm_config: PretrainedConfig, latent_dim: int, **kw: object) -> LatentConfig:
+        heads = llm_config.num_attention_heads
+        head_dim = getattr(llm_config, "head_dim", None) or llm_config.hidden_size // heads
+        return cls(latent_dim=latent_dim, n_layers=llm_config.num_hidden_layers,
+                   n_kv_heads=getattr(llm_config, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                   hidden=llm_config.hidden_size, **kw)
+
+
+class LatentAdapter(nn.Module):
+    def __init__(self, cfg: LatentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.down = nn.Linear(cfg.latent_dim, cfg.rank)
+        self.kv = nn.Linear(cfg.rank, cfg.n_layers * 2 * cfg.slots * cfg.n_kv_heads * cfg.head_dim)
+        self.emb = nn.Linear(cfg.latent_dim, cfg.hidden, bias=False)
+        # Start close to "no memory": small slots, no embedding shift.
+        nn.init.normal_(self.kv.weight, std=0.02)
+        nn.init.zeros_(self.kv.bias)
+        nn.init.zeros_(self.emb.weight)
+
+    def forward(self, z: Tensor) -> KVPrefix:
+        """(B, C) readouts -> the prefix the LLM decodes behind."""
+        c = self.cfg
+        B = z.shape[0]
+        z = nn.functional.normalize(z.float(), dim=-1)  # readouts are not unit norm; written latents are
+        h = torch.tanh(self.down(z))  # (B, R)
+        kv = self.kv(h).view(B, c.n_layers, 2, c.slots, c.n_kv_heads, c.head_dim)
+        kv = kv.permute(1, 2, 0, 4, 3, 5)  # (L, 2, B, n_kv, S, d)
+        return KVPrefix(tuple(kv[:, 0].unbind(0)), tuple(kv[:, 1].unbind(0)), self.emb(z))  # bias (B, H)
+
+    def save(self, directory: Path, extra: dict | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
+        (directory / CONFIG).write_text(json.dumps(asdict(self.cfg) | (extra or {}), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path, device: str | torch.device = "cpu") -> LatentAdapter:
+        meta = json.loads((directory / CONFIG).read_text())
+        fields = LatentConfig.__dataclass_fields__
+        adapter = cls(LatentConfig(**{k: v for k, v in meta.items() if k in fields}))
+        state = {k: v.float() for k, v in load_file(str(directory / WEIGHTS)).items()}
+        adapter.load_state_dict(state)
+        return adapter.to(device).eval()
+
+
+ADAPTERS = Path(__file__).resolve().parent / "adapters"  # adapters shipped with the service, one per base model
+
+
+def find_adapter(llm: str, encoder: str, root: Path = ADAPTERS) -> Path | None:
+    """The shipped adapter trained for exactly this LLM and encoder, if there is one."""
+    for cfg in sorted(root.glob(f"*/{CONFIG}")):
+        meta = json.loads(cfg.read_text())
+        if meta.get("llm") == llm and meta.get("encoder") == encoder:
+            return cfg.parent
+    return None
+
+
+def preferred_decoder(directory: Path) -> str:
+    """The decoding kind the adapter's benchmark chose (recorded in its config), "latent" if none was."""
+    return json.loads((directory / CONFIG).read_text()).get("preferred_decoder", "latent")
