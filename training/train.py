@@ -180,3 +180,13 @@ class Trainer:
         }
         self.adapter.save(directory, extra=meta)
         (directory / "losses.json").write_text(json.dumps(self.losses) + "\n")
+
+
+def export_checkpoint(out: Path, directory: Path) -> None:
+    """The adapter of the latest checkpoint, without the data or models (to evaluate a run still training)."""
+    ck = torch.load(out / CHECKPOINT, weights_only=False)
+    adapter = LatentAdapter(LatentConfig(**ck["latent_cfg"]))
+    adapter.load_state_dict(ck["adapter"])
+    meta = {"training": {"config": ck["cfg"], "steps": ck["step"], "seconds": round(ck["seconds"], 1),
+                         "checkpoint": True}}
+    adapter.save(directory, extra=meta)

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "editing"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- tables:begin (python -m bench.editing.report) -->", "<!-- tables:end -->"
-ORDER = ("unedited", "oracle", "larimar-context", "larimar-http", "ft-l", "rome", "grace")
+ORDER = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "larimar-http", "ft-l", "rome",
+         "grace")
 
 
 def load(results: Path) -> list[dict]:
