@@ -98,6 +98,15 @@ def find_adapter(llm: str, encoder: str, root: Path = ADAPTERS) -> Path | None:
     return None
 
 
+CONTEXT_SCOPE_THRESHOLD = 0.3  # the paper's; context decoding's development runs kept it
+
+
 def preferred_decoder(directory: Path) -> str:
-    """The decoding kind the adapter's benchmark chose (recorded in its config), "latent" if none was."""
+    """The decoding kind the adapter's development runs chose (recorded in its config), "latent" if none was."""
     return json.loads((directory / CONFIG).read_text()).get("preferred_decoder", "latent")
+
+
+def scope_threshold_for(directory: Path, kind: str) -> float:
+    """The scope threshold chosen on development data for this adapter and kind (its config), else the default."""
+    chosen = json.loads((directory / CONFIG).read_text()).get("scope_threshold", {})
+    return float(chosen.get(kind, CONTEXT_SCOPE_THRESHOLD))

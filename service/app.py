@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from memory_core import MemoryConfig
 from models.conditioning import Conditioner, load_conditioner
 from models.encoder import TextEncoder
-from models.latent import find_adapter, preferred_decoder
+from models.latent import CONTEXT_SCOPE_THRESHOLD, find_adapter, preferred_decoder, scope_threshold_for
 from models.llm import CausalLM
 from service.deps import require_api_key
 from service.editor import Editor, InvalidInput, NotFound
@@ -43,14 +43,29 @@ def load_models(settings: Settings) -> LoadedModels:
     return LoadedModels(encoder, llm)
 
 
-def decoder_for(settings: Settings) -> Conditioner:
-    """The configured decoding kind; "auto" is the adapter's measured choice, or context where none exists."""
+@dataclass(frozen=True)
+class Decoding:
+    conditioner: Conditioner
+    scope_threshold: float
+
+
+def decoder_for(settings: Settings) -> Decoding:
+    """The configured decoding kind and its scope threshold.
+
+    "auto" is the kind the adapter's development runs chose, or context where no adapter exists. An unset
+    threshold is the one chosen with that kind on development data: a decoder trained to keep neighbours'
+    answers tolerates a looser scope than facts pasted into the prompt.
+    """
     adapter = settings.adapter or find_adapter(settings.llm, settings.encoder)
     kind = settings.decoder
     if kind == "auto":
         kind = preferred_decoder(adapter) if adapter else "context"
-    log.info("decoder: %s%s", kind, f" (adapter {adapter})" if kind != "context" else "")
-    return load_conditioner(kind, adapter, settings.resolved_device())
+    threshold = settings.scope_threshold
+    if threshold is None:
+        threshold = scope_threshold_for(adapter, kind) if adapter and kind != "context" else CONTEXT_SCOPE_THRESHOLD
+    log.info("decoder: %s%s, scope threshold %.2f", kind, f" (adapter {adapter})" if kind != "context" else "",
+             threshold)
+    return Decoding(load_conditioner(kind, adapter, settings.resolved_device()), threshold)
 
 
 def build_editor(settings: Settings, models: LoadedModels) -> Editor:
@@ -69,7 +84,8 @@ def build_editor(settings: Settings, models: LoadedModels) -> Editor:
     except StoreError as e:
         log.error("store %s unreachable (%s): starting unready, retrying in the background", settings.store_url, e)
         registry.restore_in_background()
-    return Editor(settings, models.encoder, models.llm, decoder_for(settings), registry)
+    decoding = decoder_for(settings)
+    return Editor(settings, models.encoder, models.llm, decoding.conditioner, registry, decoding.scope_threshold)
 
 
 def _error(code: int) -> object:

@@ -76,13 +76,13 @@ class _Timer:
 
 class Editor:
     def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, conditioner: Conditioner,
-                 registry: MemoryRegistry) -> None:
+                 registry: MemoryRegistry, scope_threshold: float = 0.3) -> None:
         self.settings = settings
         self.encoder = encoder
         self.llm = llm
         self.conditioner = conditioner
         self.registry = registry
-        self.scope = ScopeDetector(encoder, settings.scope_threshold)
+        self.scope = ScopeDetector(encoder, scope_threshold)
 
     # --- validation ------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class Editor:
         keep = [
             (float(s), int(i))
             for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
-            if rank == 0 or 1.0 - s <= self.settings.scope_threshold
+            if rank == 0 or 1.0 - s <= self.scope.threshold
         ]
         facts = [RecalledFact(view.ids[i], view.facts[view.ids[i]].text, s) for s, i in keep]
         timer.lap("read")

@@ -60,9 +60,13 @@ class RecalledFactOut(BaseModel):
     similarity: float
 
 
+DECODER_DOC = "how memory reached the LLM: context (facts as text), latent (trained prefix) or hybrid (both)"
+
+
 class QueryOut(BaseModel):
     answer: str
     in_scope: bool
+    decoder: str = Field(description=DECODER_DOC)
     facts: list[RecalledFactOut]
     timings_ms: dict[str, float]
 
@@ -84,6 +88,7 @@ class CandidateScoreOut(BaseModel):
 
 class ScoreOut(BaseModel):
     in_scope: bool
+    decoder: str = Field(description=DECODER_DOC)
     facts: list[RecalledFactOut]
     scores: list[CandidateScoreOut]
 

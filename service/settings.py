@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     memory_seed: int = 0
 
     # --- scope and decoding
-    scope_threshold: float = Field(0.3, ge=0, le=2, description="Max cosine distance for a query to be in scope.")
+    scope_threshold: float | None = Field(
+        None, ge=0, le=2, description="Max cosine distance for a query to be in scope; unset: the value chosen on "
+        "development data for the active decoder (in its adapter's config), 0.3 for context decoding."
+    )
     context_facts: int = Field(3, ge=1, le=32, description="Facts recovered from a readout and shown to the LLM.")
     decoder: Literal["auto", "context", "latent", "hybrid"] = Field(
         "auto", description="How memory conditions the LLM: context (facts as text), latent (trained prefix), "

@@ -10,7 +10,15 @@ import torch
 
 from bench.baselines.ft_l import training
 from models.conditioning import LatentConditioner, Readout, load_conditioner
-from models.latent import ADAPTERS, LatentAdapter, LatentConfig, find_adapter, preferred_decoder
+from models.latent import (
+    ADAPTERS,
+    CONTEXT_SCOPE_THRESHOLD,
+    LatentAdapter,
+    LatentConfig,
+    find_adapter,
+    preferred_decoder,
+    scope_threshold_for,
+)
 from service.app import LoadedModels, decoder_for
 from service.settings import Settings
 from training.examples import Fact, RowBuilder
@@ -112,12 +120,16 @@ def test_shipped_adapter_loads_for_the_default_models_and_card_states_its_traini
 
 def test_decoder_choice(models: LoadedModels, tmp_path: Path) -> None:
     s = Settings()
+    adapter = find_adapter(s.llm, s.encoder)
     auto = decoder_for(s)
-    assert auto.kind == preferred_decoder(find_adapter(s.llm, s.encoder))
-    assert decoder_for(Settings(decoder="context")).kind == "context"
+    assert auto.conditioner.kind == preferred_decoder(adapter)
+    assert auto.scope_threshold == scope_threshold_for(adapter, auto.conditioner.kind)
+    context = decoder_for(Settings(decoder="context"))
+    assert context.conditioner.kind == "context" and context.scope_threshold == CONTEXT_SCOPE_THRESHOLD
+    assert decoder_for(Settings(decoder="hybrid", scope_threshold=0.25)).scope_threshold == 0.25, "set wins"
     # a model with no adapter falls back to context decoding, and asking for latent there is a clear error
     other = Settings(llm=str(tmp_path / "some-other-model"))
-    assert decoder_for(other).kind == "context"
+    assert decoder_for(other).conditioner.kind == "context"
     with pytest.raises(ValueError, match="adapter"):
         load_conditioner("latent", None)
 

@@ -151,7 +151,7 @@ def main() -> None:
             summary["method_config"] = system.config()
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,
-                                         "scope_threshold": system.settings.scope_threshold,
+                                         "scope_threshold": system.editor.scope.threshold,
                                          "context_facts": system.settings.context_facts,
                                          "decoder": system.cond.kind} | adapter_info(system)
         if args.protocol == "forgetting":
