@@ -183,5 +183,8 @@ def load_conditioner(kind: str, adapter_dir: Path | None, device: str | torch.de
     if kind not in DECODERS:
         raise ValueError(f"unknown decoder kind {kind!r}: one of {', '.join(DECODERS)}")
     if adapter_dir is None:
-        raise ValueError(f"the {kind} decoder needs a trained adapter (LARIMAR_ADAPTER)")
-    return LatentConditioner(LatentAdapter.load(adapter_dir, device), context=kind == "hybrid", device=device)
+        raise ValueError(f"the {kind} decoder needs a trained adapter (LARIMAR_ADAPTER or one shipped for the model)")
+    adapter = LatentAdapter.load(adapter_dir, device)
+    if adapter.cfg.form != kind:
+        raise ValueError(f"the adapter in {adapter_dir} was trained for the {adapter.cfg.form} decoder, not {kind}")
+    return LatentConditioner(adapter, context=kind == "hybrid", device=device)

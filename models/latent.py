@@ -35,6 +35,7 @@ class LatentConfig:
     hidden: int  # H, the LLM's embedding width
     slots: int = 1  # S key/value slots per layer
     rank: int = 256  # R, the bottleneck between z_r and the slots
+    form: str = "latent"  # "latent": the prompt is bare; "hybrid": the recalled facts are shown as text too
     input: str = "fact"  # "fact": the written latent of the best recalled fact; "readout": z_r itself
     llm: str = ""  # the base model and encoder this adapter was trained for
     encoder: str = ""
@@ -87,26 +88,28 @@ class LatentAdapter(nn.Module):
 
 
 ADAPTERS = Path(__file__).resolve().parent / "adapters"  # adapters shipped with the service, one per base model
-
-
-def find_adapter(llm: str, encoder: str, root: Path = ADAPTERS) -> Path | None:
-    """The shipped adapter trained for exactly this LLM and encoder, if there is one."""
-    for cfg in sorted(root.glob(f"*/{CONFIG}")):
-        meta = json.loads(cfg.read_text())
-        if meta.get("llm") == llm and meta.get("encoder") == encoder:
-            return cfg.parent
-    return None
-
-
 CONTEXT_SCOPE_THRESHOLD = 0.3  # the paper's; context decoding's development runs kept it
 
 
-def preferred_decoder(directory: Path) -> str:
-    """The decoding kind the adapter's development runs chose (recorded in its config), "latent" if none was."""
-    return json.loads((directory / CONFIG).read_text()).get("preferred_decoder", "latent")
+def _shipped(llm: str, encoder: str, root: Path) -> list[tuple[Path, dict]]:
+    metas = [(cfg.parent, json.loads(cfg.read_text())) for cfg in sorted(root.glob(f"*/{CONFIG}"))]
+    return [(d, m) for d, m in metas if m.get("llm") == llm and m.get("encoder") == encoder]
 
 
-def scope_threshold_for(directory: Path, kind: str) -> float:
-    """The scope threshold chosen on development data for this adapter and kind (its config), else the default."""
-    chosen = json.loads((directory / CONFIG).read_text()).get("scope_threshold", {})
-    return float(chosen.get(kind, CONTEXT_SCOPE_THRESHOLD))
+def find_adapter(llm: str, encoder: str, form: str, root: Path = ADAPTERS) -> Path | None:
+    """The shipped adapter trained in this form for exactly this LLM and encoder, if there is one."""
+    return next((d for d, m in _shipped(llm, encoder, root) if m.get("form") == form), None)
+
+
+def default_decoder(llm: str, encoder: str, root: Path = ADAPTERS) -> str:
+    """The kind the development runs chose for this model (the shipped adapter marked default), else context."""
+    return next((m["form"] for _, m in _shipped(llm, encoder, root) if m.get("default")), "context")
+
+
+def adapter_form(directory: Path) -> str:
+    return json.loads((directory / CONFIG).read_text()).get("form", "latent")
+
+
+def scope_threshold_for(directory: Path) -> float:
+    """The scope threshold chosen with this adapter on development data (its config), else the paper's."""
+    return float(json.loads((directory / CONFIG).read_text()).get("scope_threshold", CONTEXT_SCOPE_THRESHOLD))

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from memory_core import MemoryConfig
 from models.conditioning import Conditioner, load_conditioner
 from models.encoder import TextEncoder
-from models.latent import CONTEXT_SCOPE_THRESHOLD, find_adapter, preferred_decoder, scope_threshold_for
+from models.latent import CONTEXT_SCOPE_THRESHOLD, adapter_form, default_decoder, find_adapter, scope_threshold_for
 from models.llm import CausalLM
 from service.deps import require_api_key
 from service.editor import Editor, InvalidInput, NotFound
@@ -52,19 +52,20 @@ class Decoding:
 def decoder_for(settings: Settings) -> Decoding:
     """The configured decoding kind and its scope threshold.
 
-    "auto" is the kind the adapter's development runs chose, or context where no adapter exists. An unset
-    threshold is the one chosen with that kind on development data: a decoder trained to keep neighbours'
-    answers tolerates a looser scope than facts pasted into the prompt.
+    "auto" is the kind the development runs chose for this model (or the form of an adapter given in
+    LARIMAR_ADAPTER), context where no adapter exists. An unset threshold is the one chosen with that
+    adapter on development data: a decoder trained to keep neighbours' answers tolerates a looser scope.
     """
-    adapter = settings.adapter or find_adapter(settings.llm, settings.encoder)
     kind = settings.decoder
     if kind == "auto":
-        kind = preferred_decoder(adapter) if adapter else "context"
+        kind = adapter_form(settings.adapter) if settings.adapter else default_decoder(settings.llm, settings.encoder)
+    adapter = None
+    if kind != "context":
+        adapter = settings.adapter or find_adapter(settings.llm, settings.encoder, kind)
     threshold = settings.scope_threshold
     if threshold is None:
-        threshold = scope_threshold_for(adapter, kind) if adapter and kind != "context" else CONTEXT_SCOPE_THRESHOLD
-    log.info("decoder: %s%s, scope threshold %.2f", kind, f" (adapter {adapter})" if kind != "context" else "",
-             threshold)
+        threshold = scope_threshold_for(adapter) if adapter else CONTEXT_SCOPE_THRESHOLD
+    log.info("decoder: %s%s, scope threshold %.2f", kind, f" (adapter {adapter})" if adapter else "", threshold)
     return Decoding(load_conditioner(kind, adapter, settings.resolved_device()), threshold)
 
 

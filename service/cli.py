@@ -28,7 +28,7 @@ def run_training(settings: Settings, args: argparse.Namespace) -> None:
         export_checkpoint(out, args.export or out / "adapter")
         return
     models = load_models(settings)
-    cfg = TrainConfig(**{k: v for k in ("steps", "lr", "seed") if (v := getattr(args, k)) is not None})
+    cfg = TrainConfig(**{k: v for k in ("steps", "lr", "seed", "form") if (v := getattr(args, k)) is not None})
     trainer = Trainer(cfg, models.llm, models.encoder, args.data or DEFAULT_DATA, out,
                       settings.llm, settings.encoder)
     trainer.resume()
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--steps", type=int, help="optimiser steps (default 450: about an hour on 2 CPU cores)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     train.add_argument("--seed", type=int)
+    train.add_argument("--form", choices=("latent", "hybrid"), help="decoder form the adapter serves (default hybrid)")
     train.add_argument("--checkpoint-only", action="store_true",
                        help="do not train: export the latest checkpoint's adapter (to evaluate a run in progress)")
     args = parser.parse_args(argv)

@@ -15,8 +15,9 @@ from models.latent import (
     CONTEXT_SCOPE_THRESHOLD,
     LatentAdapter,
     LatentConfig,
+    adapter_form,
+    default_decoder,
     find_adapter,
-    preferred_decoder,
     scope_threshold_for,
 )
 from service.app import LoadedModels, decoder_for
@@ -25,18 +26,11 @@ from training.examples import Fact, RowBuilder
 from training.train import rows_loss
 
 
-def random_adapter(models: LoadedModels, seed: int = 0) -> LatentAdapter:
+def random_adapter(models: LoadedModels, seed: int = 0, form: str = "latent") -> LatentAdapter:
     torch.manual_seed(seed)
-    adapter = LatentAdapter(LatentConfig.for_llm(models.llm.model.config, models.encoder.dim, rank=16))
+    adapter = LatentAdapter(LatentConfig.for_llm(models.llm.model.config, models.encoder.dim, rank=16, form=form))
     torch.nn.init.normal_(adapter.emb.weight, std=0.05)  # a fresh adapter starts with no bias; give it one
     return adapter.eval()
-
-
-def shipped(models: LoadedModels) -> LatentAdapter:
-    s = Settings()
-    path = find_adapter(s.llm, s.encoder)
-    assert path is not None, f"no adapter for the default models under {ADAPTERS}"
-    return LatentAdapter.load(path)
 
 
 def readout_of(models: LoadedModels, fact: str) -> Readout:
@@ -100,33 +94,43 @@ def test_prefixed_generation_is_batched_consistently(models: LoadedModels) -> No
 
 
 def test_adapter_round_trips_through_safetensors(models: LoadedModels, tmp_path: Path) -> None:
-    adapter = random_adapter(models)
-    adapter.save(tmp_path / "a", extra={"preferred_decoder": "hybrid"})
+    adapter = random_adapter(models, form="hybrid")
+    adapter.save(tmp_path / "a", extra={"scope_threshold": 0.45})
     back = LatentAdapter.load(tmp_path / "a")
-    assert back.cfg == adapter.cfg and preferred_decoder(tmp_path / "a") == "hybrid"
+    assert back.cfg == adapter.cfg and adapter_form(tmp_path / "a") == "hybrid"
+    assert scope_threshold_for(tmp_path / "a") == 0.45
     z = torch.randn(2, models.encoder.dim)
     a, b = adapter(z), back(z)
     assert torch.allclose(a.keys[3], b.keys[3], atol=2e-3) and torch.allclose(a.bias, b.bias, atol=2e-3)
 
 
-def test_shipped_adapter_loads_for_the_default_models_and_card_states_its_training() -> None:
+@pytest.mark.parametrize("form", ["latent", "hybrid"])
+def test_shipped_adapters_load_for_the_default_models_and_cards_state_their_training(form: str) -> None:
     s = Settings()
-    path = find_adapter(s.llm, s.encoder)
-    assert path is not None and (path / "README.md").exists()
+    path = find_adapter(s.llm, s.encoder, form)
+    assert path is not None, f"no {form} adapter for the default models under {ADAPTERS}"
+    assert (path / "README.md").exists()
     meta = json.loads((path / "config.json").read_text())
-    assert meta["training"]["steps"] > 0 and meta["preferred_decoder"] in ("latent", "hybrid")
+    assert meta["training"]["steps"] > 0 and meta["training"]["machine"]
+    assert LatentAdapter.load(path).cfg.form == form
     assert (path / "adapter.safetensors").stat().st_size < 16 * 2**20, "small enough to live in git"
 
 
 def test_decoder_choice(models: LoadedModels, tmp_path: Path) -> None:
     s = Settings()
-    adapter = find_adapter(s.llm, s.encoder)
+    kind = default_decoder(s.llm, s.encoder)
     auto = decoder_for(s)
-    assert auto.conditioner.kind == preferred_decoder(adapter)
-    assert auto.scope_threshold == scope_threshold_for(adapter, auto.conditioner.kind)
+    assert auto.conditioner.kind == kind
+    if kind != "context":
+        assert auto.scope_threshold == scope_threshold_for(find_adapter(s.llm, s.encoder, kind))
     context = decoder_for(Settings(decoder="context"))
     assert context.conditioner.kind == "context" and context.scope_threshold == CONTEXT_SCOPE_THRESHOLD
     assert decoder_for(Settings(decoder="hybrid", scope_threshold=0.25)).scope_threshold == 0.25, "set wins"
+    # an adapter given by path decides the kind under auto; a kind it was not trained for is refused
+    random_adapter(models, form="latent").save(tmp_path / "mine")
+    assert decoder_for(Settings(adapter=tmp_path / "mine")).conditioner.kind == "latent"
+    with pytest.raises(ValueError, match="trained for the latent decoder"):
+        decoder_for(Settings(adapter=tmp_path / "mine", decoder="hybrid"))
     # a model with no adapter falls back to context decoding, and asking for latent there is a clear error
     other = Settings(llm=str(tmp_path / "some-other-model"))
     assert decoder_for(other).conditioner.kind == "context"

@@ -7,9 +7,9 @@ Objective (larimar.md section 5, adapted to a frozen LLM), cross-entropy on the 
 The paper's plain-LM term (zero latent) is constant here: without a readout there is no prefix and the
 frozen LLM is the base model by construction.
 
-Each step trains one form: "latent" (bare prompt, the prefix alone carries the fact) or, every
-``hybrid_every``-th step, "hybrid" (facts shown as text too). One adapter serves both; which one the
-service uses is chosen by measurement. Checkpoints every few steps make a killed run resumable.
+An adapter is trained for one form: "latent" (bare prompt, the prefix alone carries the fact) or "hybrid"
+(the recalled facts shown as text too); which one the service uses by default is chosen by measurement on
+development data. Checkpoints every few steps make a killed run resumable.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class TrainConfig:
     steps: int = 450
     facts_per_step: int = 8  # latent form; a row set is ~5 rows per fact
     hybrid_facts_per_step: int = 6  # hybrid rows are ~4x longer
-    hybrid_every: int = 3
+    form: str = "hybrid"  # "latent" (bare prompt) or "hybrid" (facts as text too): one adapter per form
     lr: float = 5e-4
     warmup: int = 30
     rank: int = 256
@@ -102,7 +102,8 @@ class Trainer:
         self.rows = RowBuilder(llm, self.facts)
         self.editable = [i for i, f in enumerate(self.facts) if f.prompt]  # hybrid rows need a prompt
         self.adapter = LatentAdapter(LatentConfig.for_llm(llm.model.config, encoder.dim, slots=cfg.slots,
-                                                          rank=cfg.rank, llm=llm_spec, encoder=encoder_spec))
+                                                          rank=cfg.rank, form=cfg.form, llm=llm_spec,
+                                                          encoder=encoder_spec))
         self.adapter.to(llm.device).train()
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.step, self.seconds, self.rng = 0, 0.0, random.Random(cfg.seed)
@@ -148,7 +149,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train latent decoder")
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            form = "hybrid" if self.step % cfg.hybrid_every == cfg.hybrid_every - 1 else "latent"
+            form = cfg.form
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(cfg, self.step)
             loss = rows_loss(self.llm, self.adapter, self.Z, self.batch(form == "hybrid"), cfg.max_tokens)

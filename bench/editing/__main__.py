@@ -184,7 +184,7 @@ def adapter_info(system: Service) -> dict:
     adapter = getattr(system.cond, "adapter", None)
     if adapter is None:
         return {}
-    path = system.settings.adapter or find_adapter(system.settings.llm, system.settings.encoder)
+    path = system.settings.adapter or find_adapter(system.settings.llm, system.settings.encoder, system.cond.kind)
     digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12] if path else None
     return {"adapter": str(path), "adapter_sha256": digest}
 

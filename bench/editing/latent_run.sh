@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The latent decoder's rows, on this 2-core CPU in two lanes of one thread each (logs in /tmp/bench-logs).
-# 1. dev (CounterFact case_id 2000+): context, latent and hybrid at N=100 and 1000 (100 cases evaluated) -> the
-#    adapter's preferred_decoder; results in bench/results/editing-dev (never in the reported tables).
+# 1. dev (CounterFact case_id 2000+), N=1000 written, 100 evaluated: context, latent and hybrid over scope
+#    thresholds -> the default decoder and its adapter's scope_threshold; results in bench/results/editing-dev/t<T>
+#    (never in the reported tables).
 # 2. reported set: latent and hybrid, sequential N=10/100/1000 and single N=10/100/1000.
 # STAGE=dev or STAGE=report runs one stage alone.
 set -uo pipefail
@@ -10,15 +11,11 @@ PY=${PY:-.venv/bin/python}
 STAGE=${STAGE:-all}
 mkdir -p /tmp/bench-logs
 run() { local name=$1; shift; echo "$(date +%T) $name"; $PY -m bench.editing --threads 1 "$@" > "/tmp/bench-logs/$name.log" 2>&1; }
-DEV="--split dev --out bench/results/editing-dev"
+dev() { local sys=$1 t=$2; LARIMAR_SCOPE_THRESHOLD=$t run "dev-$sys-t$t" --system "larimar-$sys" --split dev \
+  --protocol sequential --n 1000 --limit 100 --out "bench/results/editing-dev/t$t"; }
 if [[ $STAGE == all || $STAGE == dev ]]; then
-  (
-    run dev-latent --system larimar-latent --protocol sequential --n 100 1000 --limit 100 $DEV
-    run dev-context --system larimar-context --protocol sequential --n 100 1000 --limit 100 $DEV
-  ) &
-  (
-    run dev-hybrid --system larimar-hybrid --protocol sequential --n 100 1000 --limit 100 $DEV
-  ) &
+  ( for t in 0.3 0.4 0.45 0.5; do dev hybrid $t; done ) &
+  ( dev latent 0.3; dev latent 0.45; dev context 0.3; dev context 0.45 ) &
   wait
 fi
 if [[ $STAGE == all || $STAGE == report ]]; then
