@@ -56,9 +56,33 @@ def results_block(kind: str, results: Path) -> str:
     return "\n".join(lines)
 
 
+def plot_losses(directory: Path, form: str) -> bool:
+    """loss.png: the training loss per step and its 20-step running mean."""
+    path = directory / "losses.json"
+    if not path.exists():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = json.loads(path.read_text())[form]
+    mean = [sum(losses[max(0, i - 19) : i + 1]) / len(losses[max(0, i - 19) : i + 1]) for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(losses, lw=0.6, alpha=0.5, label="per step")
+    ax.plot(mean, lw=1.8, label="20-step mean")
+    ax.set(xlabel="step", ylabel="target-token cross-entropy", title=f"{directory.name}: training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(directory / "loss.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
 def render(directory: Path, results: Path = RESULTS) -> None:
     meta = json.loads((directory / CONFIG).read_text())
-    block = "\n\n".join([BEGIN, "### Training", training_block(meta),
+    plot = "![training loss](loss.png)" if plot_losses(directory, meta["form"]) else ""
+    block = "\n\n".join([BEGIN, "### Training", training_block(meta), plot,
                          "### CounterFact reported set (case_id < 2000), this adapter in the service",
                          results_block(meta["form"], results), END])
     card = directory / "README.md"

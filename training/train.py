@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from bench.editing.protocols import machine
 from models.encoder import TextEncoder
 from models.latent import LatentAdapter, LatentConfig
 from models.llm import CausalLM
@@ -173,10 +173,9 @@ class Trainer:
                 "config": asdict(self.cfg),
                 "steps": self.step,
                 "seconds": round(self.seconds, 1),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                           f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+                "machine": machine(),
                 "facts": len(self.facts),
-                "final_loss": {f: round(sum(v[-50:]) / max(len(v[-50:]), 1), 4) for f, v in self.losses.items()},
+                "final_loss": {f: round(sum(v[-50:]) / len(v[-50:]), 4) for f, v in self.losses.items() if v},
             }
         }
         self.adapter.save(directory, extra=meta)
