@@ -39,6 +39,12 @@ def _ms(s: float | None) -> str:
     return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
 
 
+def label(r: dict) -> str:
+    """The system, with the service's scope threshold where a run set one other than the paper's 0.3."""
+    t = r.get("service_config", {}).get("scope_threshold")
+    return r["system"] + (f", scope {t}" if t not in (None, 0.3) else "")
+
+
 def device(r: dict) -> str:
     return r.get("device") or ("H200" if "cuda_mib" in r.get("peak_memory", {}) else "CPU")
 
@@ -64,25 +70,41 @@ def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
                     f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / {_f(r.get('gen_neighbour_same'))}"
         rss = r.get("peak_memory", {}).get("rss_mib")
         n = f"{r['n_edits']} of {r['n_edits_asked']} (budget)" if r.get("n_edits_asked") else r["n_edits"]
-        lines.append(f"| {r['system']} | {r['protocol']} | {n} | {main} | {extra} | "
+        lines.append(f"| {label(r)} | {r['protocol']} | {n} | {main} | {extra} | "
                      f"{_ms(r.get('edit_s_median'))} | {_f(rss, 0)} MiB | {r.get('n_cases')}"
                      f"{' (partial)' if r.get('partial') else ''} | {device(r)} |")
     return "\n".join(lines)
 
 
 def scope_table(runs: list[dict]) -> str:
-    lines = ["| dataset | protocol | N | rewrite in scope | paraphrase in scope | neighbour kept out | "
+    lines = ["| system | dataset | protocol | N | rewrite in scope | paraphrase in scope | neighbour kept out | "
              "paraphrase fact retrieved | paraphrase failures: out of scope / not retrieved / LLM ignored |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "scope" not in r:
             continue
         s, f = r["scope"], r.get("paraphrase_failures", {})
         kept_out = None if s.get("neighbour") is None else 100 - s["neighbour"]
         causes = " / ".join(str(f.get(k, "–")) for k in ("out_of_scope", "not_retrieved", "llm_ignored_fact"))
-        lines.append(f"| {r['dataset']} | {r['protocol']} | {r['n_edits']} | {_f(s.get('rewrite'))} | "
+        lines.append(f"| {label(r)} | {r['dataset']} | {r['protocol']} | {r['n_edits']} | {_f(s.get('rewrite'))} | "
                      f"{_f(s.get('paraphrase'))} | {_f(kept_out)} | {_f(r.get('retrieved', {}).get('paraphrase'))} | "
                      f"{causes if f else '–'} |")
+    return "\n".join(lines)
+
+
+def dev_table(dev: Path) -> str:
+    """The development runs that chose the default decoder and its scope threshold."""
+    lines = ["| decoder | scope threshold | N written / evaluated | ES | PS | NS | score | gen. acc. rewrite / "
+             "paraphrase / neighbour same | paraphrase in scope | neighbour in scope |", "|" + "---|" * 10]
+    runs = [json.loads(p.read_text()) for p in sorted(dev.rglob("*.json"))]
+    key = {s: i for i, s in enumerate(ORDER)}
+    runs.sort(key=lambda r: (key.get(r["system"], 99), r.get("service_config", {}).get("scope_threshold", 0)))
+    for r in runs:
+        s, c = r.get("scope", {}), r.get("service_config", {})
+        lines.append(f"| {r['system']} | {c.get('scope_threshold', '–')} | {r['n_edits']} / {r['n_cases']} | "
+                     f"{_f(r.get('ES'))} | {_f(r.get('PS'))} | {_f(r.get('NS'))} | {_f(r.get('score'))} | "
+                     f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / "
+                     f"{_f(r.get('gen_neighbour_same'))} | {_f(s.get('paraphrase'))} | {_f(s.get('neighbour'))} |")
     return "\n".join(lines)
 
 
@@ -124,7 +146,7 @@ def plot_quality(runs: list[dict], path: Path) -> None:
     for r in runs:
         if r["dataset"] == "counterfact" and r.get("schema", "flat") == "flat" and r["protocol"] != "forgetting":
             where = "" if device(r) == "CPU" or r["n_edits"] >= 1000 or "N=1000" in device(r) else ", GPU run"
-            series[(r["system"], r["protocol"] + where)].append(r)
+            series[(label(r), r["protocol"] + where)].append(r)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for ax, metric in zip(axes, ("ES", "PS", "NS"), strict=True):
         for (system, protocol), rs in sorted(series.items()):
@@ -180,6 +202,8 @@ def main() -> None:
         quality_table(runs, "counterfact", "rome"),
         "### zsRE",
         quality_table(runs, "zsre"),
+        "### Development runs that chose the default decoder (CounterFact case_id 2000-2999)",
+        dev_table(args.results.parent / "editing-dev"),
         "### The service's scope detector on its own",
         scope_table(runs),
         "### Forgetting",
