@@ -1,4 +1,4 @@
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench train
 
 serve:  ## start the service on 127.0.0.1:8000 (installs into .venv first)
 	bash scripts/serve.sh
@@ -15,4 +15,10 @@ bench:  ## latency, capacity, scope and editing benchmarks (the editing runs tak
 	.venv/bin/python bench/capacity.py
 	.venv/bin/python bench/scope_sweep.py
 	bash bench/editing/cpu_run.sh
+	bash bench/editing/latent_run.sh
 	.venv/bin/python -m bench.editing.report
+
+train:  ## retrain both shipped latent-decoder adapters (about 45 min on 2 cores, both in parallel)
+	bash scripts/bootstrap.sh
+	for f in hybrid latent; do LARIMAR_TORCH_THREADS=1 .venv/bin/larimar train --form $$f --steps 200 \
+	  --out /tmp/larimar-train/$$f --export models/adapters/smollm2-135m-instruct-$$f & done; wait

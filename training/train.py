@@ -178,6 +178,10 @@ class Trainer:
                 "final_loss": {f: round(sum(v[-50:]) / len(v[-50:]), 4) for f, v in self.losses.items() if v},
             }
         }
+        old = directory / "config.json"
+        if old.exists():  # the development runs' choices stay until they are measured again
+            kept = json.loads(old.read_text())
+            meta |= {k: kept[k] for k in ("default", "scope_threshold", "chosen_on") if k in kept}
         self.adapter.save(directory, extra=meta)
         (directory / "losses.json").write_text(json.dumps(self.losses) + "\n")
 
