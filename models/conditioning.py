@@ -125,6 +125,13 @@ class LatentConditioner:
         """What the prompt shows: the facts in hybrid form, and nothing at all when there is no memory."""
         return readout if self.context and self.latent(readout) is not None else None
 
+    def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
+        """The text the LLM reads for generation (the prefix comes on top of it)."""
+        return self.text.generation_text(llm, prompt, self._text_readout(readout))
+
+    def scoring_prefix(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
+        return self.text.scoring_prefix(llm, prompt, self._text_readout(readout))
+
     def _split(self, readouts: Sequence[Readout | None]) -> tuple[list[int], list[int], Tensor | None]:
         zs = [self.latent(r) for r in readouts]
         on = [i for i, z in enumerate(zs) if z is not None]
@@ -136,7 +143,7 @@ class LatentConditioner:
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         on, off, Z = self._split([r for _, _, r in items])
         out: list[list[ContinuationScore]] = [[] for _ in items]
-        pairs = [(self.text.scoring_prefix(llm, p, self._text_readout(r)), c) for p, c, r in items]
+        pairs = [(self.scoring_prefix(llm, p, r), c) for p, c, r in items]
         if off:
             for i, s in zip(off, llm.score_batch([pairs[i] for i in off]), strict=True):
                 out[i] = s
@@ -149,7 +156,7 @@ class LatentConditioner:
     def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]:
         on, off, Z = self._split([r for _, r in items])
         out = [""] * len(items)
-        texts = [self.text.generation_text(llm, p, self._text_readout(r)) for p, r in items]
+        texts = [self.generation_text(llm, p, r) for p, r in items]
         if off:  # the plain LLM, exactly as the context kind runs it without a readout
             for i, a in zip(off, llm.generate_batch([texts[i] for i in off], max_new_tokens), strict=True):
                 out[i] = a
@@ -163,7 +170,7 @@ class LatentConditioner:
     def generate(self, llm: CausalLM, prompt: str, readout: Readout | None, max_new_tokens: int,
                  min_new_tokens: int = 0) -> tuple[str, int]:
         _, off, Z = self._split([readout])
-        text = self.text.generation_text(llm, prompt, self._text_readout(readout))
+        text = self.generation_text(llm, prompt, readout)
         if off:
             return llm.generate(llm.ids(text), max_new_tokens, min_new_tokens)
         return llm.generate_prefixed([text], self.adapter(Z), max_new_tokens, min_new_tokens)[0]
