@@ -16,6 +16,7 @@ from typing import Any, Literal
 from memory_core import nearest
 from models.conditioning import Conditioner, Readout
 from models.encoder import TextEncoder
+from models.latent import CONTEXT_SCOPE_THRESHOLD
 from models.llm import CausalLM, ContinuationScore
 from models.scope import ScopeDetector
 from service.memories import Fact, MemoryHandle, MemoryRegistry
@@ -76,7 +77,7 @@ class _Timer:
 
 class Editor:
     def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, conditioner: Conditioner,
-                 registry: MemoryRegistry, scope_threshold: float = 0.3) -> None:
+                 registry: MemoryRegistry, scope_threshold: float = CONTEXT_SCOPE_THRESHOLD) -> None:
         self.settings = settings
         self.encoder = encoder
         self.llm = llm
