@@ -140,16 +140,21 @@ class CausalLM:
         new = out[0, input_ids.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.shape[0])
 
-    def _left_padded(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """(B, T) ids and mask of rendered prompts, padded on the left so every row ends where decoding starts."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    def pad(self, rows: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
+        """(B, T) ids and attention mask on the model's device. Left padding makes every row end where
+        decoding starts; right padding keeps every row's tokens at the same positions (scoring, training).
+        """
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    def _left_padded(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], left=True)
 
     @torch.inference_mode()
     def generate_batch(self, texts: list[str], max_new_tokens: int, prefix: KVPrefix | None = None) -> list[str]:
@@ -262,14 +267,9 @@ class CausalLM:
                 conts.append(cont)
                 rows.append((len(prefix_ids), prefix_ids + cont))
                 item_of_row.append(n)
-        width = max(len(s) for _, s in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (_, s) in enumerate(rows):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = self.pad([s for _, s in rows])
         rows_prefix = None if kv_prefix is None else kv_prefix.rows(torch.tensor(item_of_row, device=self.device))
-        logits = self.forward(ids.to(self.device), mask.to(self.device), rows_prefix).logits  # (B, T, V)
+        logits = self.forward(ids, mask, rows_prefix).logits  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         flat = []
         for i, ((P, _), c) in enumerate(zip(rows, conts, strict=True)):

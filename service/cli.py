@@ -33,10 +33,9 @@ def run_training(settings: Settings, args: argparse.Namespace) -> None:
                       settings.llm, settings.encoder)
     trainer.resume()
     trainer.run()
-    trainer.export(out / "adapter")
-    if args.export:
-        trainer.export(args.export)
-    logging.getLogger("larimar").info("adapter written to %s", args.export or out / "adapter")
+    dest = args.export or out / "adapter"
+    trainer.export(dest)
+    logging.getLogger("larimar").info("adapter written to %s", dest)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("prepare", help="load the models once so later starts are warm")
     train = sub.add_parser("train", help="train the latent decoder's adapter (resumes from OUT/checkpoint.pt)")
     train.add_argument("--out", type=Path, help="checkpoint directory (default: the adapter dir in the model cache)")
-    train.add_argument("--export", type=Path, help="write the finished adapter here too (e.g. models/adapters/NAME)")
+    train.add_argument("--export", type=Path,
+                       help="where the finished adapter goes (default OUT/adapter; e.g. models/adapters/NAME)")
     train.add_argument("--data", type=Path, help="benchmark data folder (default ../shared/data or LARIMAR_BENCH_DATA)")
     train.add_argument("--steps", type=int, help="optimiser steps (default 450: about an hour on 2 CPU cores)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")

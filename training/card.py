@@ -11,15 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.editing.report import _f
 from models.latent import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "editing"
 BEGIN, END = "<!-- card:begin (python -m training.card) -->", "<!-- card:end -->"
-
-
-def _f(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
 
 
 def training_block(meta: dict) -> str:

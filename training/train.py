@@ -71,14 +71,9 @@ def rows_loss(llm: CausalLM, adapter: LatentAdapter, Z: Tensor, rows: list[Row],
     pairs = [llm.pair_ids(r.context, r.target) for r in rows]
     seqs = [(p + t)[-max_tokens:] for p, t in pairs]
     n_tgt = [min(len(t), max_tokens - 1) for _, t in pairs]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(rows), width), llm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    ids, mask = llm.pad(seqs)
     prefix = adapter(Z[[r.fact for r in rows]].to(llm.device))
-    hidden = llm.forward(ids.to(llm.device), mask.to(llm.device), prefix, hidden=True).last_hidden_state  # (B, T, H)
+    hidden = llm.forward(ids, mask, prefix, hidden=True).last_hidden_state  # (B, T, H)
     # target token j of row i sits at len - n + j and is predicted one position earlier
     bi = torch.cat([torch.full((n,), i) for i, n in enumerate(n_tgt)])
     ti = torch.cat([torch.arange(len(s) - n - 1, len(s) - 1) for s, n in zip(seqs, n_tgt, strict=True)])
