@@ -30,9 +30,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY memory_core ./memory_core
 COPY models ./models
-# training (larimar train) reads its data through bench's loaders; neither is on the serving path.
+# training (larimar-train) is not on the serving path but is small and needs nothing else; bench stays out.
 COPY training ./training
-COPY bench ./bench
 # The check fails the build if resolving the project's dependencies replaced the pinned torch.
 RUN pip install . \
     && python -c "import sys, torch; print('torch', torch.__version__); sys.exit(not torch.__version__.startswith('2.13.0'))"

@@ -11,14 +11,14 @@ lint:
 
 bench:  ## latency, capacity, scope and editing benchmarks (the editing runs take hours on 2 cores)
 	bash scripts/bootstrap.sh
-	.venv/bin/python bench/service_bench.py
-	.venv/bin/python bench/capacity.py
-	.venv/bin/python bench/scope_sweep.py
+	.venv/bin/python -m bench.service_bench
+	.venv/bin/python -m bench.capacity
+	.venv/bin/python -m bench.scope_sweep
 	bash bench/editing/cpu_run.sh
 	bash bench/editing/latent_run.sh
 	.venv/bin/python -m bench.editing.report
 
 train:  ## retrain both shipped latent-decoder adapters (about 45 min on 2 cores, both in parallel)
 	bash scripts/bootstrap.sh
-	for f in hybrid latent; do LARIMAR_TORCH_THREADS=1 .venv/bin/larimar train --form $$f --steps 200 \
+	for f in hybrid latent; do LARIMAR_TORCH_THREADS=1 .venv/bin/larimar-train --decoder $$f --steps 200 \
 	  --out /tmp/larimar-train/$$f --export models/adapters/smollm2-135m-instruct-$$f & done; wait

@@ -1,34 +1,28 @@
 """How many facts a memory holds: recall of the right fact through the memory.
 
-For N CounterFact edits (development range, case_id >= 2000) written one at a
+For N CounterFact edits (development range, case_id 2000-9999) written one at a
 time into one memory, query with each edit's *paraphrase* and count how often
 the readout's nearest written latent is that edit (recall@1). Compared across
 addressing modes, read rules and K, with the encoder's own nearest neighbour
 (no memory) as the ceiling.
 
-    python bench/capacity.py [--data ../shared/data] [--out bench/results]
+    python -m bench.capacity [--data ../shared/data] [--out bench/results]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import platform
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from memory_core import EpisodicMemory, MemoryConfig, nearest, read
+from models.device import describe_machine
 from models.encoder import TextEncoder
 from models.paths import DEFAULT_ENCODER
-
-
-def load_dev_edits(data: Path, n: int) -> list[dict]:
-    with gzip.open(data / "counterfact-train.json.gz", "rt", encoding="utf-8") as f:
-        records = [r for r in json.load(f) if r["case_id"] >= 2000]
-    return records[:n]
+from training.data import DEFAULT_DATA, counterfact
 
 
 def encode_all(enc: TextEncoder, texts: list[str], desc: str) -> torch.Tensor:
@@ -42,19 +36,17 @@ def recall_at_1(readout: torch.Tensor, latents: torch.Tensor) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024, 2048, 4096])
     ap.add_argument("--slots", type=int, nargs="+", default=[512, 4096])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    records = load_dev_edits(args.data, max(args.sizes))
+    cases = counterfact(args.data, "dev")[: max(args.sizes)]
     enc = TextEncoder(DEFAULT_ENCODER)
-    facts = [f"{r['prompt']} {r['target_new']}." for r in records]
-    paraphrases = [r["rephrase_prompt"] for r in records]
-    Z = encode_all(enc, facts, "encode facts")
-    Zp = encode_all(enc, paraphrases, "encode paraphrases")
+    Z = encode_all(enc, [c.fact for c in cases], "encode facts")
+    Zp = encode_all(enc, [c.paraphrases[0] for c in cases], "encode paraphrases")
 
     rows: list[dict] = []
     for n in args.sizes:
@@ -69,7 +61,8 @@ def main() -> None:
                 rows.append({"mode": f"{mode}, pinv read", "K": K, "N": n, "recall": recall_at_1(pinv_read, Z[:n])})
         print(n, [(r["mode"], r["K"], round(r["recall"], 3)) for r in rows if r["N"] == n])
 
-    (args.out / "capacity.json").write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=1))
+    out = {"machine": describe_machine(), "split": "counterfact dev (case_id 2000-9999)", "rows": rows}
+    (args.out / "capacity.json").write_text(json.dumps(out, indent=1))
     plot(rows, args.out / "capacity.png")
 
 

@@ -14,5 +14,5 @@ nvidia-smi -L
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -m pytest tests/test_cuda.py tests/test_episodic.py tests/test_models.py -q -p no:cacheprovider -rs \
   2>&1 | tee "$OUT/gpu_tests.log"
-python3 bench/service_bench.py --sections update --out "$OUT" --md "$OUT/RESULTS_gpu.md" 2>&1 | tail -15
+python3 -m bench.service_bench --sections update --out "$OUT" --md "$OUT/RESULTS_gpu.md" 2>&1 | tail -15
 ls "$OUT"

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from bench.editing.data import DEFAULT_DATA, counterfact
-from bench.editing.protocols import machine
 from memory_core import EpisodicMemory, MemoryConfig, nearest
+from models.device import describe_machine
 from models.encoder import TextEncoder
 from models.scope import split_sentences
 from service.settings import Settings
+from training.data import DEFAULT_DATA, counterfact
 
 OUT = Path(__file__).resolve().parent / "results" / "readout_fidelity.json"
 
@@ -54,7 +54,7 @@ def main() -> None:
         print(rows[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"slots": settings.memory_slots, "dim": enc.dim, "split": "counterfact dev",
-                                    "machine": machine(), "rows": rows}, indent=1) + "\n")
+                                    "machine": describe_machine(), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

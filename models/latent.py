@@ -1,19 +1,23 @@
-"""Larimar's trained decoder conditioning: the memory readout z_r becomes a prefix the frozen LLM attends to.
+"""Larimar's trained decoder conditioning: the memory readout becomes a prefix the frozen LLM attends to.
 
-Following the paper's reference code (larimar.md section 5), z_r is projected into S key/value slots
-in every decoder layer and into a bias added to every input token embedding. The LLM's own weights
+Following the paper's reference code (larimar.md section 5), a latent z is projected into P key/value
+positions in every LLM layer and into a bias added to every input token embedding. The LLM's own weights
 never change, so with no readout (out of scope) the model is exactly the base model.
 
-    z_r (B, C) --down--> (B, R) --kv--> (B, L, 2, S, n_kv, d)   one key and one value slot per layer
-    z_r (B, C) --emb---> (B, H)                                  bias on every token embedding
+    z (B, C) --down--> (B, R) --kv--> (B, L, 2, P, n_kv, d)   key/value prefix positions in every layer
+    z (B, C) --emb---> (B, H)                                  bias on every token embedding
 
-The adapter is saved as ``adapter.safetensors`` + ``config.json`` in one directory, next to a model card.
+An adapter directory is laid out as PEFT lays one out: ``config.json`` (the architecture, the decoder it
+serves and the base models it fits, nothing else), ``adapter.safetensors``, and beside them what the
+training run recorded (``training.json``) and the model card. Which adapter the service picks, and its
+scope threshold, is a separate record (``models.choice``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -23,7 +27,11 @@ from transformers import PretrainedConfig
 
 from models.llm import KVPrefix
 
-WEIGHTS, CONFIG = "adapter.safetensors", "config.json"
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG, TRAINING = "adapter.safetensors", "config.json", "training.json"
+ADAPTERS = Path(__file__).resolve().parent / "adapters"  # adapters shipped with the service, one per base model
+RENAMED_KEYS = {"form": "decoder", "slots": "prefix_len"}  # config.json keys written before the vocabulary settled
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,9 @@ class LatentConfig:
     n_kv_heads: int
     head_dim: int  # d
     hidden: int  # H, the LLM's embedding width
-    slots: int = 1  # S key/value slots per layer
-    rank: int = 256  # R, the bottleneck between z_r and the slots
-    form: str = "latent"  # "latent": the prompt is bare; "hybrid": the recalled facts are shown as text too
+    prefix_len: int = 1  # P key/value positions per layer
+    rank: int = 256  # R, the bottleneck between z and the prefix
+    decoder: str = "latent"  # the decoder it serves: "latent" (bare prompt) or "hybrid" (facts shown as text too)
     input: str = "fact"  # "fact": the written latent of the best recalled fact; "readout": z_r itself
     llm: str = ""  # the base model and encoder this adapter was trained for
     encoder: str = ""
@@ -48,68 +56,62 @@ class LatentConfig:
                    n_kv_heads=getattr(llm_config, "num_key_value_heads", None) or heads, head_dim=head_dim,
                    hidden=llm_config.hidden_size, **kw)
 
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> LatentConfig:
+        """The config in ``directory``; keys of older adapters are renamed, history kept there is ignored."""
+        raw = json.loads((directory / CONFIG).read_text())
+        for old, new in RENAMED_KEYS.items():
+            if old in raw and new not in raw:
+                log.warning("%s: config key %r is now %r (re-save the adapter to update it)", directory, old, new)
+                raw[new] = raw.pop(old)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def save_pretrained(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
 
 class LatentAdapter(nn.Module):
     def __init__(self, cfg: LatentConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.down = nn.Linear(cfg.latent_dim, cfg.rank)
-        self.kv = nn.Linear(cfg.rank, cfg.n_layers * 2 * cfg.slots * cfg.n_kv_heads * cfg.head_dim)
+        self.kv = nn.Linear(cfg.rank, cfg.n_layers * 2 * cfg.prefix_len * cfg.n_kv_heads * cfg.head_dim)
         self.emb = nn.Linear(cfg.latent_dim, cfg.hidden, bias=False)
-        # Start close to "no memory": small slots, no embedding shift.
+        # Start close to "no memory": a small prefix, no embedding shift.
         nn.init.normal_(self.kv.weight, std=0.02)
         nn.init.zeros_(self.kv.bias)
         nn.init.zeros_(self.emb.weight)
 
     def forward(self, z: Tensor) -> KVPrefix:
-        """(B, C) readouts -> the prefix the LLM decodes behind."""
+        """(B, C) latents -> the prefix the LLM decodes behind."""
         c = self.cfg
         B = z.shape[0]
         z = nn.functional.normalize(z.float(), dim=-1)  # readouts are not unit norm; written latents are
         h = torch.tanh(self.down(z))  # (B, R)
-        kv = self.kv(h).view(B, c.n_layers, 2, c.slots, c.n_kv_heads, c.head_dim)
-        kv = kv.permute(1, 2, 0, 4, 3, 5)  # (L, 2, B, n_kv, S, d)
+        kv = self.kv(h).view(B, c.n_layers, 2, c.prefix_len, c.n_kv_heads, c.head_dim)
+        kv = kv.permute(1, 2, 0, 4, 3, 5)  # (L, 2, B, n_kv, P, d)
         return KVPrefix(tuple(kv[:, 0].unbind(0)), tuple(kv[:, 1].unbind(0)), self.emb(z))  # bias (B, H)
 
-    def save(self, directory: Path, extra: dict | None = None) -> None:
+    def save_pretrained(self, directory: Path) -> None:
+        """Weights as float16 safetensors (small enough for git) and the architecture-only config."""
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
-        (directory / CONFIG).write_text(json.dumps(asdict(self.cfg) | (extra or {}), indent=2) + "\n")
+        self.cfg.save_pretrained(directory)
 
     @classmethod
-    def load(cls, directory: Path, device: str | torch.device = "cpu") -> LatentAdapter:
-        meta = json.loads((directory / CONFIG).read_text())
-        fields = LatentConfig.__dataclass_fields__
-        adapter = cls(LatentConfig(**{k: v for k, v in meta.items() if k in fields}))
-        state = {k: v.float() for k, v in load_file(str(directory / WEIGHTS)).items()}
-        adapter.load_state_dict(state)
+    def from_pretrained(cls, directory: Path, device: str | torch.device = "cpu") -> LatentAdapter:
+        adapter = cls(LatentConfig.from_pretrained(directory))
+        adapter.load_state_dict({k: v.float() for k, v in load_file(str(directory / WEIGHTS)).items()})
         return adapter.to(device).eval()
 
 
-ADAPTERS = Path(__file__).resolve().parent / "adapters"  # adapters shipped with the service, one per base model
-CONTEXT_SCOPE_THRESHOLD = 0.3  # the paper's; context decoding's development runs kept it
-
-
-def _shipped(llm: str, encoder: str, root: Path) -> list[tuple[Path, dict]]:
-    metas = [(cfg.parent, json.loads(cfg.read_text())) for cfg in sorted(root.glob(f"*/{CONFIG}"))]
-    return [(d, m) for d, m in metas if m.get("llm") == llm and m.get("encoder") == encoder]
-
-
-def find_adapter(llm: str, encoder: str, form: str, root: Path = ADAPTERS) -> Path | None:
-    """The shipped adapter trained in this form for exactly this LLM and encoder, if there is one."""
-    return next((d for d, m in _shipped(llm, encoder, root) if m.get("form") == form), None)
-
-
-def default_decoder(llm: str, encoder: str, root: Path = ADAPTERS) -> str:
-    """The kind the development runs chose for this model (the shipped adapter marked default), else context."""
-    return next((m["form"] for _, m in _shipped(llm, encoder, root) if m.get("default")), "context")
-
-
-def adapter_form(directory: Path) -> str:
-    return json.loads((directory / CONFIG).read_text()).get("form", "latent")
-
-
-def scope_threshold_for(directory: Path) -> float:
-    """The scope threshold chosen with this adapter on development data (its config), else the paper's."""
-    return float(json.loads((directory / CONFIG).read_text()).get("scope_threshold", CONTEXT_SCOPE_THRESHOLD))
+def find_adapter(llm: str, encoder: str, decoder: str, root: Path = ADAPTERS) -> Path | None:
+    """The shipped adapter trained for this decoder on exactly this LLM and encoder, if there is one."""
+    for config in sorted(root.glob(f"*/{CONFIG}")):
+        cfg = LatentConfig.from_pretrained(config.parent)
+        if (cfg.llm, cfg.encoder, cfg.decoder) == (llm, encoder, decoder):
+            return config.parent
+    return None

@@ -1,4 +1,5 @@
-"""The decoder: a causal LM that generates answers and scores continuations.
+"""The LLM: a causal LM that generates answers and scores continuations, in padded batches (one request
+is a batch of one, so what the benchmarks measure is what the service serves).
 
 A GGUF file (the default SmolLM2 ships as one) takes ~15-20 s to dequantise,
 so it is converted once into a safetensors directory under the model cache and
@@ -45,18 +46,25 @@ class ContinuationScore:
 
 
 @dataclass(frozen=True)
+class Generation:
+    text: str  # the greedy answer, special tokens dropped, stripped
+    new_tokens: int  # tokens generated, the end-of-turn token included when it came
+
+
+@dataclass(frozen=True)
 class KVPrefix:
     """What a trained latent decoder puts in front of a prompt: key/value slots in every layer and an
     embedding bias, one row per sequence. The LLM's weights stay as they are; without a prefix it is
     exactly the base model.
     """
 
-    keys: tuple[Tensor, ...]  # per layer (B, n_kv_heads, S, head_dim)
-    values: tuple[Tensor, ...]  # per layer (B, n_kv_heads, S, head_dim)
+    keys: tuple[Tensor, ...]  # per layer (B, n_kv_heads, P, head_dim)
+    values: tuple[Tensor, ...]  # per layer (B, n_kv_heads, P, head_dim)
     bias: Tensor  # (B, hidden) added to every input token embedding
 
     @property
-    def slots(self) -> int:
+    def length(self) -> int:
+        """P, the prefix positions in front of the tokens."""
         return int(self.keys[0].shape[2])
 
     def rows(self, index: Tensor) -> KVPrefix:
@@ -126,20 +134,6 @@ class CausalLM:
 
     # --- generation ----------------------------------------------------------
 
-    @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0) -> tuple[str, int]:
-        """Greedy decoding: the same prompt always gives the same answer. Returns (text, new tokens)."""
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        new = out[0, input_ids.shape[1] :]
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.shape[0])
-
     def pad(self, rows: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
         """(B, T) ids and attention mask on the model's device. Left padding makes every row end where
         decoding starts; right padding keeps every row's tokens at the same positions (scoring, training).
@@ -157,34 +151,40 @@ class CausalLM:
         return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], left=True)
 
     @torch.inference_mode()
-    def generate_batch(self, texts: list[str], max_new_tokens: int, prefix: KVPrefix | None = None) -> list[str]:
-        """Greedy answers to many rendered prompts in one left-padded batch (benchmarks evaluate thousands)."""
+    def generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int = 0,
+                       prefix: KVPrefix | None = None) -> list[Generation]:
+        """Greedy answers to rendered prompts in one left-padded batch: the same prompt always gives the same
+        answer, alone or among others. With a latent ``prefix`` the decoding loop is ``generate_prefixed``.
+        """
         if prefix is not None:
-            return [t for t, _ in self.generate_prefixed(texts, prefix, max_new_tokens)]
+            return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens)
         ids, mask = self._left_padded(texts)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        width = ids.shape[1]
-        return [a.strip() for a in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        new = out[:, ids.shape[1] :]  # (B, n) rows that ended early are padded after their end token
+        ended = torch.isin(new, torch.tensor(self._eos_ids(), device=new.device))  # (B, n)
+        first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])  # (B,)
+        texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [Generation(t.strip(), int(n)) for t, n in zip(texts_out, first_end.tolist(), strict=True)]
 
     @torch.inference_mode()
     def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0
-                          ) -> list[tuple[str, int]]:
+                          ) -> list[Generation]:
         """Greedy decoding behind a latent prefix, whose embedding bias every generated token gets as well.
 
-        ``model.generate`` cannot add a bias to the tokens it feeds back, hence this loop. Returns
-        (text, new tokens counting the end-of-turn token) per row.
+        ``model.generate`` cannot add a bias to the tokens it feeds back, hence this loop.
         """
         ids, mask = self._left_padded(texts)
-        B, S = ids.shape[0], prefix.slots
+        B, P = ids.shape[0], prefix.length
         eos = torch.tensor(self._eos_ids(), device=self.device)
         out = self.forward(ids, mask, prefix)
-        kv, pos = out.past_key_values, S + mask.sum(1, keepdim=True)  # (B, 1) next position of each row
+        kv, pos = out.past_key_values, P + mask.sum(1, keepdim=True)  # (B, 1) next position of each row
         embed = self.model.get_input_embeddings()
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         n_new = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -200,14 +200,14 @@ class CausalLM:
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-            attn = torch.cat([mask.new_ones(B, S), mask], 1)
+            attn = torch.cat([mask.new_ones(B, P), mask], 1)
             emb = embed(nxt[:, None]) + prefix.bias[:, None, :].to(embed.weight.dtype)
             out = self.model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv,
                              use_cache=True)
             pos = pos + 1
         toks = torch.stack(new, 1) if new else ids.new_zeros(B, 0)  # (B, n)
         texts_out = self.tokenizer.batch_decode(toks, skip_special_tokens=True)
-        return [(t.strip(), int(n)) for t, n in zip(texts_out, n_new.tolist(), strict=True)]
+        return [Generation(t.strip(), int(n)) for t, n in zip(texts_out, n_new.tolist(), strict=True)]
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -217,9 +217,9 @@ class CausalLM:
 
     def forward(self, ids: Tensor, mask: Tensor, prefix: KVPrefix | None = None, hidden: bool = False
                 ):  # noqa: ANN201 - HF output
-        """One pass over a padded batch. With a prefix, its S slots are the first S positions (the keys
-        are learned as they are, i.e. at rotary position 0) and the tokens follow from position S; the
-        returned cache holds prefix and tokens, ready for decoding.
+        """One pass over a padded batch. With a prefix, its P positions come first (the keys are learned
+        as they are, i.e. at rotary position 0) and the tokens follow from position P; the returned cache
+        holds prefix and tokens, ready for decoding.
         """
         if prefix is None:
             return self.model(input_ids=ids, attention_mask=mask)
@@ -228,9 +228,9 @@ class CausalLM:
         kv = DynamicCache()
         for layer, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
             kv.update(k.to(emb.dtype), v.to(emb.dtype), layer)
-        S = prefix.slots
-        attn = torch.cat([mask.new_ones(mask.shape[0], S), mask], 1)  # (B, S + T)
-        pos = S + (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T): right padding keeps real tokens at S.., left
+        P = prefix.length
+        attn = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)  # (B, P + T)
+        pos = P + (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T): right padding keeps real tokens at P.., left
         # hidden=True stops before the LM head (training applies it only where the loss needs logits)
         net = self.model.get_decoder() if hidden else self.model
         return net(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv, use_cache=True)

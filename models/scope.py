@@ -14,6 +14,7 @@ from torch import Tensor
 
 from models.encoder import TextEncoder
 
+DEFAULT_SCOPE_THRESHOLD = 0.3  # the paper's; used where no development run chose another for a decoder
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -30,7 +31,7 @@ class ScopeDecision:
 
 
 class ScopeDetector:
-    def __init__(self, encoder: TextEncoder, threshold: float = 0.3) -> None:
+    def __init__(self, encoder: TextEncoder, threshold: float = DEFAULT_SCOPE_THRESHOLD) -> None:
         self.encoder = encoder
         self.threshold = threshold  # max cosine distance 1 - cos
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-import torch
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from memory_core import MemoryConfig
-from models.conditioning import Conditioner, load_conditioner
-from models.encoder import TextEncoder
-from models.latent import CONTEXT_SCOPE_THRESHOLD, adapter_form, default_decoder, find_adapter, scope_threshold_for
-from models.llm import CausalLM
+from models.choice import DecoderChoice, choose_decoder
+from models.decoders import load_decoder
+from models.loading import LoadedModels, load_models
 from service.deps import require_api_key
 from service.editor import Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
@@ -27,49 +24,14 @@ from service.store import StoreError, open_store
 log = logging.getLogger("larimar")
 
 
-@dataclass(frozen=True)
-class LoadedModels:
-    encoder: TextEncoder
-    llm: CausalLM
-
-
-def load_models(settings: Settings) -> LoadedModels:
-    device = settings.resolved_device()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    log.info("loading encoder %s and LLM %s on %s", settings.encoder, settings.llm, device)
-    encoder = TextEncoder(settings.encoder, device=device)
-    llm = CausalLM(settings.llm, settings.model_cache_dir, device=device, dtype=settings.llm_dtype)
-    return LoadedModels(encoder, llm)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    conditioner: Conditioner
-    scope_threshold: float
-
-
-def decoder_for(settings: Settings) -> Decoding:
-    """The configured decoding kind and its scope threshold.
-
-    "auto" is the kind the development runs chose for this model (or the form of an adapter given in
-    LARIMAR_ADAPTER), context where no adapter exists. An unset threshold is the one chosen with that
-    adapter on development data: a decoder trained to keep neighbours' answers tolerates a looser scope.
-    """
-    kind = settings.decoder
-    if kind == "auto":
-        kind = adapter_form(settings.adapter) if settings.adapter else default_decoder(settings.llm, settings.encoder)
-    adapter = None
-    if kind != "context":
-        adapter = settings.adapter or find_adapter(settings.llm, settings.encoder, kind)
-    threshold = settings.scope_threshold
-    if threshold is None:
-        threshold = scope_threshold_for(adapter) if adapter else CONTEXT_SCOPE_THRESHOLD
-    log.info("decoder: %s%s, scope threshold %.2f", kind, f" (adapter {adapter})" if adapter else "", threshold)
-    return Decoding(load_conditioner(kind, adapter, settings.resolved_device()), threshold)
+def decoder_choice(settings: Settings) -> DecoderChoice:
+    """The decoder and scope threshold these settings ask for (LARIMAR_DECODER, _ADAPTER, _SCOPE_THRESHOLD)."""
+    return choose_decoder(settings.llm, settings.encoder, settings.decoder, settings.adapter, settings.scope_threshold)
 
 
 def build_editor(settings: Settings, models: LoadedModels) -> Editor:
+    """The editor over the configured store, decoder and scope threshold (set, or chosen on development data)."""
+    device = settings.resolved_device()
     cfg = MemoryConfig(
         slots=settings.memory_slots,
         dim=models.encoder.dim,
@@ -77,16 +39,18 @@ def build_editor(settings: Settings, models: LoadedModels) -> Editor:
         ridge=settings.memory_ridge,
         seed=settings.memory_seed,
     )
-    registry = MemoryRegistry(open_store(settings.store_url), cfg, settings.resolved_device(),
-                              settings.snapshot_every)
+    registry = MemoryRegistry(open_store(settings.store_url), cfg, device, settings.snapshot_every)
     try:
         n = registry.restore()
         log.info("restored %d memories from %s", n, settings.store_url)
     except StoreError as e:
         log.error("store %s unreachable (%s): starting unready, retrying in the background", settings.store_url, e)
         registry.restore_in_background()
-    decoding = decoder_for(settings)
-    return Editor(settings, models.encoder, models.llm, decoding.conditioner, registry, decoding.scope_threshold)
+    choice = decoder_choice(settings)
+    log.info("decoder: %s%s, scope threshold %.2f", choice.decoder,
+             f" (adapter {choice.adapter})" if choice.adapter else "", choice.scope_threshold)
+    decoder = load_decoder(choice.decoder, choice.adapter, device)
+    return Editor(settings, models.encoder, models.llm, decoder, registry, choice.scope_threshold)
 
 
 def _error(code: int) -> object:
@@ -118,7 +82,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
         app.state.editor = build_editor(settings, models or load_models(settings))
         log.info("larimar ready")
         yield
-        app.state.editor.registry.store.close()
+        app.state.editor.close()
 
     app = FastAPI(title="Larimar", version="0.1.0", lifespan=lifespan,
                   description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")

@@ -3,26 +3,26 @@
 It checks input against the configured limits (a bad request changes
 nothing), turns text into latents, and for queries runs the Larimar read
 path: scope detector -> memory readout -> facts the readout reconstructs ->
-conditioned LLM. Out of scope, the LLM runs exactly as if no memory existed.
+decoder -> LLM. Out of scope, the LLM runs exactly as if no memory existed.
+Everything it returns is plain values, so routes never reach into a memory.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from memory_core import nearest
-from models.conditioning import Conditioner, Readout
+from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
-from models.latent import CONTEXT_SCOPE_THRESHOLD
 from models.llm import CausalLM, ContinuationScore
-from models.scope import ScopeDetector
-from service.memories import Fact, MemoryHandle, MemoryRegistry
+from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector
+from service.memories import Fact, MemoryHandle, MemoryInfo, MemoryRegistry
 from service.settings import Settings
+from service.timing import Timer
 
-MemoryMode = Literal["auto", "on", "off"]
+MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
 MAX_METADATA_CHARS = 4096
 
 
@@ -50,38 +50,35 @@ class Recall:
 
 
 @dataclass(frozen=True)
+class WriteResult:
+    facts: list[Fact]
+    timings_ms: dict[str, float]  # validate, encode, lock, log_entry, store_append, apply, [compaction,] total
+
+
+@dataclass(frozen=True)
 class QueryResult:
     answer: str
     in_scope: bool
+    decoder: str
     facts: list[RecalledFact]
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float]  # scope, read, generate, total
 
 
 @dataclass(frozen=True)
 class ScoreResult:
     in_scope: bool
+    decoder: str
     facts: list[RecalledFact]
     scores: list[ContinuationScore]
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.marks: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        t = time.perf_counter()
-        self.marks[name] = round((t - self._t) * 1e3, 3)
-        self._t = t
-
-
 class Editor:
-    def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, conditioner: Conditioner,
-                 registry: MemoryRegistry, scope_threshold: float = CONTEXT_SCOPE_THRESHOLD) -> None:
+    def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, decoder: Decoder,
+                 registry: MemoryRegistry, scope_threshold: float = DEFAULT_SCOPE_THRESHOLD) -> None:
         self.settings = settings
         self.encoder = encoder
         self.llm = llm
-        self.conditioner = conditioner
+        self.decoder = decoder
         self.registry = registry
         self.scope = ScopeDetector(encoder, scope_threshold)
 
@@ -108,16 +105,20 @@ class Editor:
 
     # --- facts ---------------------------------------------------------------
 
-    def add_facts(self, memory: str, items: list[tuple[str, dict[str, Any] | None]]) -> list[Fact]:
+    def add_facts(self, memory: str, items: list[tuple[str, dict[str, Any] | None]]) -> WriteResult:
         """Write facts as one memory update (a batch is one rank-N Woodbury step)."""
+        timer = Timer()
         if not items:
             raise InvalidInput("facts must hold at least one fact")
         if len(items) > self.settings.max_batch_facts:
             raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
         label = "facts[{}].text" if len(items) > 1 else "text"
         checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
+        timer.lap("validate")
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
-        return self.registry.write(memory, checked, latents)
+        timer.lap("encode")
+        facts = self.registry.write(memory, checked, latents, timer)
+        return WriteResult(facts, timer.total())
 
     def forget(self, memory: str, fact_id: str) -> None:
         if not self.registry.forget(memory, fact_id):
@@ -136,21 +137,22 @@ class Editor:
 
     # --- reading ---------------------------------------------------------------
 
-    def recall(self, handle: MemoryHandle, prompt: str, mode: MemoryMode) -> Recall:
+    def recall(self, memory: str, prompt: str, mode: MemoryMode, timer: Timer | None = None) -> Recall:
         """Scope decision and, in scope, the readout and the facts it reconstructs.
 
         The view is taken once, so a write landing meanwhile is either wholly seen or not at all.
         """
-        view = handle.view
-        timer = _Timer()
+        h = self._handle(memory)
+        view = h.view
+        timer = timer or Timer()
         if mode == "off" or not view.ids:
             return Recall(False, None, [], timer.marks)
         decision = self.scope.decide(prompt, view.latents)
         timer.lap("scope")
         if mode == "auto" and not decision.in_scope:
             return Recall(False, None, [], timer.marks)
-        z_r = handle.mem.read(view.state, decision.query_latent[None])  # (1, C)
-        sims, idx = nearest(z_r, view.latents, k=self.settings.context_facts)  # (1, k)
+        z_r = h.mem.read(view.state, decision.query_latent[None])  # (1, C)
+        sims, idx = nearest(z_r, view.latents, k=self.settings.recalled_facts)  # (1, k)
         keep = [
             (float(s), int(i))
             for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
@@ -162,18 +164,16 @@ class Editor:
         return Recall(True, Readout(z_r[0], tuple(f.text for f in facts), latents), facts, timer.marks)
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
+        """One greedy answer: a batch of one through the decoder's batched path, as the benchmarks run it."""
         self._text(prompt, "prompt")
         n = self.settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 1 <= n <= self.settings.max_new_tokens:
             raise InvalidInput(f"max_new_tokens must be between 1 and {self.settings.max_new_tokens}")
-        h = self._handle(memory)
-        start = time.perf_counter()
-        recall = self.recall(h, prompt, mode)
-        t = time.perf_counter()
-        answer, _ = self.conditioner.generate(self.llm, prompt, recall.readout, n)
-        timings = recall.timings_ms | {"generate": round((time.perf_counter() - t) * 1e3, 3)}
-        timings["total"] = round((time.perf_counter() - start) * 1e3, 3)
-        return QueryResult(answer, recall.in_scope, recall.facts, timings)
+        timer = Timer()
+        recall = self.recall(memory, prompt, mode, timer)
+        (answer,) = self.decoder.generate_batch(self.llm, [(prompt, recall.readout)], n)
+        timer.lap("generate")
+        return QueryResult(answer.text, recall.in_scope, self.decoder.name, recall.facts, timer.total())
 
     def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
         self._text(prompt, "prompt")
@@ -181,28 +181,30 @@ class Editor:
             raise InvalidInput(f"candidates must hold 1 to {self.settings.max_candidates} strings")
         for i, c in enumerate(candidates):
             self._text(c, f"candidates[{i}]")
-        h = self._handle(memory)
-        recall = self.recall(h, prompt, mode)
-        scores = self.conditioner.score(self.llm, prompt, candidates, recall.readout)
-        return ScoreResult(recall.in_scope, recall.facts, scores)
+        recall = self.recall(memory, prompt, mode)
+        (scores,) = self.decoder.score_batch(self.llm, [(prompt, candidates, recall.readout)])
+        return ScoreResult(recall.in_scope, self.decoder.name, recall.facts, scores)
 
     # --- memories ----------------------------------------------------------------
 
-    def memory(self, memory: str) -> MemoryHandle:
-        return self._handle(memory)
+    def memory(self, memory: str) -> MemoryInfo:
+        return self._handle(memory).info()
 
-    def memories(self) -> list[MemoryHandle]:
-        return self.registry.handles()
+    def memories(self) -> list[MemoryInfo]:
+        return [h.info() for h in self.registry.handles()]
 
     def delete_memory(self, memory: str) -> None:
         if not self.registry.delete(memory):
             raise NotFound(f"memory {memory!r} does not exist")
 
-    def snapshot(self, memory: str) -> MemoryHandle:
+    def snapshot(self, memory: str) -> MemoryInfo:
         h = self.registry.snapshot(memory)
         if h is None:
             raise NotFound(f"memory {memory!r} does not exist")
-        return h
+        return h.info()
 
     def ready(self) -> bool:
         return self.registry.restored and self.registry.store.ping()
+
+    def close(self) -> None:
+        self.registry.store.close()

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from memory_core import EpisodicMemory, MemoryConfig, MemoryState
 from service.store import Store, StoreError, codec
+from service.timing import Timer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ class MemoryView:
         return self.ids.index(fact_id)
 
 
+@dataclass(frozen=True)
+class MemoryInfo:
+    """What callers may know of a memory, as plain values (routes and metrics never reach into a handle)."""
+
+    name: str
+    facts: int
+    slots: int  # K
+    dim: int  # C
+    addressing: str
+    device: str
+    log_entries: int  # in the store's log since the last snapshot
+    last_snapshot: str | None
+
+
 @dataclass
 class MemoryHandle:
     name: str
@@ -68,6 +83,11 @@ class MemoryHandle:
     log_entries: int = 0  # entries in the store's log since the last snapshot
     last_snapshot: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def info(self) -> MemoryInfo:
+        cfg = self.mem.cfg
+        return MemoryInfo(self.name, len(self.view.ids), cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
+                          self.log_entries, self.last_snapshot)
 
     # --- snapshot / log encoding --------------------------------------------
 
@@ -175,22 +195,30 @@ class MemoryRegistry:
                     yield h
                     return
 
-    def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor) -> list[Fact]:
-        """Durably append, then apply and publish. Returns the new facts."""
+    def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
+              timer: Timer | None = None) -> list[Fact]:
+        """Durably append, then apply and publish. Returns the new facts; ``timer`` gets each step's time."""
+        timer = timer or Timer()
         with self._holding(name, create=True) as h:
             assert h is not None
+            timer.lap("lock")
             created = now()
             facts = [Fact(uuid.uuid4().hex, t, m, created) for t, m in texts_meta]
+            entry = h.log_entry(h.seq + 1, facts, latents)
+            timer.lap("log_entry")
             try:
-                self.store.append(name, h.log_entry(h.seq + 1, facts, latents))
+                self.store.append(name, entry)
             except Exception:
                 self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
                 raise
+            timer.lap("store_append")
             h.seq += 1
             h.log_entries += 1
             h.view = h.applied(facts, latents)
+            timer.lap("apply")
             if h.log_entries >= self.snapshot_every:
                 self._compact_logged(h)
+                timer.lap("compaction")
             return facts
 
     def _drop_if_unborn(self, h: MemoryHandle) -> None:

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.store import StoreError
+
 
 class _MemoryCollector(Collector):
     def __init__(self, app: FastAPI) -> None:
@@ -19,9 +21,13 @@ class _MemoryCollector(Collector):
         facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
         pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted", labels=["memory"])
         editor = getattr(self.app.state, "editor", None)
-        for h in editor.registry.handles() if editor is not None and editor.registry.restored else []:
-            facts.add_metric([h.name], len(h.view.ids))
-            pending.add_metric([h.name], h.log_entries)
+        try:
+            infos = editor.memories() if editor is not None else []
+        except StoreError:  # not restored yet: nothing to report
+            infos = []
+        for m in infos:
+            facts.add_metric([m.name], m.facts)
+            pending.add_metric([m.name], m.log_entries)
         yield facts
         yield pending
 

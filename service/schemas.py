@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from service.editor import MemoryMode
 
@@ -48,10 +48,17 @@ class Forgotten(BaseModel):
     forgotten: bool
 
 
+MEMORY_MODE = Field(
+    "auto", validation_alias=AliasChoices("memory_mode", "memory"),
+    description="auto: read memory when the scope detector finds the prompt in scope; on: always; off: never "
+    "(the unedited model). The older name `memory` is still accepted.",
+)
+
+
 class QueryIn(_Strict):
     prompt: str
     max_new_tokens: int | None = None
-    memory: MemoryMode = "auto"
+    memory_mode: MemoryMode = MEMORY_MODE
 
 
 class RecalledFactOut(BaseModel):
@@ -60,7 +67,7 @@ class RecalledFactOut(BaseModel):
     similarity: float
 
 
-DECODER_DOC = "how memory reached the LLM: context (facts as text), latent (trained prefix) or hybrid (both)"
+DECODER_DOC = "the decoder that brought memory to the LLM: context (facts as text), latent (trained prefix), hybrid"
 
 
 class QueryOut(BaseModel):
@@ -74,7 +81,7 @@ class QueryOut(BaseModel):
 class ScoreIn(_Strict):
     prompt: str
     candidates: list[str]
-    memory: MemoryMode = "auto"
+    memory_mode: MemoryMode = MEMORY_MODE
 
 
 class CandidateScoreOut(BaseModel):
@@ -102,11 +109,11 @@ class MemoryList(BaseModel):
     memories: list[MemorySummary]
 
 
-class MemoryInfo(BaseModel):
+class MemoryOut(BaseModel):
     name: str
     facts: int
-    slots: int
-    dim: int
+    slots: int = Field(description="K, the memory's rows")
+    dim: int = Field(description="C, the latent width")
     addressing: str
     device: str
     log_entries: int

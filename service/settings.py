@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.device import resolve_device
 from models.paths import DEFAULT_ENCODER, DEFAULT_LLM
+
+log = logging.getLogger("larimar")
+
+# Old setting names that still work, each for the field that replaced it.
+RENAMED = {"LARIMAR_CONTEXT_FACTS": "recalled_facts"}
+
+
+class _RenamedEnv(PydanticBaseSettingsSource):
+    """Values under an old LARIMAR_* name, with a deprecation warning; the new name wins where both are set."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out = {}
+        for old, field in RENAMED.items():
+            if old in os.environ:
+                new = f"LARIMAR_{field.upper()}"
+                msg = f"{old} is deprecated: set {new} instead"
+                warnings.warn(msg, FutureWarning, stacklevel=2)
+                log.warning(msg)
+                out[field] = os.environ[old]
+        return out
 
 
 class Settings(BaseSettings):
@@ -51,12 +79,14 @@ class Settings(BaseSettings):
     # --- scope and decoding
     scope_threshold: float | None = Field(
         None, ge=0, le=2, description="Max cosine distance for a query to be in scope; unset: the value chosen on "
-        "development data for the active decoder (in its adapter's config), 0.3 for context decoding."
+        "development data for the active decoder (models/adapters/choices.json), else the paper's 0.3."
     )
-    context_facts: int = Field(3, ge=1, le=32, description="Facts recovered from a readout and shown to the LLM.")
+    recalled_facts: int = Field(3, ge=1, le=32, description="At most this many facts recovered from a readout "
+                                "(reported with the answer; the context and hybrid decoders show them to the LLM).")
     decoder: Literal["auto", "context", "latent", "hybrid"] = Field(
-        "auto", description="How memory conditions the LLM: context (facts as text), latent (trained prefix), "
-        "hybrid (both); auto takes the kind the shipped adapter's benchmark chose, or context without an adapter."
+        "auto", description="How memory reaches the LLM: context (facts as text), latent (trained prefix), "
+        "hybrid (both); auto takes the decoder the development runs chose for this model (models/adapters/"
+        "choices.json), or context for a model without an adapter."
     )
     adapter: Path | None = Field(
         None, description="Latent-decoder adapter directory; default: the one shipped for this LLM and encoder."
@@ -77,12 +107,16 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _RenamedEnv(settings_cls), dotenv_settings, file_secret_settings
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    def resolved_device(self) -> str:
+        return resolve_device(self.device)
 
 
 @lru_cache

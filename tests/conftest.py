@@ -14,9 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from support import RedisServer  # noqa: E402
 
-from service.app import LoadedModels, create_app, load_models  # noqa: E402
+from bench.processes import RedisServer  # noqa: E402
+from models.loading import LoadedModels, load_models  # noqa: E402
+from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 
@@ -41,7 +42,6 @@ def new_redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
 
     def make() -> RedisServer:
         made.append(RedisServer(tmp_path / f"redis{len(made)}"))
-        made[-1].workdir.mkdir()
         return made[-1]
 
     yield make

@@ -26,6 +26,13 @@ def editor(client: TestClient):  # noqa: ANN201 - the app's core, for state asse
 # --- facts ---------------------------------------------------------------------
 
 
+def test_writes_report_their_timings_in_server_timing(client: TestClient) -> None:
+    r = client.post(f"{BASE}/facts", json={"text": LYON})
+    steps = {part.split(";")[0]: float(part.split("dur=")[1]) for part in r.headers["server-timing"].split(", ")}
+    assert {"encode", "store_append", "apply", "total"} <= set(steps)
+    assert steps["total"] >= steps["encode"] + steps["store_append"] + steps["apply"] > 0
+
+
 def test_write_get_list_and_batch(client: TestClient) -> None:
     fact = write(client, LYON, metadata={"source": "test"})
     assert fact["memory"] == "demo" and fact["text"] == LYON and fact["metadata"] == {"source": "test"}
@@ -57,24 +64,26 @@ def test_query_in_scope_uses_the_fact_and_out_of_scope_is_the_plain_llm(client: 
     assert {"scope", "read", "generate", "total"} <= set(r["timings_ms"])
 
     plain = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 24,
-                                              "memory": "off"}).json()
+                                              "memory_mode": "off"}).json()
     assert plain["in_scope"] is False and "Paris" in plain["answer"]
 
     prompt = {"prompt": "How many legs does a spider have?", "max_new_tokens": 24}
     auto = client.post(f"{BASE}/query", json=prompt).json()
-    off = client.post(f"{BASE}/query", json=prompt | {"memory": "off"}).json()
+    off = client.post(f"{BASE}/query", json=prompt | {"memory_mode": "off"}).json()
     assert auto["in_scope"] is False and auto["facts"] == []
     assert auto["answer"] == off["answer"], "out of scope must be exactly the LLM without memory"
 
-    forced = client.post(f"{BASE}/query", json=prompt | {"memory": "on"}).json()
+    forced = client.post(f"{BASE}/query", json=prompt | {"memory_mode": "on"}).json()
     assert forced["in_scope"] is True and forced["facts"]
+    old_name = client.post(f"{BASE}/query", json=prompt | {"memory": "on"}).json()  # the field's old name
+    assert old_name["in_scope"] is True and old_name["answer"] == forced["answer"]
 
 
 def test_score_with_and_without_memory(client: TestClient, models) -> None:  # noqa: ANN001
     write(client, "The Eiffel Tower is located in the city of Rome.")
     body = {"prompt": "The Eiffel Tower is located in the city of", "candidates": ["Rome", "Paris"]}
     with_mem = client.post(f"{BASE}/score", json=body).json()
-    without = client.post(f"{BASE}/score", json=body | {"memory": "off"}).json()
+    without = client.post(f"{BASE}/score", json=body | {"memory_mode": "off"}).json()
     assert with_mem["in_scope"] is True and without["in_scope"] is False
     s_on = {s["candidate"]: s["logprob"] for s in with_mem["scores"]}
     s_off = {s["candidate"]: s["logprob"] for s in without["scores"]}
@@ -175,7 +184,7 @@ def test_snapshot_delete_and_unknown_memory(client: TestClient) -> None:
         ("post", "/query", {"prompt": "hi", "max_new_tokens": 100000}),
         ("post", "/query", {"prompt": "hi", "max_new_tokens": 0}),
         ("post", "/query", {"prompt": "hi", "max_new_tokens": "5"}),
-        ("post", "/query", {"prompt": "hi", "memory": "maybe"}),
+        ("post", "/query", {"prompt": "hi", "memory_mode": "maybe"}),
         ("post", "/score", {"prompt": "hi", "candidates": []}),
         ("post", "/score", {"prompt": "hi", "candidates": ["a"] * 33}),
         ("post", "/score", {"prompt": "hi", "candidates": ["a", ""]}),
@@ -344,3 +353,14 @@ def test_concurrent_writes_are_serialised_and_queries_see_whole_updates(client: 
     assert h.seq == 33, "every write got its own log entry"
     exact = h.mem.rebuild(h.view.latents)
     assert torch.allclose(h.view.state.M, exact.M, atol=1e-5), "serialised updates equal the batch solution"
+
+
+def test_a_renamed_setting_still_works_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setenv("LARIMAR_CONTEXT_FACTS", "5")
+    with pytest.warns(FutureWarning, match="LARIMAR_RECALLED_FACTS"):
+        assert Settings().recalled_facts == 5
+    monkeypatch.setenv("LARIMAR_RECALLED_FACTS", "2")  # the new name wins where both are set
+    with pytest.warns(FutureWarning):
+        assert Settings().recalled_facts == 2

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from bench.baselines import EditRequest
 from bench.baselines.ft_l import FineTuneL, encode_edit
 from bench.baselines.grace import Grace
 from models.llm import CausalLM
-from service.app import LoadedModels
+from models.loading import LoadedModels
+from training.data import EditRequest
 
 EDIT = EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English", "French")
 UNRELATED = "The capital city of Japan is"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.editing import data
 from bench.editing.metrics import evaluate, failure_causes, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, sequential, single
 from bench.editing.systems import Http, Oracle, Service, TextSystem
-from service.app import LoadedModels
+from models.loading import LoadedModels
 from service.settings import Settings
+from training import data
 
 needs_data = pytest.mark.skipif(not data.DEFAULT_DATA.exists(),
                                 reason="no benchmark data: ../shared/data is missing and LARIMAR_BENCH_DATA is unset")

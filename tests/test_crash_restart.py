@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from support import free_port
+
+from bench.processes import ServiceProcess
 
 PROMPTS = ["What is the capital of France?", "What colour are bananas?", "Who wrote Hamlet?"]
 
 
 @contextmanager
 def server(store_url: str, log_path: Path) -> Iterator[str]:
-    """``larimar serve`` as a child process; yields its base URL once /readyz says ready."""
-    port = free_port()
-    env = os.environ | {"LARIMAR_STORE_URL": store_url, "LARIMAR_SNAPSHOT_EVERY": "4", "HF_HUB_OFFLINE": "1"}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    """``larimar serve`` as a child process; yields its base URL once /readyz says ready, then kills it."""
+    proc = ServiceProcess(log_path, LARIMAR_STORE_URL=store_url, LARIMAR_SNAPSHOT_EVERY="4")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
+        proc.start(timeout=120)
+        yield proc.base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # no shutdown hook runs: a crash
-        proc.wait(10)
+        proc.kill()  # no shutdown hook runs: a crash
 
 
 @pytest.mark.parametrize("backend", ["redis", "file"])

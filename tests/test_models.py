@@ -1,4 +1,4 @@
-"""The real default models: encoder, scope detector, LLM (GGUF cache, generation, scoring), conditioning."""
+"""The real default models: encoder, scope detector, LLM (GGUF cache, generation, scoring), context decoder."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from models.conditioning import ContextConditioner, Readout
+from models.decoders import ContextDecoder, Readout
 from models.llm import gguf_cache_dir, model_dir
 from models.paths import resolve
-from models.scope import ScopeDetector, split_sentences
+from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, split_sentences
 
 
 def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # noqa: ANN001
@@ -23,7 +23,7 @@ def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # no
 
 def test_scope_detector(models) -> None:  # noqa: ANN001
     facts = models.encoder.encode(["The capital of France is Lyon.", "Bananas are blue."])
-    esd = ScopeDetector(models.encoder, threshold=0.3)
+    esd = ScopeDetector(models.encoder, threshold=DEFAULT_SCOPE_THRESHOLD)
     assert esd.decide("What is the capital of France?", facts).in_scope
     assert not esd.decide("How many legs does a spider have?", facts).in_scope
     # multi-sentence: one in-scope sentence is enough
@@ -47,12 +47,15 @@ def test_gguf_is_converted_once_into_the_cache(models) -> None:  # noqa: ANN001
 
 def test_llm_generates_deterministically_and_knows_paris(models) -> None:  # noqa: ANN001
     llm = models.llm
-    ids = llm.ids(llm.render([{"role": "user", "content": "What is the capital of France?"}]))
-    a, n = llm.generate(ids, 16)
-    b, _ = llm.generate(ids, 16)
-    assert a == b and "Paris" in a and 0 < n <= 16
-    forced, n_forced = llm.generate(ids, 12, min_new_tokens=12)
-    assert n_forced == 12
+    text = llm.render([{"role": "user", "content": "What is the capital of France?"}])
+    (a,) = llm.generate_batch([text], 16)
+    (b,) = llm.generate_batch([text], 16)
+    assert a.text == b.text and "Paris" in a.text and 0 < a.new_tokens <= 16
+    (forced,) = llm.generate_batch([text], 12, min_new_tokens=12)
+    assert forced.new_tokens == 12
+    # a batch of one is the request the service serves; in a padded batch the same prompt answers the same
+    other = llm.render([{"role": "user", "content": "Name a colour, in one word, and then say why you chose it."}])
+    assert llm.generate_batch([text, other], 16)[0] == a
 
 
 def test_scores_are_log_likelihoods(models) -> None:  # noqa: ANN001
@@ -72,14 +75,14 @@ def test_scores_are_log_likelihoods(models) -> None:  # noqa: ANN001
     assert abs(got.logprob - manual) < 1e-3 and got.n_tokens == len(cont)
 
 
-def test_context_conditioner_is_the_plain_llm_without_a_readout(models) -> None:  # noqa: ANN001
-    llm, cond = models.llm, ContextConditioner()
+def test_context_decoder_is_the_plain_llm_without_a_readout(models) -> None:  # noqa: ANN001
+    llm, cond = models.llm, ContextDecoder()
     plain = llm.render([{"role": "user", "content": "Hi?"}])
     assert cond.generation_text(llm, "Hi?", None) == plain
     assert cond.scoring_prefix(llm, "The sky is", None) == "The sky is"
     r = Readout(latent=torch.zeros(384), facts=("The sky is green.",))
     text = cond.generation_text(llm, "What colour is the sky?", r)
     assert "The sky is green." in text and text.startswith("<|im_start|>")
-    edited = cond.score(llm, "The sky is", ["green", "blue"], r)
-    unedited = cond.score(llm, "The sky is", ["green", "blue"], None)
+    edited, unedited = cond.score_batch(llm, [("The sky is", ["green", "blue"], r), ("The sky is", ["green", "blue"],
+                                                                                     None)])
     assert edited[0].logprob - edited[1].logprob > unedited[0].logprob - unedited[1].logprob

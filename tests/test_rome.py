@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.baselines import EditRequest
 from bench.baselines.rome import Rome
 from service.app import LoadedModels
+from training.data import EditRequest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FERRARI = EditRequest("Ferrari F355 is produced by", "Ferrari F355", "BMW", "Ferrari")

@@ -7,8 +7,9 @@ Sources (``../shared/data``), never the reported records:
 - ROME's known_1000: true facts, so that memory agreeing with the model keeps it where it was.
 - WikiText-2 (raw validation text): sentences to reconstruct from their own latents (the paper's term).
 
-Each fact yields rows (context text, target text, weight) in two forms: "latent" (the bare prompt; only
-the prefix knows the fact) and "hybrid" (the facts also in the prompt, as the context decoder shows them).
+Each example yields rows (context text, target text, weight) for the decoder its adapter serves: "latent"
+(the bare prompt; only the prefix knows the fact) or "hybrid" (the facts also in the prompt, as the context
+decoder shows them).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.editing.data import counterfact, zsre
-from models.conditioning import ContextConditioner, Readout
+from models.decoders import ContextDecoder, Readout
 from models.llm import CausalLM
+from training.data import counterfact, fact_sentence, zsre
 
 KNOWN, WIKITEXT = "known_1000.json", "wikitext2_raw_valid.txt"
 
 
 @dataclass(frozen=True)
-class Fact:
+class Example:
+    """One fact to write and the prompts that test it."""
+
     text: str  # the sentence written into memory; its latent conditions the decoder
     prompt: str
     target: str  # what memory says
@@ -39,26 +42,22 @@ class Fact:
 
 @dataclass(frozen=True)
 class Row:
-    fact: int  # index of the fact whose latent conditions this row
+    example: int  # index of the example whose fact's latent conditions this row
     context: str
     target: str
     weight: float = 1.0
 
 
-def sentence(prompt: str, target: str) -> str:
-    return f"{prompt} {target}" + ("" if target.endswith((".", "?", "!")) else ".")
-
-
-def load_facts(data: Path, wikitext_sentences: int = 2000, seed: int = 0) -> list[Fact]:
-    facts = []
+def load_examples(data: Path, wikitext_sentences: int = 2000, seed: int = 0) -> list[Example]:
+    examples = []
     for c in counterfact(data, "train") + zsre(data, "train"):
         r = c.request
-        facts.append(Fact(c.fact, r.prompt, r.target_new, c.paraphrases[0], c.neighbours[0], c.neighbour_truth,
-                          question=c.dataset == "zsre"))
+        examples.append(Example(c.fact, r.prompt, r.target_new, c.paraphrases[0], c.neighbours[0],
+                                c.neighbour_truth, question=c.dataset == "zsre"))
     for k in json.loads((data / KNOWN).read_text()):
-        facts.append(Fact(sentence(k["prompt"], k["attribute"]), k["prompt"], k["attribute"]))
-    facts += [Fact(s, "", s) for s in wiki_sentences(data / WIKITEXT, wikitext_sentences, seed)]
-    return facts
+        examples.append(Example(fact_sentence(k["prompt"], k["attribute"]), k["prompt"], k["attribute"]))
+    examples += [Example(s, "", s) for s in wiki_sentences(data / WIKITEXT, wikitext_sentences, seed)]
+    return examples
 
 
 def wiki_sentences(path: Path, n: int, seed: int) -> list[str]:
@@ -77,14 +76,14 @@ def wiki_sentences(path: Path, n: int, seed: int) -> list[str]:
 
 
 class RowBuilder:
-    """Training rows for one fact, in the form the conditioner will decode it at run time."""
+    """Training rows for one example, as the decoder will see it at run time."""
 
-    def __init__(self, llm: CausalLM, facts: list[Fact]) -> None:
-        self.llm, self.facts, self.text = llm, facts, ContextConditioner()
+    def __init__(self, llm: CausalLM, examples: list[Example]) -> None:
+        self.llm, self.examples, self.text = llm, examples, ContextDecoder()
         self.start = llm.tokenizer.bos_token or llm.tokenizer.eos_token or "\n"
 
     def latent_rows(self, i: int) -> list[Row]:
-        f = self.facts[i]
+        f = self.examples[i]
         if not f.prompt:  # reconstruction of a plain sentence from its latent alone
             return [Row(i, self.start, f.target, 0.5)]
         rows = [Row(i, f.prompt, f.target), Row(i, self.start, f.text, 0.25)]
@@ -92,20 +91,20 @@ class RowBuilder:
         return rows
 
     def hybrid_rows(self, i: int, distractor: int | None) -> list[Row]:
-        f = self.facts[i]
-        shown = (f.text,) if distractor is None else (f.text, self.facts[distractor].text)
+        f = self.examples[i]
+        shown = (f.text,) if distractor is None else (f.text, self.examples[distractor].text)
         readout = Readout(latent=None, facts=shown)  # type: ignore[arg-type] - only the texts are read here
         rows = [Row(i, self.text.scoring_prefix(self.llm, f.prompt, readout), f.target)]
         return rows + self._tests(i, readout)
 
     def _tests(self, i: int, readout: Readout | None) -> list[Row]:
         """The fact's paraphrase, a neighbour that must keep its true answer, and a chat-form answer."""
-        f, rows = self.facts[i], []
+        f, rows = self.examples[i], []
         if f.paraphrase:
             rows.append(Row(i, self.text.scoring_prefix(self.llm, f.paraphrase, readout), f.target))
         if f.neighbour and f.neighbour_truth:
             rows.append(Row(i, self.text.scoring_prefix(self.llm, f.neighbour, readout), f.neighbour_truth))
-        answer = f.target if f.question else sentence(f.prompt, f.target)
+        answer = f.target if f.question else fact_sentence(f.prompt, f.target)
         eot = self.llm.tokenizer.eos_token or ""  # the chat turn ends, so answers stop where the base model's do
         rows.append(Row(i, self.text.generation_text(self.llm, f.prompt, readout), answer + eot))
         return rows

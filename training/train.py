@@ -1,4 +1,4 @@
-"""``larimar train``: fit the latent decoder's adapter with the LLM and encoder frozen.
+"""Fitting the latent decoder's adapter with the LLM and encoder frozen (``larimar-train``).
 
 Objective (larimar.md section 5, adapted to a frozen LLM), cross-entropy on the target tokens only:
 - edit-shaped rows: the fact's prompt, its paraphrase and a chat-form question answered with what memory
@@ -7,9 +7,10 @@ Objective (larimar.md section 5, adapted to a frozen LLM), cross-entropy on the 
 The paper's plain-LM term (zero latent) is constant here: without a readout there is no prefix and the
 frozen LLM is the base model by construction.
 
-An adapter is trained for one form: "latent" (bare prompt, the prefix alone carries the fact) or "hybrid"
-(the recalled facts shown as text too); which one the service uses by default is chosen by measurement on
-development data. Checkpoints every few steps make a killed run resumable.
+An adapter is trained for one decoder: "latent" (bare prompt, the prefix alone carries the fact) or
+"hybrid" (the recalled facts shown as text too); which one the service uses by default is chosen by
+measurement on development data (models/adapters/choices.json). Checkpoints every few steps make a
+killed run resumable.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bench.editing.protocols import machine
+from models.device import describe_machine
 from models.encoder import TextEncoder
-from models.latent import LatentAdapter, LatentConfig
+from models.latent import TRAINING, LatentAdapter, LatentConfig
 from models.llm import CausalLM
-from training.examples import Fact, Row, RowBuilder, load_facts
+from training.examples import Example, Row, RowBuilder, load_examples
 
 log = logging.getLogger("larimar.train")
 CHECKPOINT = "checkpoint.pt"
@@ -40,13 +41,13 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 450
-    facts_per_step: int = 8  # latent form; a row set is ~5 rows per fact
+    facts_per_step: int = 8  # latent decoder; a row set is ~5 rows per fact
     hybrid_facts_per_step: int = 6  # hybrid rows are ~4x longer
-    form: str = "hybrid"  # "latent" (bare prompt) or "hybrid" (facts as text too): one adapter per form
+    decoder: str = "hybrid"  # "latent" (bare prompt) or "hybrid" (facts as text too): one adapter per decoder
     lr: float = 5e-4
     warmup: int = 30
     rank: int = 256
-    slots: int = 1
+    prefix_len: int = 1
     max_tokens: int = 128
     checkpoint_every: int = 25
     wikitext_sentences: int = 2000
@@ -72,7 +73,7 @@ def rows_loss(llm: CausalLM, adapter: LatentAdapter, Z: Tensor, rows: list[Row],
     seqs = [(p + t)[-max_tokens:] for p, t in pairs]
     n_tgt = [min(len(t), max_tokens - 1) for _, t in pairs]
     ids, mask = llm.pad(seqs)
-    prefix = adapter(Z[[r.fact for r in rows]].to(llm.device))
+    prefix = adapter(Z[[r.example for r in rows]].to(llm.device))
     hidden = llm.forward(ids, mask, prefix, hidden=True).last_hidden_state  # (B, T, H)
     # target token j of row i sits at len - n + j and is predicted one position earlier
     bi = torch.cat([torch.full((n,), i) for i, n in enumerate(n_tgt)])
@@ -92,12 +93,12 @@ class Trainer:
         self.cfg, self.llm, self.out = cfg, llm, out
         for p in llm.model.parameters():
             p.requires_grad_(False)
-        self.facts: list[Fact] = load_facts(data, cfg.wikitext_sentences, cfg.seed)
-        self.Z = encode_all(encoder, [f.text for f in self.facts])  # (N, C)
-        self.rows = RowBuilder(llm, self.facts)
-        self.editable = [i for i, f in enumerate(self.facts) if f.prompt]  # hybrid rows need a prompt
-        self.adapter = LatentAdapter(LatentConfig.for_llm(llm.model.config, encoder.dim, slots=cfg.slots,
-                                                          rank=cfg.rank, form=cfg.form, llm=llm_spec,
+        self.examples: list[Example] = load_examples(data, cfg.wikitext_sentences, cfg.seed)
+        self.Z = encode_all(encoder, [f.text for f in self.examples])  # (N, C)
+        self.rows = RowBuilder(llm, self.examples)
+        self.editable = [i for i, f in enumerate(self.examples) if f.prompt]  # hybrid rows need a prompt
+        self.adapter = LatentAdapter(LatentConfig.for_llm(llm.model.config, encoder.dim, prefix_len=cfg.prefix_len,
+                                                          rank=cfg.rank, decoder=cfg.decoder, llm=llm_spec,
                                                           encoder=encoder_spec))
         self.adapter.to(llm.device).train()
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -135,7 +136,7 @@ class Trainer:
                 distractor = self.rng.choice(self.editable) if self.rng.random() < 0.5 else None
                 rows += self.rows.hybrid_rows(i, distractor if distractor != i else None)
         else:
-            for i in self.rng.sample(range(len(self.facts)), self.cfg.facts_per_step):
+            for i in self.rng.sample(range(len(self.examples)), self.cfg.facts_per_step):
                 rows += self.rows.latent_rows(i)
         return rows
 
@@ -144,15 +145,14 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train latent decoder")
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            form = cfg.form
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(cfg, self.step)
-            loss = rows_loss(self.llm, self.adapter, self.Z, self.batch(form == "hybrid"), cfg.max_tokens)
+            loss = rows_loss(self.llm, self.adapter, self.Z, self.batch(cfg.decoder == "hybrid"), cfg.max_tokens)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), 1.0)
             self.opt.step()
-            self.losses[form].append(loss.item())
+            self.losses[cfg.decoder].append(loss.item())
             self.step += 1
             self.seconds += time.perf_counter() - t0
             bar.update(1)
@@ -162,22 +162,17 @@ class Trainer:
         bar.close()
 
     def export(self, directory: Path) -> None:
-        """The adapter as shipped, with what the model card reports about its training."""
-        meta = {
-            "training": {
-                "config": asdict(self.cfg),
-                "steps": self.step,
-                "seconds": round(self.seconds, 1),
-                "machine": machine(),
-                "facts": len(self.facts),
-                "final_loss": {f: round(sum(v[-50:]) / len(v[-50:]), 4) for f, v in self.losses.items() if v},
-            }
+        """The adapter as shipped (config + weights), beside it what the training run was (training.json)."""
+        record = {
+            "config": asdict(self.cfg),
+            "steps": self.step,
+            "seconds": round(self.seconds, 1),
+            "machine": describe_machine(),
+            "facts": len(self.examples),
+            "final_loss": {f: round(sum(v[-50:]) / len(v[-50:]), 4) for f, v in self.losses.items() if v},
         }
-        old = directory / "config.json"
-        if old.exists():  # the development runs' choices stay until they are measured again
-            kept = json.loads(old.read_text())
-            meta |= {k: kept[k] for k in ("default", "scope_threshold", "chosen_on") if k in kept}
-        self.adapter.save(directory, extra=meta)
+        self.adapter.save_pretrained(directory)
+        (directory / TRAINING).write_text(json.dumps(record, indent=2) + "\n")
         (directory / "losses.json").write_text(json.dumps(self.losses) + "\n")
 
 
@@ -186,6 +181,6 @@ def export_checkpoint(out: Path, directory: Path) -> None:
     ck = torch.load(out / CHECKPOINT, weights_only=False)
     adapter = LatentAdapter(LatentConfig(**ck["latent_cfg"]))
     adapter.load_state_dict(ck["adapter"])
-    meta = {"training": {"config": ck["cfg"], "steps": ck["step"], "seconds": round(ck["seconds"], 1),
-                         "checkpoint": True}}
-    adapter.save(directory, extra=meta)
+    adapter.save_pretrained(directory)
+    record = {"config": ck["cfg"], "steps": ck["step"], "seconds": round(ck["seconds"], 1), "checkpoint": True}
+    (directory / TRAINING).write_text(json.dumps(record, indent=2) + "\n")

@@ -1,24 +1,15 @@
 """Peer editing methods, benchmark-only: they edit the LLM's weights and never enter the service.
 
 Every baseline edits one shared ``models.llm.CausalLM`` in place and is evaluated
-through that same model (``llm.score`` / ``llm.generate``), exactly as the
+through that same model (``llm.score_batch`` / ``llm.generate_batch``), exactly as the
 unedited model is, so the only difference between rows is the edit method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One fact to teach: ``prompt`` (subject already filled in) should continue with ``target_new``."""
-
-    prompt: str  # "The mother tongue of Danielle Darrieux is"
-    subject: str  # "Danielle Darrieux" (a substring of prompt; ROME edits at its last token)
-    target_new: str  # "English"
-    target_true: str  # "French" (what the model should stop saying; may be "" when unknown)
+from training.data import EditRequest
 
 
 class WeightEditor(Protocol):

@@ -34,8 +34,8 @@ from contextlib import contextmanager
 
 import torch
 
-from bench.baselines import EditRequest
 from models.llm import CausalLM
+from training.data import EditRequest
 
 
 def encode_edit(llm: CausalLM, prompt: str, target: str) -> tuple[torch.Tensor, int]:

@@ -75,9 +75,9 @@ from typing import Any, Literal
 
 import torch
 
-from bench.baselines import EditRequest
 from bench.baselines.ft_l import encode_edit, fit, training
 from models.llm import CausalLM
+from training.data import EditRequest
 
 Site = Literal["mlp", "layer"]
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]  # site output (B, T, D) -> replacement or None

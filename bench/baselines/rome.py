@@ -67,12 +67,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from bench.baselines import EditRequest
 from models.llm import CausalLM
-from service.settings import Settings
+from training.data import DEFAULT_DATA, EditRequest
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # the repo's ../shared/data, as in bench/
-WIKITEXT2 = (DATA / "wikitext2_raw_valid.txt", DATA / "wikitext2_raw_test.txt")
+WIKITEXT2 = (DEFAULT_DATA / "wikitext2_raw_valid.txt", DEFAULT_DATA / "wikitext2_raw_test.txt")
 
 # Generic prefixes put before each rewrite prompt: "{}" is the bare prompt. ROME samples ~5
 # short continuations of <|endoftext|> from the model; fixed ones keep every run identical.
@@ -113,17 +111,6 @@ def subject_last_token(llm: CausalLM, text: str, subject: str) -> tuple[list[int
     enc = llm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     idx = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if a <= last_char < b)
     return enc["input_ids"], idx
-
-
-def _pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) ids and attention mask: positions before the padding see no change."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 @contextmanager
@@ -198,8 +185,8 @@ class Rome:
     def __init__(
         self,
         llm: CausalLM,
+        cache_dir: Path,  # where C is cached (the bench puts it under the model cache)
         layer: int = 8,
-        cache_dir: Path | None = None,
         *,
         stats_tokens: int = 100_000,
         corpus: Sequence[Path] = WIKITEXT2,
@@ -218,7 +205,7 @@ class Rome:
         self.mlp = llm.model.model.layers[layer].mlp
         with torch.inference_mode(False):  # a plain tensor even if built under inference mode
             self._original = self.mlp.down_proj.weight.detach().clone()  # (576, 1536)
-            cov = self._load_stats(cache_dir or Settings().model_cache_dir / "rome-stats", corpus, stats_tokens)
+            cov = self._load_stats(cache_dir, corpus, stats_tokens)
             cov += ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
             self._cov_inv = torch.linalg.inv(cov)  # (1536, 1536) float64
 
@@ -277,7 +264,7 @@ class Rome:
     def _key(self, request: EditRequest) -> torch.Tensor:
         """k*: the down-projection's input at the subject's last token, averaged over the prefixed prompts."""
         prompts = self._prompts(request)
-        ids, mask = _pad([p for p, _ in prompts], self.llm.tokenizer.pad_token_id)
+        ids, mask = self.llm.pad([p for p, _ in prompts])  # right-padded
         rows, idxs = torch.arange(len(prompts)), torch.tensor([i for _, i in prompts])
         keys: list[torch.Tensor] = []
 
@@ -287,7 +274,7 @@ class Rome:
 
         with _hook(self.mlp.down_proj, True, grab):
             try:
-                self.llm.model(input_ids=ids.to(self.llm.device), attention_mask=mask.to(self.llm.device))
+                self.llm.model(input_ids=ids, attention_mask=mask)
             except _Stop:
                 pass
         return keys[0].mean(0)
@@ -298,7 +285,7 @@ class Rome:
         target = llm.tokenizer(" " + request.target_new.strip(), add_special_tokens=False)["input_ids"]
         prompts = self._prompts(request)
         kl_ids, kl_subj = subject_last_token(llm, KL_TEMPLATE.format(request.subject), request.subject)
-        ids, mask = _pad([p + target[:-1] for p, _ in prompts] + [kl_ids], llm.tokenizer.pad_token_id)
+        ids, mask = llm.pad([p + target[:-1] for p, _ in prompts] + [kl_ids])  # right-padded
         # target token t after prompt b is predicted at position len(prompt_b) - 1 + t
         read = [(b, len(p) - 1 + t) for b, (p, _) in enumerate(prompts) for t in range(len(target))]
         read.append((len(prompts), kl_subj))

@@ -7,10 +7,9 @@
     python -m bench.editing --url http://localhost:8000 --protocol sequential --n 100   # the live service
 
 Systems: unedited, oracle, larimar-context / -latent / -hybrid (the service in process with each decoder),
-ft-l, rome, grace; --url runs the
-running service over HTTP. One system per process, so its peak memory is its own. Runs resume: cases
-already in a run's .cases.jsonl are skipped. Reported sets (CounterFact case_id < 2000, zsRE eval 0-499)
-are the default; --split dev is for tuning.
+ft-l, rome, grace; --url runs the running service over HTTP. One system per process, so its peak memory is
+its own. Runs resume: cases already in a run's .cases.jsonl are skipped. Reported sets (CounterFact
+case_id < 2000, zsRE eval 0-499) are the default; --split dev is for tuning.
 """
 
 from __future__ import annotations
@@ -27,28 +26,29 @@ from statistics import median
 
 import torch
 
-from bench.editing import data as data_mod
 from bench.editing.metrics import Reference, reference, summarize
-from bench.editing.protocols import CaseLog, forgetting, machine, peak_memory_mib, sequential, single
+from bench.editing.protocols import CaseLog, forgetting, peak_memory_mib, sequential, single
 from bench.editing.systems import Http, Oracle, Service, System, TextSystem, WeightEdited
-from models.latent import WEIGHTS, find_adapter
-from models.llm import CausalLM
-from service.app import LoadedModels, load_models
+from models.device import describe_machine
+from models.latent import WEIGHTS
+from models.loading import load_llm, load_models
 from service.settings import Settings
+from training import data as data_mod
 
 log = logging.getLogger("bench.editing")
 SYSTEMS = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "ft-l", "rome", "grace")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "editing"
 
 
-def make_system(name: str, models: LoadedModels, batch: int) -> System:
-    llm = models.llm
+def make_system(name: str, settings: Settings, batch: int) -> TextSystem:
+    """The system under test, with the models it needs (the peers and baselines need no encoder)."""
+    if name.startswith("larimar-"):
+        return Service(load_models(settings), batch=batch, decoder=name.removeprefix("larimar-"))
+    llm = load_llm(settings)
     if name == "unedited":
         return TextSystem(llm, batch)
     if name == "oracle":
         return Oracle(llm, batch)
-    if name.startswith("larimar-"):
-        return Service(models, batch=batch, decoder=name.removeprefix("larimar-"))
     if name == "ft-l":
         from bench.baselines.ft_l import FineTuneL
 
@@ -58,7 +58,7 @@ def make_system(name: str, models: LoadedModels, batch: int) -> System:
     if name == "rome":
         from bench.baselines.rome import Rome
 
-        return WeightEdited(llm, Rome(llm), batch)
+        return WeightEdited(llm, Rome(llm, settings.model_cache_dir / "rome-stats"), batch)
     if name == "grace":
         from bench.baselines.grace import Grace
 
@@ -116,14 +116,8 @@ def main() -> None:
         unedited: System = Http(client, memory_mode="off")
         tag = f"http:{args.url}"
     else:
-        if args.system.startswith("larimar-"):
-            models = load_models(settings)
-        else:  # the peers and baselines need no encoder
-            llm = CausalLM(settings.llm, settings.model_cache_dir, settings.resolved_device(), settings.llm_dtype)
-            models = LoadedModels(None, llm)  # type: ignore[arg-type]
-        system, unedited, name = make_system(args.system, models, args.batch), TextSystem(models.llm, args.batch), \
-            args.system
-        tag = settings.llm
+        system = make_system(args.system, settings, args.batch)
+        unedited, name, tag = TextSystem(system.llm, args.batch), args.system, settings.llm
     pool = data_mod.load(args.dataset, args.data, args.split, args.schema)
     # Writing more edits than the split holds (the service's N = 10,000) continues into the next split's cases;
     # only cases of the chosen split are ever evaluated.
@@ -145,15 +139,15 @@ def main() -> None:
         ref = cached_reference(unedited, todo, args.gen_tokens, tag, settings.model_cache_dir / "bench")
         summary: dict = {"system": name, "dataset": args.dataset, "schema": args.schema, "split": args.split,
                          "protocol": args.protocol, "n_edits": n, "gen_tokens": args.gen_tokens,
-                         "case_ids": [edits[0].case_id, edits[-1].case_id], "machine": machine(),
+                         "case_ids": [edits[0].case_id, edits[-1].case_id], "machine": describe_machine(),
                          "llm": settings.llm if not args.url else args.url}
         if isinstance(system, WeightEdited):
             summary["method_config"] = system.config()
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,
                                          "scope_threshold": system.editor.scope.threshold,
-                                         "context_facts": system.settings.context_facts,
-                                         "decoder": system.cond.kind} | adapter_info(system)
+                                         "recalled_facts": system.settings.recalled_facts,
+                                         "decoder": system.decoder.name} | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)
         elif args.protocol == "single":
@@ -181,12 +175,10 @@ def main() -> None:
 
 def adapter_info(system: Service) -> dict:
     """Which trained adapter a latent run used (its directory and weights' hash), so a row names its model."""
-    adapter = getattr(system.cond, "adapter", None)
-    if adapter is None:
+    path = system.choice.adapter
+    if path is None:
         return {}
-    path = system.settings.adapter or find_adapter(system.settings.llm, system.settings.encoder, system.cond.kind)
-    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12] if path else None
-    return {"adapter": str(path), "adapter_sha256": digest}
+    return {"adapter": str(path), "adapter_sha256": hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:12]}
 
 
 def _timing(times: list[float]) -> dict:

@@ -29,7 +29,7 @@ Path("/tmp/enc/model16.safetensors").unlink()
 from models.llm import CausalLM
 from bench.baselines.rome import Rome
 print("torch", torch.__version__, "transformers", transformers.__version__)
-Rome(CausalLM("/tmp/smol.gguf", Path("/tmp/lcache"), "cuda"))
+Rome(CausalLM("/tmp/smol.gguf", Path("/tmp/lcache"), "cuda"), Path("/tmp/lcache/rome-stats"))
 EOF
 bench() { python3 -m bench.editing --out "$OUT/editing" --device cuda --batch 64 --budget-s $(( END - $(date +%s) )) "$@"; }
 chain() {  # name, then runs separated by ";;"

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import harmonic_mean, mean
 
-from bench.editing.data import Case
 from bench.editing.systems import Answer, Scored, ScoreItem, System
+from training.data import Case
 
 KINDS = ("rewrite", "paraphrase", "neighbour")
 

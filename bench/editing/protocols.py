@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import resource
 import time
 from collections.abc import Sequence
@@ -20,22 +19,11 @@ from statistics import median
 import torch
 from tqdm import tqdm
 
-from bench.editing.data import Case
 from bench.editing.metrics import Reference, candidates, evaluate
 from bench.editing.systems import ScoreItem, System, chunks
+from training.data import Case
 
 log = logging.getLogger(__name__)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = f"{names[0]} x{len(names)}" if names else cpu
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def peak_memory_mib() -> dict[str, float]:

@@ -16,6 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.tables import fmt, ms  # noqa: E402
+from models.scope import DEFAULT_SCOPE_THRESHOLD  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "editing"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -31,18 +34,10 @@ def load(results: Path) -> list[dict]:
                                        ORDER.index(r["system"]) if r["system"] in ORDER else 99, r["n_edits"]))
 
 
-def _f(v: float | None, digits: int = 1) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _ms(s: float | None) -> str:
-    return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
-
-
 def label(r: dict) -> str:
-    """The system, with the service's scope threshold where a run set one other than the paper's 0.3."""
+    """The system, with the service's scope threshold where a run set one other than the paper's."""
     t = r.get("service_config", {}).get("scope_threshold")
-    return r["system"] + (f", scope {t}" if t not in (None, 0.3) else "")
+    return r["system"] + (f", scope {t}" if t not in (None, DEFAULT_SCOPE_THRESHOLD) else "")
 
 
 def device(r: dict) -> str:
@@ -62,16 +57,16 @@ def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
     for r in runs:
         if r["dataset"] != dataset or r.get("schema", "flat") != schema or r["protocol"] == "forgetting":
             continue
-        main = " | ".join(_f(r.get(c)) for c in cols)
+        main = " | ".join(fmt(r.get(c)) for c in cols)
         if dataset == "zsre":
-            extra = f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))}"
+            extra = f"{fmt(r.get('gen_rewrite'))} / {fmt(r.get('gen_paraphrase'))}"
         else:
-            extra = f"{_f(r.get('EM'))} / {_f(r.get('PM'))} / {_f(r.get('NM'))} | " \
-                    f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / {_f(r.get('gen_neighbour_same'))}"
+            extra = f"{fmt(r.get('EM'))} / {fmt(r.get('PM'))} / {fmt(r.get('NM'))} | " \
+                    f"{fmt(r.get('gen_rewrite'))} / {fmt(r.get('gen_paraphrase'))} / {fmt(r.get('gen_neighbour_same'))}"
         rss = r.get("peak_memory", {}).get("rss_mib")
         n = f"{r['n_edits']} of {r['n_edits_asked']} (budget)" if r.get("n_edits_asked") else r["n_edits"]
         lines.append(f"| {label(r)} | {r['protocol']} | {n} | {main} | {extra} | "
-                     f"{_ms(r.get('edit_s_median'))} | {_f(rss, 0)} MiB | {r.get('n_cases')}"
+                     f"{ms(r.get('edit_s_median'))} | {fmt(rss, 0)} MiB | {r.get('n_cases')}"
                      f"{' (partial)' if r.get('partial') else ''} | {device(r)} |")
     return "\n".join(lines)
 
@@ -86,9 +81,9 @@ def scope_table(runs: list[dict]) -> str:
         s, f = r["scope"], r.get("paraphrase_failures", {})
         kept_out = None if s.get("neighbour") is None else 100 - s["neighbour"]
         causes = " / ".join(str(f.get(k, "–")) for k in ("out_of_scope", "not_retrieved", "llm_ignored_fact"))
-        lines.append(f"| {label(r)} | {r['dataset']} | {r['protocol']} | {r['n_edits']} | {_f(s.get('rewrite'))} | "
-                     f"{_f(s.get('paraphrase'))} | {_f(kept_out)} | {_f(r.get('retrieved', {}).get('paraphrase'))} | "
-                     f"{causes if f else '–'} |")
+        retrieved = r.get("retrieved", {}).get("paraphrase")
+        lines.append(f"| {label(r)} | {r['dataset']} | {r['protocol']} | {r['n_edits']} | {fmt(s.get('rewrite'))} | "
+                     f"{fmt(s.get('paraphrase'))} | {fmt(kept_out)} | {fmt(retrieved)} | {causes if f else '–'} |")
     return "\n".join(lines)
 
 
@@ -102,9 +97,9 @@ def dev_table(dev: Path) -> str:
     for r in runs:
         s, c = r.get("scope", {}), r.get("service_config", {})
         lines.append(f"| {r['system']} | {c.get('scope_threshold', '–')} | {r['n_edits']} / {r['n_cases']} | "
-                     f"{_f(r.get('ES'))} | {_f(r.get('PS'))} | {_f(r.get('NS'))} | {_f(r.get('score'))} | "
-                     f"{_f(r.get('gen_rewrite'))} / {_f(r.get('gen_paraphrase'))} / "
-                     f"{_f(r.get('gen_neighbour_same'))} | {_f(s.get('paraphrase'))} | {_f(s.get('neighbour'))} |")
+                     f"{fmt(r.get('ES'))} | {fmt(r.get('PS'))} | {fmt(r.get('NS'))} | {fmt(r.get('score'))} | "
+                     f"{fmt(r.get('gen_rewrite'))} / {fmt(r.get('gen_paraphrase'))} / "
+                     f"{fmt(r.get('gen_neighbour_same'))} | {fmt(s.get('paraphrase'))} | {fmt(s.get('neighbour'))} |")
     return "\n".join(lines)
 
 
@@ -117,10 +112,10 @@ def forgetting_table(runs: list[dict]) -> str:
             continue
         g = r["forgetting"]
         es = "ES"
-        lines.append(f"| {r['system']} | {g['n_written']} | {_f(g['before']['to_forget'][es])} | "
-                     f"{_f(g['forget_one']['forgotten'][es])} / {_f(g['forget_one']['kept'][es])} | "
-                     f"{_f(g['forget_half']['forgotten'][es])} / {_f(g['forget_half']['kept'][es])} | "
-                     f"{_f(g['unedited']['forgotten_sample'][es])} | {_ms(g['forget_half']['forget_s_per_fact'])} |")
+        lines.append(f"| {r['system']} | {g['n_written']} | {fmt(g['before']['to_forget'][es])} | "
+                     f"{fmt(g['forget_one']['forgotten'][es])} / {fmt(g['forget_one']['kept'][es])} | "
+                     f"{fmt(g['forget_half']['forgotten'][es])} / {fmt(g['forget_half']['kept'][es])} | "
+                     f"{fmt(g['unedited']['forgotten_sample'][es])} | {ms(g['forget_half']['forget_s_per_fact'])} |")
     return "\n".join(lines)
 
 
@@ -136,8 +131,8 @@ def speed_table(runs: list[dict]) -> str:
                 best[key] = r
     for (m, system), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[1]["edit_s_median"])):
         mem = r.get("peak_memory", {})
-        lines.append(f"| {m} | {system} | {_ms(r['edit_s_median'])} | {r['dataset']} {r['protocol']} "
-                     f"N={r['n_edits']} | {_f(mem.get('rss_mib'), 0)} MiB | {_f(mem.get('cuda_mib'), 0)} MiB |")
+        lines.append(f"| {m} | {system} | {ms(r['edit_s_median'])} | {r['dataset']} {r['protocol']} "
+                     f"N={r['n_edits']} | {fmt(mem.get('rss_mib'), 0)} MiB | {fmt(mem.get('cuda_mib'), 0)} MiB |")
     return "\n".join(lines)
 
 
@@ -181,7 +176,7 @@ def plot_speed(runs: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("median wall time per edit (ms, log scale)")
     for i, s in enumerate(names):
-        ax.text(best[s] * 1e3, i, f" {_ms(best[s])}", va="center", fontsize=8)
+        ax.text(best[s] * 1e3, i, f" {ms(best[s])}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

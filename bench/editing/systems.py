@@ -18,12 +18,13 @@ import httpx
 import torch
 
 from bench.baselines import WeightEditor
-from bench.editing.data import Case
-from models.conditioning import Conditioner, ContextConditioner, Readout
+from models.decoders import ContextDecoder, Decoder, Readout
 from models.llm import CausalLM, ContinuationScore
-from service.app import LoadedModels, build_editor
+from models.loading import LoadedModels
+from service.app import build_editor, decoder_choice
 from service.editor import Editor
 from service.settings import Settings
+from training.data import Case
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ class TextSystem:
 
     name = "unedited"
 
-    def __init__(self, llm: CausalLM, batch: int = 32, cond: Conditioner | None = None) -> None:
+    def __init__(self, llm: CausalLM, batch: int = 32, decoder: Decoder | None = None) -> None:
         self.llm, self.batch = llm, batch
-        self.cond: Conditioner = cond or ContextConditioner()
+        self.decoder: Decoder = decoder or ContextDecoder()
 
     def condition(self, case: Case, prompt: str) -> Conditioning:
         return Conditioning(None)
@@ -99,7 +100,7 @@ class TextSystem:
         for part in chunks(items, self.batch):
             conds = [self.condition(it.case, it.prompt) for it in part]
             reqs = [(it.prompt, it.candidates, c.readout) for it, c in zip(part, conds, strict=True)]
-            for s, c in zip(self.cond.score_batch(self.llm, reqs), conds, strict=True):
+            for s, c in zip(self.decoder.score_batch(self.llm, reqs), conds, strict=True):
                 out.append(Scored(s, c.in_scope, c.retrieved))
         return out
 
@@ -108,8 +109,8 @@ class TextSystem:
         for part in chunks(items, self.batch):
             conds = [self.condition(case, prompt) for case, prompt in part]
             reqs = [(prompt, c.readout) for (_, prompt), c in zip(part, conds, strict=True)]
-            for a, c in zip(self.cond.generate_batch(self.llm, reqs, max_new_tokens), conds, strict=True):
-                out.append(Answer(a, c.in_scope, c.retrieved))
+            for g, c in zip(self.decoder.generate_batch(self.llm, reqs, max_new_tokens), conds, strict=True):
+                out.append(Answer(g.text, c.in_scope, c.retrieved))
         return out
 
 
@@ -130,12 +131,13 @@ class Service(TextSystem):
         self.settings = settings or Settings(store_url=f"file://{tempfile.mkdtemp(prefix='larimar-bench-')}",
                                              decoder=decoder)
         self.editor: Editor = build_editor(self.settings, models)
-        super().__init__(models.llm, batch, self.editor.conditioner)
-        self.name = f"larimar-{self.editor.conditioner.kind}"
+        self.choice = decoder_choice(self.settings)  # which adapter, for the run's record
+        super().__init__(models.llm, batch, self.editor.decoder)
+        self.name = f"larimar-{self.editor.decoder.name}"
         self.memory, self.generation, self.fact_ids = "bench-0", 0, {}
 
     def edit(self, case: Case) -> None:
-        (fact,) = self.editor.add_facts(self.memory, [(case.fact, {"case_id": case.case_id})])
+        (fact,) = self.editor.add_facts(self.memory, [(case.fact, {"case_id": case.case_id})]).facts
         self.fact_ids[case.case_id] = fact.id
 
     def forget(self, case: Case) -> None:
@@ -150,7 +152,7 @@ class Service(TextSystem):
     def condition(self, case: Case, prompt: str) -> Conditioning:
         if not self.fact_ids:
             return Conditioning(None, False, False)
-        recall = self.editor.recall(self.editor.memory(self.memory), prompt, "auto")
+        recall = self.editor.recall(self.memory, prompt, "auto")
         retrieved = case.fact in recall.readout.facts if recall.readout else False
         return Conditioning(recall.readout, recall.in_scope, retrieved)
 
@@ -179,7 +181,7 @@ class Http:
     name = "larimar-http"
 
     def __init__(self, client: httpx.Client, memory_mode: str = "auto") -> None:
-        self.mode = memory_mode  # "off" asks the same server for the unedited model's answers
+        self.memory_mode = memory_mode  # "off" asks the same server for the unedited model's answers
         self.client = client
         self.memory, self.generation, self.fact_ids = "bench-http-0", 0, {}
         if memory_mode == "off":  # the routes need an existing memory even when they do not read it
@@ -211,7 +213,8 @@ class Http:
     def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
         out = []
         for it in items:
-            body = self._post("/score", {"prompt": it.prompt, "candidates": it.candidates, "memory": self.mode})
+            body = self._post("/score", {"prompt": it.prompt, "candidates": it.candidates,
+                                         "memory_mode": self.memory_mode})
             scores = [ContinuationScore(s["candidate"], s["logprob"], s["n_tokens"], tuple(s["predicted_token_ids"]),
                                         round(s["token_accuracy"] * s["n_tokens"])) for s in body["scores"]]
             out.append(Scored(scores, body["in_scope"], any(f["text"] == it.case.fact for f in body["facts"])))
@@ -220,6 +223,7 @@ class Http:
     def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]:
         out = []
         for case, prompt in items:
-            body = self._post("/query", {"prompt": prompt, "max_new_tokens": max_new_tokens, "memory": self.mode})
+            body = self._post("/query", {"prompt": prompt, "max_new_tokens": max_new_tokens,
+                                         "memory_mode": self.memory_mode})
             out.append(Answer(body["answer"], body["in_scope"], any(f["text"] == case.fact for f in body["facts"])))
         return out

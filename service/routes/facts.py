@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from service.deps import EditorDep, MemoryName
 from service.memories import Fact
 from service.schemas import FactIn, FactOut, FactPage, FactsIn, FactsOut, Forgotten
+from service.timing import server_timing
 
 router = APIRouter(prefix="/memories/{memory}/facts", tags=["facts"])
 
@@ -18,15 +19,17 @@ def _out(memory: str, fact: Fact) -> FactOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=FactOut)
-def write_fact(memory: MemoryName, body: FactIn, editor: EditorDep) -> FactOut:
-    (fact,) = editor.add_facts(memory, [(body.text, body.metadata)])
-    return _out(memory, fact)
+def write_fact(memory: MemoryName, body: FactIn, editor: EditorDep, response: Response) -> FactOut:
+    w = editor.add_facts(memory, [(body.text, body.metadata)])
+    response.headers["Server-Timing"] = server_timing(w.timings_ms)
+    return _out(memory, w.facts[0])
 
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=FactsOut)
-def write_facts(memory: MemoryName, body: FactsIn, editor: EditorDep) -> FactsOut:
-    facts = editor.add_facts(memory, [(f.text, f.metadata) for f in body.facts])
-    return FactsOut(facts=[_out(memory, f) for f in facts])
+def write_facts(memory: MemoryName, body: FactsIn, editor: EditorDep, response: Response) -> FactsOut:
+    w = editor.add_facts(memory, [(f.text, f.metadata) for f in body.facts])
+    response.headers["Server-Timing"] = server_timing(w.timings_ms)
+    return FactsOut(facts=[_out(memory, f) for f in w.facts])
 
 
 @router.get("", response_model=FactPage)

@@ -14,17 +14,17 @@ router = APIRouter(prefix="/memories/{memory}", tags=["query"])
 
 @router.post("/query", response_model=QueryOut)
 def query(memory: MemoryName, body: QueryIn, editor: EditorDep) -> QueryOut:
-    r = editor.query(memory, body.prompt, body.max_new_tokens, body.memory)
-    return QueryOut(answer=r.answer, in_scope=r.in_scope, decoder=editor.conditioner.kind, timings_ms=r.timings_ms,
+    r = editor.query(memory, body.prompt, body.max_new_tokens, body.memory_mode)
+    return QueryOut(answer=r.answer, in_scope=r.in_scope, decoder=r.decoder, timings_ms=r.timings_ms,
                     facts=[RecalledFactOut(**asdict(f)) for f in r.facts])
 
 
 @router.post("/score", response_model=ScoreOut)
 def score(memory: MemoryName, body: ScoreIn, editor: EditorDep) -> ScoreOut:
-    r = editor.score(memory, body.prompt, body.candidates, body.memory)
+    r = editor.score(memory, body.prompt, body.candidates, body.memory_mode)
     return ScoreOut(
         in_scope=r.in_scope,
-        decoder=editor.conditioner.kind,
+        decoder=r.decoder,
         facts=[RecalledFactOut(**asdict(f)) for f in r.facts],
         scores=[CandidateScoreOut(candidate=s.candidate, logprob=s.logprob, mean_logprob=s.mean_logprob,
                                   n_tokens=s.n_tokens, token_accuracy=s.token_accuracy,

@@ -1,6 +1,6 @@
-"""The model card of a shipped adapter, rendered from its config (training facts) and the benchmark summaries.
+"""The model card of a shipped adapter, from its config, its training record and the benchmark summaries.
 
-    python -m training.card models/adapters/smollm2-135m-instruct-hybrid
+    python -m bench.editing.card models/adapters/smollm2-135m-instruct-hybrid
 
 Rewrites the generated block of the card's README.md (between the markers); the prose around it is kept.
 """
@@ -11,49 +11,50 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.editing.report import _f
-from models.latent import CONFIG
+from bench.tables import fmt
+from models.choice import choose_decoder
+from models.latent import TRAINING, LatentConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "editing"
-BEGIN, END = "<!-- card:begin (python -m training.card) -->", "<!-- card:end -->"
+BEGIN, END = "<!-- card:begin (python -m bench.editing.card) -->", "<!-- card:end -->"
 
 
-def training_block(meta: dict) -> str:
-    t = meta["training"]
-    cfg = t["config"]
+def training_block(cfg: LatentConfig, t: dict, scope_threshold: float) -> str:
+    run = t["config"]
+    per_step = run["facts_per_step"] if cfg.decoder == "latent" else run["hybrid_facts_per_step"]
     return "\n".join([
         "| | |", "|---|---|",
-        f"| form | `{meta['form']}` (input: the recalled fact's written latent) |",
-        f"| base LLM / encoder | `{meta['llm']}` / `{meta['encoder']}` |",
-        f"| shape | {meta['n_layers']} layers x {meta['slots']} key/value slot(s) of {meta['n_kv_heads']} heads x "
-        f"{meta['head_dim']}, embedding bias {meta['hidden']}, bottleneck {meta['rank']} |",
-        f"| steps | {t['steps']} (peak lr {cfg['lr']}, {cfg['warmup']} warm-up, cosine to a tenth; "
-        f"{cfg['facts_per_step'] if meta['form'] == 'latent' else cfg['hybrid_facts_per_step']} facts per step) |",
+        f"| decoder | `{cfg.decoder}` (input: the recalled fact's written latent) |",
+        f"| base LLM / encoder | `{cfg.llm}` / `{cfg.encoder}` |",
+        f"| shape | {cfg.n_layers} layers x {cfg.prefix_len} key/value prefix position(s) of {cfg.n_kv_heads} heads "
+        f"x {cfg.head_dim}, embedding bias {cfg.hidden}, bottleneck {cfg.rank} |",
+        f"| steps | {t['steps']} (peak lr {run['lr']}, {run['warmup']} warm-up, cosine to a tenth; "
+        f"{per_step} facts per step) |",
         f"| training facts | {t.get('facts', '–')} |",
         f"| wall time | {t['seconds'] / 60:.1f} min |",
         f"| machine | {t.get('machine', '–')} |",
-        f"| final loss (mean of the last 50 steps) | {t.get('final_loss', {}).get(meta['form'], '–')} |",
-        f"| scope threshold chosen on dev | {meta.get('scope_threshold', 0.3)} |",
+        f"| final loss (mean of the last 50 steps) | {t.get('final_loss', {}).get(cfg.decoder, '–')} |",
+        f"| scope threshold chosen on dev | {scope_threshold} |",
     ])
 
 
-def results_block(kind: str, results: Path) -> str:
+def results_block(decoder: str, results: Path) -> str:
     head = "| protocol | N | ES | PS | NS | score | gen. acc. rewrite / paraphrase | scope: paraphrase in / " \
            "neighbour in | time per edit | cases |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    runs = [json.loads(p.read_text()) for p in sorted(results.glob(f"counterfact-report-larimar-{kind}-*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob(f"counterfact-report-larimar-{decoder}-*.json"))]
     for r in sorted(runs, key=lambda r: (r["protocol"], r["n_edits"])):
         sc = r.get("scope", {})
         t = r.get("edit_s_median")
-        lines.append(f"| {r['protocol']} | {r['n_edits']} | {_f(r.get('ES'))} | {_f(r.get('PS'))} | "
-                     f"{_f(r.get('NS'))} | {_f(r.get('score'))} | {_f(r.get('gen_rewrite'))} / "
-                     f"{_f(r.get('gen_paraphrase'))} | {_f(sc.get('paraphrase'))} / {_f(sc.get('neighbour'))} | "
+        lines.append(f"| {r['protocol']} | {r['n_edits']} | {fmt(r.get('ES'))} | {fmt(r.get('PS'))} | "
+                     f"{fmt(r.get('NS'))} | {fmt(r.get('score'))} | {fmt(r.get('gen_rewrite'))} / "
+                     f"{fmt(r.get('gen_paraphrase'))} | {fmt(sc.get('paraphrase'))} / {fmt(sc.get('neighbour'))} | "
                      f"{'–' if t is None else f'{t * 1e3:.1f} ms'} | {r.get('n_cases')} |")
     return "\n".join(lines)
 
 
-def plot_losses(directory: Path, form: str) -> bool:
+def plot_losses(directory: Path, decoder: str) -> bool:
     """loss.png: the training loss per step and its 20-step running mean."""
     path = directory / "losses.json"
     if not path.exists():
@@ -63,7 +64,7 @@ def plot_losses(directory: Path, form: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    losses = json.loads(path.read_text())[form]
+    losses = json.loads(path.read_text())[decoder]
     mean = [sum(losses[max(0, i - 19) : i + 1]) / len(losses[max(0, i - 19) : i + 1]) for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(losses, lw=0.6, alpha=0.5, label="per step")
@@ -77,11 +78,13 @@ def plot_losses(directory: Path, form: str) -> bool:
 
 
 def render(directory: Path, results: Path = RESULTS) -> None:
-    meta = json.loads((directory / CONFIG).read_text())
-    plot = "![training loss](loss.png)" if plot_losses(directory, meta["form"]) else ""
-    block = "\n\n".join([BEGIN, "### Training", training_block(meta), plot,
+    cfg = LatentConfig.from_pretrained(directory)
+    threshold = choose_decoder(cfg.llm, cfg.encoder, cfg.decoder, directory).scope_threshold
+    plot = "![training loss](loss.png)" if plot_losses(directory, cfg.decoder) else ""
+    block = "\n\n".join([BEGIN, "### Training",
+                         training_block(cfg, json.loads((directory / TRAINING).read_text()), threshold), plot,
                          "### CounterFact reported set (case_id < 2000), this adapter in the service",
-                         results_block(meta["form"], results), END])
+                         results_block(cfg.decoder, results), END])
     card = directory / "README.md"
     text = card.read_text() if card.exists() else f"# Latent decoder adapter: {directory.name}\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)

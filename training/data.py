@@ -1,4 +1,7 @@
-"""Benchmark cases from ../shared/data, one shape for CounterFact and zsRE, with the project's splits.
+"""Edit cases from ../shared/data, one shape for CounterFact and zsRE, with the project's splits.
+
+The one loader of the public data: the benchmarks evaluate on it and training learns from it, and the
+splits keep the two apart.
 
 Splits (never choose settings on the reported ones):
 - CounterFact, by case_id over the three flat files: 0-1999 reported (the paper's Table 2 set),
@@ -20,18 +23,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bench.baselines import EditRequest
-
 Dataset = Literal["counterfact", "zsre"]
 Split = Literal["report", "dev", "train"]
 
 # ../shared/data next to the repository, as this project lays it out; LARIMAR_BENCH_DATA points elsewhere.
-DEFAULT_DATA = Path(os.environ.get("LARIMAR_BENCH_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+DEFAULT_DATA = Path(os.environ.get("LARIMAR_BENCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CF_FLAT = ("counterfact-edit.json.gz", "counterfact-train.json.gz", "counterfact-val.json.gz")
 CF_ROME = ("counterfact_portability_gpt4.json.gz", "counterfact_subject_replace.json")
 CF_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 2000), "dev": (2000, 10000), "train": (10000, 10**9)}
 ZSRE_EVAL, ZSRE_TRAIN = "zsre_mend_eval_portability_gpt4.json", "zsre_mend_train-1k.json"
 ZSRE_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 500), "dev": (500, 10**9)}
+
+
+def fact_sentence(prompt: str, target: str) -> str:
+    """An edit as the one sentence the service stores: "prompt target." (no second full stop)."""
+    return f"{prompt} {target}" + ("" if target.endswith((".", "?", "!")) else ".")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to teach: ``prompt`` (subject already filled in) should continue with ``target_new``."""
+
+    prompt: str  # "The mother tongue of Danielle Darrieux is"
+    subject: str  # "Danielle Darrieux" (a substring of prompt; ROME edits at its last token)
+    target_new: str  # "English"
+    target_true: str  # "French" (what the model should stop saying; may be "" when unknown)
 
 
 @dataclass(frozen=True)
@@ -48,8 +64,7 @@ class Case:
     @property
     def fact(self) -> str:
         """The edit as one sentence, as the service stores it."""
-        r = self.request
-        return f"{r.prompt} {r.target_new}" + ("" if r.target_new.endswith((".", "?", "!")) else ".")
+        return fact_sentence(self.request.prompt, self.request.target_new)
 
 
 def _read(path: Path) -> list[dict]:

@@ -1,14 +1,14 @@
-"""How a memory readout conditions the LLM.
+"""Decoders: how a memory readout reaches the LLM.
 
-A ``Conditioner`` turns (prompt, readout) into what the LLM decodes or scores.
-With no readout (out of scope, or memory off) every conditioner must give the
-plain LLM exactly, as if no memory existed.
+A ``Decoder`` turns (prompt, readout) into what the LLM generates or scores, many prompts per batch; a
+single request is a batch of one, so the service serves exactly what the benchmarks measure. With no
+readout (out of scope, or memory off) every decoder must give the plain LLM exactly, as if no memory
+existed.
 
-``ContextConditioner`` (kind "context") gives the facts a readout reconstructs
-to the LLM in its prompt. ``LatentConditioner`` (kind "latent") is the paper's
-trained decoder: the readout becomes key/value slots and an embedding bias
-(``models.latent``); an adapter trained in "hybrid" form also shows the facts
-as text. Both decode many prompts in one batch, since benchmarks score thousands.
+- ``context``: the facts a readout reconstructs go into the prompt as text (``ContextDecoder``).
+- ``latent``: the paper's trained decoder; the readout becomes a key/value prefix and an embedding bias
+  (``models.latent``), the prompt stays bare (``LatentDecoder``).
+- ``hybrid``: the same trained prefix, with the facts shown as text too.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from models.latent import LatentAdapter
-from models.llm import CausalLM, ContinuationScore
+from models.llm import CausalLM, ContinuationScore, Generation
 
+DECODERS = ("context", "latent", "hybrid")
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
 GenerateRequest = tuple[str, "Readout | None"]  # prompt, readout
 
@@ -35,18 +36,13 @@ class Readout:
     fact_latents: Tensor | None = None  # (k, C) their written latents, same order
 
 
-class Conditioner(Protocol):
-    kind: str
-
-    def generate(self, llm: CausalLM, prompt: str, readout: Readout | None, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> tuple[str, int]: ...
-
-    def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
-              ) -> list[ContinuationScore]: ...
+class Decoder(Protocol):
+    name: str  # one of DECODERS
 
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]: ...
 
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]: ...
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+                       min_new_tokens: int = 0) -> list[Generation]: ...
 
 
 def facts_block(facts: tuple[str, ...]) -> str:
@@ -54,18 +50,18 @@ def facts_block(facts: tuple[str, ...]) -> str:
     return head + ":\n" + "\n".join(f"- {f}" for f in facts)
 
 
-class ContextConditioner:
+class ContextDecoder:
     """Facts in the prompt, phrased as measured best for SmolLM2-135M on CounterFact dev records.
 
     Generation: one user turn "New facts: ... Using the new facts, answer: <prompt>".
     Scoring: the user turn asks to complete a sentence and the assistant turn
     starts with the prompt, so candidates are scored as the assistant's words
     (ES 1.0 / PS 0.9 on 60 dev records, against 0.77 / 0.68 for plain
-    "fact\nprompt" text). Without a readout: the bare prompt, no template
+    "fact\\nprompt" text). Without a readout: the bare prompt, no template
     for scoring and a lone user turn for generation, i.e. the plain LLM.
     """
 
-    kind = "context"
+    name = "context"
 
     def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         if readout is None or not readout.facts:
@@ -81,23 +77,17 @@ class ContextConditioner:
         content = f"{facts_block(readout.facts)}\nUsing the new {n}, complete the sentence."
         return llm.render([{"role": "user", "content": content}]) + prompt
 
-    def generate(self, llm: CausalLM, prompt: str, readout: Readout | None, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> tuple[str, int]:
-        return llm.generate(llm.ids(self.generation_text(llm, prompt, readout)), max_new_tokens, min_new_tokens)
-
-    def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
-              ) -> list[ContinuationScore]:
-        return self.score_batch(llm, [(prompt, candidates, readout)])[0]
-
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         return llm.score_batch([(self.scoring_prefix(llm, p, r), c) for p, c, r in items])
 
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]:
-        return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens)
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+                       min_new_tokens: int = 0) -> list[Generation]:
+        return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens,
+                                  min_new_tokens)
 
 
-class LatentConditioner:
-    """The memory reaches the LLM as a trained prefix computed from a latent.
+class LatentDecoder:
+    """The memory reaches the LLM as a trained prefix computed from a latent (decoders latent and hybrid).
 
     The latent is the written latent of the best fact the readout reconstructs (``input="fact"``) or the
     raw readout z_r (``input="readout"``). With a linear-addressed memory holding more facts than its
@@ -106,11 +96,11 @@ class LatentConditioner:
     Rows without a readout take the plain LLM path, so out of scope the base model is unchanged to the bit.
     """
 
-    def __init__(self, adapter: LatentAdapter, context: bool = False, device: str | torch.device = "cpu") -> None:
+    def __init__(self, adapter: LatentAdapter, device: str | torch.device = "cpu") -> None:
         self.adapter = adapter.to(device).eval()
-        self.context = context  # "hybrid": the facts are shown as text too
-        self.kind = "hybrid" if context else "latent"
-        self.text = ContextConditioner()
+        self.name = adapter.cfg.decoder
+        self.shows_facts = self.name == "hybrid"  # the recalled facts are in the prompt as text too
+        self.text = ContextDecoder()
         self.device = torch.device(device)
 
     def latent(self, readout: Readout | None) -> Tensor | None:
@@ -122,8 +112,8 @@ class LatentConditioner:
         return None if z.numel() == 0 or not bool(z.any()) else z
 
     def _text_readout(self, readout: Readout | None) -> Readout | None:
-        """What the prompt shows: the facts in hybrid form, and nothing at all when there is no memory."""
-        return readout if self.context and self.latent(readout) is not None else None
+        """What the prompt shows: the facts for hybrid, and nothing at all when there is no memory."""
+        return readout if self.shows_facts and self.latent(readout) is not None else None
 
     def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         """The text the LLM reads for generation (the prefix comes on top of it)."""
@@ -153,45 +143,31 @@ class LatentConditioner:
         return out
 
     @torch.inference_mode()
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int) -> list[str]:
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+                       min_new_tokens: int = 0) -> list[Generation]:
         on, off, Z = self._split([r for _, r in items])
-        out = [""] * len(items)
+        out: list[Generation] = [Generation("", 0)] * len(items)
         texts = [self.generation_text(llm, p, r) for p, r in items]
-        if off:  # the plain LLM, exactly as the context kind runs it without a readout
-            for i, a in zip(off, llm.generate_batch([texts[i] for i in off], max_new_tokens), strict=True):
-                out[i] = a
+        if off:  # the plain LLM, exactly as the context decoder runs it without a readout
+            res = llm.generate_batch([texts[i] for i in off], max_new_tokens, min_new_tokens)
+            for i, g in zip(off, res, strict=True):
+                out[i] = g
         if on:
-            res = llm.generate_prefixed([texts[i] for i in on], self.adapter(Z), max_new_tokens)
-            for i, (a, _) in zip(on, res, strict=True):
-                out[i] = a
+            res = llm.generate_batch([texts[i] for i in on], max_new_tokens, min_new_tokens, prefix=self.adapter(Z))
+            for i, g in zip(on, res, strict=True):
+                out[i] = g
         return out
 
-    @torch.inference_mode()
-    def generate(self, llm: CausalLM, prompt: str, readout: Readout | None, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> tuple[str, int]:
-        _, off, Z = self._split([readout])
-        text = self.generation_text(llm, prompt, readout)
-        if off:
-            return llm.generate(llm.ids(text), max_new_tokens, min_new_tokens)
-        return llm.generate_prefixed([text], self.adapter(Z), max_new_tokens, min_new_tokens)[0]
 
-    def score(self, llm: CausalLM, prompt: str, candidates: list[str], readout: Readout | None
-              ) -> list[ContinuationScore]:
-        return self.score_batch(llm, [(prompt, candidates, readout)])[0]
-
-
-DECODERS = ("context", "latent", "hybrid")
-
-
-def load_conditioner(kind: str, adapter_dir: Path | None, device: str | torch.device = "cpu") -> Conditioner:
-    """"context"; or "latent" / "hybrid" with the trained adapter in ``adapter_dir``."""
-    if kind == "context":
-        return ContextConditioner()
-    if kind not in DECODERS:
-        raise ValueError(f"unknown decoder kind {kind!r}: one of {', '.join(DECODERS)}")
+def load_decoder(name: str, adapter_dir: Path | None, device: str | torch.device = "cpu") -> Decoder:
+    """``context``; or ``latent`` / ``hybrid`` with the adapter trained for it in ``adapter_dir``."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}: one of {', '.join(DECODERS)}")
+    if name == "context":
+        return ContextDecoder()
     if adapter_dir is None:
-        raise ValueError(f"the {kind} decoder needs a trained adapter (LARIMAR_ADAPTER or one shipped for the model)")
-    adapter = LatentAdapter.load(adapter_dir, device)
-    if adapter.cfg.form != kind:
-        raise ValueError(f"the adapter in {adapter_dir} was trained for the {adapter.cfg.form} decoder, not {kind}")
-    return LatentConditioner(adapter, context=kind == "hybrid", device=device)
+        raise ValueError(f"the {name} decoder needs a trained adapter (LARIMAR_ADAPTER or one shipped for the model)")
+    adapter = LatentAdapter.from_pretrained(adapter_dir, device)
+    if adapter.cfg.decoder != name:
+        raise ValueError(f"the adapter in {adapter_dir} was trained for the {adapter.cfg.decoder} decoder, not {name}")
+    return LatentDecoder(adapter, device=device)

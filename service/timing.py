@@ -1,0 +1,27 @@
+"""Wall time per named step of a request, reported back to the caller (responses, Server-Timing, benchmarks)."""
+
+from __future__ import annotations
+
+import time
+
+
+class Timer:
+    """``lap(name)`` records the milliseconds since the previous lap (or the start) under ``name``."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._start = self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = time.perf_counter()
+        self.marks[name] = round(self.marks.get(name, 0.0) + (t - self._t) * 1e3, 3)
+        self._t = t
+
+    def total(self) -> dict[str, float]:
+        """The marks plus ``total``, the time since the start."""
+        return self.marks | {"total": round((time.perf_counter() - self._start) * 1e3, 3)}
+
+
+def server_timing(marks: dict[str, float]) -> str:
+    """The marks as an HTTP ``Server-Timing`` header value (browsers' dev tools and clients can read it)."""
+    return ", ".join(f"{name};dur={ms}" for name, ms in marks.items())
