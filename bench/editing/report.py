@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.tables import fmt, ms  # noqa: E402
+from bench.tables import fmt, ms, table  # noqa: E402
 from models.scope import DEFAULT_SCOPE_THRESHOLD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,35 +72,33 @@ def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
 
 
 def scope_table(runs: list[dict]) -> str:
-    lines = ["| system | dataset | protocol | N | rewrite in scope | paraphrase in scope | neighbour kept out | "
-             "paraphrase fact retrieved | paraphrase failures: out of scope / not retrieved / LLM ignored |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head = ["system", "dataset", "protocol", "N", "rewrite in scope", "paraphrase in scope", "neighbour kept out",
+            "paraphrase fact retrieved", "paraphrase failures: out of scope / not retrieved / LLM ignored"]
+    rows = []
     for r in runs:
         if "scope" not in r:
             continue
         s, f = r["scope"], r.get("paraphrase_failures", {})
         kept_out = None if s.get("neighbour") is None else 100 - s["neighbour"]
         causes = " / ".join(str(f.get(k, "–")) for k in ("out_of_scope", "not_retrieved", "llm_ignored_fact"))
-        retrieved = r.get("retrieved", {}).get("paraphrase")
-        lines.append(f"| {label(r)} | {r['dataset']} | {r['protocol']} | {r['n_edits']} | {fmt(s.get('rewrite'))} | "
-                     f"{fmt(s.get('paraphrase'))} | {fmt(kept_out)} | {fmt(retrieved)} | {causes if f else '–'} |")
-    return "\n".join(lines)
+        rows.append([label(r), r["dataset"], r["protocol"], r["n_edits"], fmt(s.get("rewrite")),
+                     fmt(s.get("paraphrase")), fmt(kept_out), fmt(r.get("retrieved", {}).get("paraphrase")),
+                     causes if f else "–"])
+    return table(head, rows)
 
 
 def dev_table(dev: Path) -> str:
     """The development runs that chose the default decoder and its scope threshold."""
-    lines = ["| decoder | scope threshold | N written / evaluated | ES | PS | NS | score | gen. acc. rewrite / "
-             "paraphrase / neighbour same | paraphrase in scope | neighbour in scope |", "|" + "---|" * 10]
+    head = ["decoder", "scope threshold", "N written / evaluated", "ES", "PS", "NS", "score",
+            "gen. acc. rewrite / paraphrase / neighbour same", "paraphrase in scope", "neighbour in scope"]
     runs = [json.loads(p.read_text()) for p in sorted(dev.rglob("*.json"))]
     key = {s: i for i, s in enumerate(ORDER)}
     runs.sort(key=lambda r: (key.get(r["system"], 99), r.get("service_config", {}).get("scope_threshold", 0)))
-    for r in runs:
-        s, c = r.get("scope", {}), r.get("service_config", {})
-        lines.append(f"| {r['system']} | {c.get('scope_threshold', '–')} | {r['n_edits']} / {r['n_cases']} | "
-                     f"{fmt(r.get('ES'))} | {fmt(r.get('PS'))} | {fmt(r.get('NS'))} | {fmt(r.get('score'))} | "
-                     f"{fmt(r.get('gen_rewrite'))} / {fmt(r.get('gen_paraphrase'))} / "
-                     f"{fmt(r.get('gen_neighbour_same'))} | {fmt(s.get('paraphrase'))} | {fmt(s.get('neighbour'))} |")
-    return "\n".join(lines)
+    rows = [[r["system"], r.get("service_config", {}).get("scope_threshold", "–"), f"{r['n_edits']} / {r['n_cases']}",
+             *(fmt(r.get(k)) for k in ("ES", "PS", "NS", "score")),
+             " / ".join(fmt(r.get(k)) for k in ("gen_rewrite", "gen_paraphrase", "gen_neighbour_same")),
+             fmt(r.get("scope", {}).get("paraphrase")), fmt(r.get("scope", {}).get("neighbour"))] for r in runs]
+    return table(head, rows)
 
 
 def forgetting_table(runs: list[dict]) -> str:
