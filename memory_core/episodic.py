@@ -244,13 +244,19 @@ class EpisodicMemory:
 # ---------------------------------------------------------------------------
 
 
-def nearest(readout: Tensor, latents: Tensor, k: int = 1) -> tuple[Tensor, Tensor]:
-    """Cosine similarity of each readout to the written latents, top k.
+def nearest(readout: Tensor, latents: Tensor, k: int = 1, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Cosine similarity of each readout to the written latents, top k; rows marked in ``exclude`` never win.
 
     Returns (similarities (Q, k), indices (Q, k)).
     """
-    # readout: (Q, C), latents: (N, C)
+    # readout: (Q, C), latents: (N, C), exclude: (N,) bool
     r = torch.nn.functional.normalize(readout, dim=-1)
     z = torch.nn.functional.normalize(latents.to(readout), dim=-1)
     sims = r @ z.T  # (Q, N)
-    return sims.topk(min(k, z.shape[0]), dim=-1)
+    if exclude is not None:
+        sims[:, exclude] = float("-inf")
+    n = z.shape[0] - (0 if exclude is None else int(exclude.sum()))
+    _, idx = sims.topk(min(k, n), dim=-1)  # (Q, k)
+    # the winners' cosines again, row by row: a matrix product rounds differently with the number of rows,
+    # and the same facts must give the same similarities whatever else (dead rows, say) the memory holds
+    return (r[:, None, :] * z[idx]).sum(-1), idx  # (Q, k), (Q, k)

@@ -8,6 +8,7 @@ that directory is loaded on every later start.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -94,6 +95,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)  # readers see a complete directory or none
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+        log.info("another process converted %s first; using its copy", gguf.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -105,7 +111,12 @@ def model_dir(spec: str, cache_root: Path) -> Path | str:
     if isinstance(path, Path) and path.suffix == ".gguf":
         target = gguf_cache_dir(path, cache_root)
         if not (target / "config.json").exists():
-            convert_gguf(path, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Processes starting at once on an empty cache convert one at a time; the later ones find the copy.
+            with open(target.parent / f".{target.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (target / "config.json").exists():
+                    convert_gguf(path, target)
         return target
     return path
 

@@ -35,13 +35,21 @@ class ScopeDetector:
         self.encoder = encoder
         self.threshold = threshold  # max cosine distance 1 - cos
 
-    def decide(self, query: str, fact_latents: Tensor) -> ScopeDecision:
-        """Best cosine over (query sentences x written facts); in scope when 1 - cos <= threshold."""
-        sentences = split_sentences(query)
-        Zq = self.encoder.encode(sentences)  # (S, C) unit norm
-        if fact_latents.shape[0] == 0:
+    def decide(self, query: str, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
+        """Best cosine over (query sentences x written facts, bar rows marked in ``exclude``); in scope when
+        1 - cos <= threshold."""
+        return self.decide_encoded(self.encode(query), fact_latents, exclude)
+
+    def encode(self, query: str) -> Tensor:
+        """(S, C) unit-norm latents of the query's sentences."""
+        return self.encoder.encode(split_sentences(query))
+
+    def decide_encoded(self, Zq: Tensor, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
+        if fact_latents.shape[0] == 0 or (exclude is not None and bool(exclude.all())):
             return ScopeDecision(False, 0.0, Zq[0])
         sims = Zq @ fact_latents.to(Zq).T  # (S, N)
+        if exclude is not None:
+            sims[:, exclude] = float("-inf")
         best = sims.max()
         row = int(torch.argmax(sims.max(dim=1).values))
         return ScopeDecision(bool(1.0 - best.item() <= self.threshold), float(best), Zq[row])

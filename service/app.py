@@ -29,8 +29,12 @@ def decoder_choice(settings: Settings) -> DecoderChoice:
     return choose_decoder(settings.llm, settings.encoder, settings.decoder, settings.adapter, settings.scope_threshold)
 
 
-def build_editor(settings: Settings, models: LoadedModels) -> Editor:
-    """The editor over the configured store, decoder and scope threshold (set, or chosen on development data)."""
+def build_editor(settings: Settings, models: LoadedModels, background: bool = False) -> Editor:
+    """The editor over the configured store, decoder and scope threshold (set, or chosen on development data).
+
+    ``background`` (the server): restore runs while the service already answers, unready, and forgets are
+    purged from the store's files ``purge_delay_s`` after them. Otherwise restore is done on return.
+    """
     device = settings.resolved_device()
     cfg = MemoryConfig(
         slots=settings.memory_slots,
@@ -39,13 +43,18 @@ def build_editor(settings: Settings, models: LoadedModels) -> Editor:
         ridge=settings.memory_ridge,
         seed=settings.memory_seed,
     )
-    registry = MemoryRegistry(open_store(settings.store_url), cfg, device, settings.snapshot_every)
-    try:
-        n = registry.restore()
-        log.info("restored %d memories from %s", n, settings.store_url)
-    except StoreError as e:
-        log.error("store %s unreachable (%s): starting unready, retrying in the background", settings.store_url, e)
+    registry = MemoryRegistry(open_store(settings.store_url), cfg, device, settings.snapshot_every,
+                              settings.purge_delay_s)
+    if background:
         registry.restore_in_background()
+        registry.purge_in_background()
+    else:
+        try:
+            n = registry.restore()
+            log.info("restored %d memories from %s", n, settings.store_url)
+        except StoreError as e:
+            log.error("store %s unreachable (%s): unready, retrying in the background", settings.store_url, e)
+            registry.restore_in_background()
     choice = decoder_choice(settings)
     log.info("decoder: %s%s, scope threshold %.2f", choice.decoder,
              f" (adapter {choice.adapter})" if choice.adapter else "", choice.scope_threshold)
@@ -79,7 +88,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.editor = build_editor(settings, models or load_models(settings))
+        app.state.editor = build_editor(settings, models or load_models(settings), background=True)
         log.info("larimar ready")
         yield
         app.state.editor.close()

@@ -18,8 +18,9 @@ from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector
-from service.memories import Fact, MemoryHandle, MemoryInfo, MemoryRegistry
+from service.memories import MemoryHandle, MemoryInfo, MemoryRegistry
 from service.settings import Settings
+from service.store import Fact
 from service.timing import Timer
 
 MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
@@ -61,7 +62,7 @@ class QueryResult:
     in_scope: bool
     decoder: str
     facts: list[RecalledFact]
-    timings_ms: dict[str, float]  # scope, read, generate, total
+    timings_ms: dict[str, float]  # encode (the prompt), scope, read, generate, total
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,12 @@ class Editor:
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
 
     def list_facts(self, memory: str, limit: int, offset: int) -> tuple[list[Fact], int]:
-        view = self._handle(memory).view
-        ids = view.ids[offset : offset + limit]
-        return [view.facts[i] for i in ids], len(view.ids)
+        self._handle(memory)
+        return self.registry.store.page(memory, limit, offset)
 
     def get_fact(self, memory: str, fact_id: str) -> Fact:
-        fact = self._handle(memory).view.facts.get(fact_id)
+        self._handle(memory)
+        (fact,) = self.registry.store.facts(memory, [fact_id])
         if fact is None:
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
         return fact
@@ -147,20 +148,27 @@ class Editor:
         timer = timer or Timer()
         if mode == "off" or not view.ids:
             return Recall(False, None, [], timer.marks)
-        decision = self.scope.decide(prompt, view.latents)
+        Zq = self.scope.encode(prompt)  # (S, C)
+        timer.lap("encode")
+        decision = self.scope.decide_encoded(Zq, view.latents, view.dead)
         timer.lap("scope")
         if mode == "auto" and not decision.in_scope:
             return Recall(False, None, [], timer.marks)
         z_r = h.mem.read(view.state, decision.query_latent[None])  # (1, C)
-        sims, idx = nearest(z_r, view.latents, k=self.settings.recalled_facts)  # (1, k)
+        sims, idx = nearest(z_r, view.latents, self.settings.recalled_facts, view.dead)  # (1, k)
         keep = [
             (float(s), int(i))
             for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
             if rank == 0 or 1.0 - s <= self.scope.threshold
         ]
-        facts = [RecalledFact(view.ids[i], view.facts[view.ids[i]].text, s) for s, i in keep]
+        texts = self.registry.store.facts(memory, [view.ids[i] for _, i in keep])
+        # a fact forgotten since this view was taken has no text left: it is not recalled
+        found = [(s, i, t) for (s, i), t in zip(keep, texts, strict=True) if t is not None]
+        facts = [RecalledFact(t.id, t.text, s) for s, _, t in found]
         timer.lap("read")
-        latents = view.latents[[i for _, i in keep]]  # (k, C) the written latents of those facts
+        if not facts:
+            return Recall(False, None, [], timer.marks)
+        latents = view.latents[[i for _, i, _ in found]]  # (k, C) the written latents of those facts
         return Recall(True, Readout(z_r[0], tuple(f.text for f in facts), latents), facts, timer.marks)
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
@@ -203,8 +211,18 @@ class Editor:
             raise NotFound(f"memory {memory!r} does not exist")
         return h.info()
 
+    def purge(self, memory: str) -> MemoryInfo:
+        """Erasure now: forgets and deletes so far reach every file the store writes."""
+        self._handle(memory)
+        self.registry.purge()
+        return self.memory(memory)
+
     def ready(self) -> bool:
         return self.registry.restored and self.registry.store.ping()
 
+    def restoring(self) -> str:
+        """What restore is doing now, "" when it is not running."""
+        return self.registry.restoring
+
     def close(self) -> None:
-        self.registry.store.close()
+        self.registry.close()

@@ -1,13 +1,19 @@
-"""Named memories: their facts, their episodic state, and how both persist.
+"""Named memories: their episodic state and fact latents in memory, and how both persist.
 
-One ``MemoryHandle`` per memory. Writers take its lock, so writes to one
-memory are serialised; readers take ``handle.view`` once and use that
-immutable ``MemoryView`` for the whole request, so a query never sees half an
-update. Order of a write: encode -> append to the store's log (durable) ->
-apply to the state -> publish the new view -> acknowledge.
+One ``MemoryHandle`` per memory. Writers take its lock, so writes to one memory are serialised;
+readers take ``handle.view`` once and use that ``MemoryView`` for the whole request, so a query never
+sees half an update. Order of a write: encode -> store the facts and log the write (durable) -> apply
+to the state -> publish the new view -> acknowledge.
 
-A forget rewrites the snapshot without the fact and drops the log in one
-atomic store step, so no copy of its text or latent is left behind.
+Size does not matter: the latents live in a growable buffer (amortised O(1) appends: rows below a
+view's ``n`` never change, so readers of older views are undisturbed), a forget marks its row dead
+instead of moving the others (the dead rows are compacted away once they are a quarter of the buffer),
+and the store keeps each fact as its own record with the state checkpointed apart, O(K^2) whatever N.
+Texts and metadata stay in the store; a query fetches those of the facts it recalled.
+
+A forget deletes the fact and saves the state after it in one store step, so no copy of its text or
+latent is needed or kept; the files behind the store shed theirs at the next purge, which runs
+``purge_delay_s`` after a forget (or at once with ``purge``).
 """
 
 from __future__ import annotations
@@ -16,48 +22,56 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from memory_core import EpisodicMemory, MemoryConfig, MemoryState
-from service.store import Store, StoreError, codec
-from service.timing import Timer
+from service.store import Checkpoint, Fact, Store, StoreError, codec
+from service.timing import Timer, utc_now
 
 log = logging.getLogger(__name__)
+MIN_CAPACITY = 1024  # rows a buffer starts with
+GROWTH = 1.25  # a full buffer grows by this factor: amortised O(1) appends, at most a quarter of it unused
+COMPACT_DEAD = 0.25  # dead rows are compacted away past this share of the rows
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Fact:
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    created_at: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "metadata": self.metadata, "created_at": self.created_at}
+def capacity_for(n: int) -> int:
+    return max(MIN_CAPACITY, int(n * GROWTH) + 1)
 
 
 @dataclass(frozen=True)
 class MemoryView:
-    """One consistent version of a memory: row i of ``latents`` is fact ``ids[i]``."""
+    """One consistent version of a memory: rows [0, n) of the buffers, row i being fact ``ids[i]`` unless dead.
+
+    The buffers and ``ids`` are shared with later views, which only ever write past ``n`` (appends) or
+    into buffers of their own (forgets clone ``dead``; compaction and growth make new buffers).
+    """
 
     state: MemoryState
-    ids: tuple[str, ...]
-    latents: Tensor  # (N, C) encoder latents of the facts, for scope and readout -> fact
-    facts: Mapping[str, Fact]
+    n: int
+    buffer: Tensor  # (capacity, C) encoder latents of the facts, for scope and readout -> fact
+    dead_buffer: Tensor  # (capacity,) bool, forgotten rows
+    ids: list[str]
+    live: int  # facts alive in rows [0, n)
 
-    def row(self, fact_id: str) -> int:
-        return self.ids.index(fact_id)
+    @property
+    def latents(self) -> Tensor:
+        """(n, C), dead rows included (mask them with ``dead``)."""
+        return self.buffer[: self.n]
+
+    @property
+    def dead(self) -> Tensor | None:
+        """(n,) bool, or None when no row is dead (the common case needs no masking)."""
+        return None if self.live == self.n else self.dead_buffer[: self.n]
+
+    def live_latents(self) -> Tensor:
+        """(live, C), in write order."""
+        return self.latents if self.dead is None else self.latents[~self.dead]
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,14 @@ class MemoryInfo:
     dim: int  # C
     addressing: str
     device: str
-    log_entries: int  # in the store's log since the last snapshot
-    last_snapshot: str | None
+    log_entries: int  # writes in the store's log since the last checkpoint
+    last_snapshot: str | None  # when the state was last checkpointed
+    erasure: str  # "complete", or "pending": a forget has not yet reached every file the store writes
+
+
+def empty_view(mem: EpisodicMemory, state: MemoryState, capacity: int = MIN_CAPACITY) -> MemoryView:
+    buf = torch.zeros((capacity, mem.cfg.dim), device=mem.device)  # (capacity, C)
+    return MemoryView(state, 0, buf, torch.zeros(capacity, dtype=torch.bool, device=mem.device), [], 0)
 
 
 @dataclass
@@ -79,76 +99,91 @@ class MemoryHandle:
     name: str
     mem: EpisodicMemory
     view: MemoryView
-    seq: int = 0  # last log sequence number applied
-    log_entries: int = 0  # entries in the store's log since the last snapshot
+    seq: int = 0  # last operation applied
+    log_entries: int = 0  # writes in the store's log since the last checkpoint
     last_snapshot: str | None = None
+    row_of: dict[str, int] = field(default_factory=dict)  # fact id -> row, for forgets (writers only)
+    unpurged: int = 0  # forgets not yet purged from the store's files
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> MemoryInfo:
         cfg = self.mem.cfg
-        return MemoryInfo(self.name, len(self.view.ids), cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
-                          self.log_entries, self.last_snapshot)
+        return MemoryInfo(self.name, self.view.live, cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
+                          self.log_entries, self.last_snapshot, "pending" if self.unpurged else "complete")
 
-    # --- snapshot / log encoding --------------------------------------------
-
-    def snapshot_bytes(self, view: MemoryView) -> bytes:
-        tensors = self.mem.to_tensors(view.state) | {"latents": view.latents}
-        meta = {
-            "kind": "snapshot",
-            "seq": self.seq,
-            "config": self.mem.cfg.__dict__,
-            "facts": [view.facts[i].as_dict() for i in view.ids],
-            "snapshot_at": now(),
-        }
-        return codec.encode(tensors, meta)
-
-    @staticmethod
-    def log_entry(seq: int, facts: list[Fact], latents: Tensor) -> bytes:
-        return codec.encode({"latents": latents}, {"kind": "write", "seq": seq, "facts": [f.as_dict() for f in facts]})
+    def checkpoint(self, state: MemoryState, seq: int) -> Checkpoint:
+        return Checkpoint(seq, codec.encode(self.mem.to_tensors(state), {}), utc_now())
 
     # --- state transitions (callers hold ``lock``) ---------------------------
 
-    def applied(self, facts: list[Fact], latents: Tensor) -> MemoryView:
-        """The view after writing ``facts``: one rank-N update for the whole batch."""
+    def appended(self, ids: list[str], latents: Tensor) -> MemoryView:
+        """The view after writing facts ``ids``: one rank-N update, their latents appended."""
         v = self.view
         state = self.mem.update(v.state, latents, +1.0, inplace=True)  # only writers read C^-1
-        return MemoryView(
-            state=state,
-            ids=v.ids + tuple(f.id for f in facts),
-            latents=torch.cat([v.latents, latents.to(v.latents)]),
-            facts={**v.facts, **{f.id: f for f in facts}},
-        )
+        n, k = v.n, len(ids)
+        buf, dead, row_ids = v.buffer, v.dead_buffer, v.ids
+        if n + k > buf.shape[0]:  # grow geometrically: amortised O(1) per appended row
+            cap = max(capacity_for(buf.shape[0]), n + k)
+            buf = torch.cat([buf[:n], buf.new_zeros((cap - n, buf.shape[1]))])  # (cap, C)
+            dead = torch.cat([dead[:n], dead.new_zeros(cap - n)])  # (cap,)
+        buf[n : n + k] = latents.to(buf)  # rows past every published view's n
+        row_ids.extend(ids)
+        self.row_of.update({i: n + j for j, i in enumerate(ids)})
+        return MemoryView(state, n + k, buf, dead, row_ids, v.live + k)
 
     def without(self, fact_id: str) -> MemoryView:
-        """The view after forgetting one fact (alpha = -1 with its recomputed key)."""
+        """The view after forgetting one fact (alpha = -1 with its recomputed key); its row is marked dead."""
         v = self.view
-        i = v.row(fact_id)
-        state = self.mem.update(v.state, v.latents[i : i + 1], -1.0, inplace=False)  # old view stays valid on failure
-        facts = dict(v.facts)
-        del facts[fact_id]
-        return MemoryView(
-            state=state,
-            ids=v.ids[:i] + v.ids[i + 1 :],
-            latents=torch.cat([v.latents[:i], v.latents[i + 1 :]]),
-            facts=facts,
-        )
+        i = self.row_of[fact_id]
+        state = self.mem.update(v.state, v.buffer[i : i + 1], -1.0, inplace=False)  # old view stays valid on failure
+        dead = v.dead_buffer.clone()  # (capacity,) readers of the old view keep theirs
+        dead[i] = True
+        return MemoryView(state, v.n, v.buffer, dead, v.ids, v.live - 1)
+
+    def compacted(self, view: MemoryView) -> MemoryView:
+        """The same facts in fresh buffers without the dead rows (rebuilds ``row_of``)."""
+        keep = ~view.dead_buffer[: view.n]
+        live = view.buffer[: view.n][keep]  # (live, C)
+        ids = [i for i, k in zip(view.ids, keep.tolist(), strict=False) if k]
+        out = empty_view(self.mem, view.state, capacity_for(len(ids)))
+        out.buffer[: len(ids)] = live
+        self.row_of = {i: r for r, i in enumerate(ids)}
+        return MemoryView(view.state, len(ids), out.buffer, out.dead_buffer, ids, len(ids))
 
 
 class MemoryRegistry:
     """All memories of this process, created on first write, restored from the store at start."""
 
-    def __init__(self, store: Store, cfg: MemoryConfig, device: str, snapshot_every: int) -> None:
+    def __init__(self, store: Store, cfg: MemoryConfig, device: str, snapshot_every: int,
+                 purge_delay_s: float = 10.0) -> None:
         self.store = store
         self.cfg = cfg
         self.device = device
         self.snapshot_every = snapshot_every
+        self.purge_delay_s = purge_delay_s
         self._handles: dict[str, MemoryHandle] = {}
+        self._memories: dict[MemoryConfig, EpisodicMemory] = {}  # one M_ref per configuration, shared
         self._lock = threading.Lock()
+        self._purge_lock = threading.Lock()
+        self._pending_since: float | None = None  # when the oldest unpurged forget or delete happened
+        self._stop = threading.Event()  # ends the background threads
         self.restored = False  # nothing is served before the stored memories are back
+        self.restoring = ""  # what restore is doing now, for /readyz
 
     def require_restored(self) -> None:
         if not self.restored:
-            raise StoreError("the store is unreachable: stored memories are not restored yet")
+            raise StoreError("stored memories are not restored yet" + (f" ({self.restoring})" if self.restoring
+                                                                         else ": the store is unreachable"))
+
+    def memory_for(self, cfg: MemoryConfig, M_ref: Tensor | None = None) -> EpisodicMemory:
+        """The shared keys of this configuration (a stored M_ref that differs gets its own)."""
+        with self._lock:
+            mem = self._memories.get(cfg)
+            if mem is None:
+                mem = self._memories[cfg] = EpisodicMemory(cfg, device=self.device)
+        if M_ref is not None and not torch.equal(M_ref.to(mem.M_ref), mem.M_ref):
+            return EpisodicMemory(cfg, M_ref=M_ref, device=self.device)
+        return mem
 
     # --- lookup --------------------------------------------------------------
 
@@ -164,15 +199,11 @@ class MemoryRegistry:
     def get_or_create(self, name: str) -> MemoryHandle:
         with self._lock:
             h = self._handles.get(name)
-            if h is None:
-                h = self._empty_handle(name)
-                self._handles[name] = h
-            return h
-
-    def _empty_handle(self, name: str) -> MemoryHandle:
-        mem = EpisodicMemory(self.cfg, device=self.device)
-        empty = MemoryView(mem.empty(), (), torch.zeros((0, self.cfg.dim), device=self.device), {})
-        return MemoryHandle(name=name, mem=mem, view=empty)
+        if h is None:
+            mem = self.memory_for(self.cfg)
+            with self._lock:
+                h = self._handles.setdefault(name, MemoryHandle(name, mem, empty_view(mem, mem.empty())))
+        return h
 
     # --- writes --------------------------------------------------------------
 
@@ -197,49 +228,56 @@ class MemoryRegistry:
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
               timer: Timer | None = None) -> list[Fact]:
-        """Durably append, then apply and publish. Returns the new facts; ``timer`` gets each step's time."""
+        """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step."""
         timer = timer or Timer()
         with self._holding(name, create=True) as h:
             assert h is not None
             timer.lap("lock")
-            created = now()
-            facts = [Fact(uuid.uuid4().hex, t, m, created) for t, m in texts_meta]
-            entry = h.log_entry(h.seq + 1, facts, latents)
-            timer.lap("log_entry")
+            created = utc_now()
+            facts = [Fact(uuid.uuid4().hex, t, m, created, z) for (t, m), z in zip(texts_meta, latents, strict=True)]
             try:
-                self.store.append(name, entry)
+                self.store.write(name, h.seq + 1, facts, asdict(h.mem.cfg))
             except Exception:
                 self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
                 raise
             timer.lap("store_append")
             h.seq += 1
             h.log_entries += 1
-            h.view = h.applied(facts, latents)
+            h.view = h.appended([f.id for f in facts], latents)
             timer.lap("apply")
             if h.log_entries >= self.snapshot_every:
-                self._compact_logged(h)
+                self._checkpoint_logged(h)
                 timer.lap("compaction")
-            return facts
+            return [Fact(f.id, f.text, f.metadata, f.created_at) for f in facts]
 
     def _drop_if_unborn(self, h: MemoryHandle) -> None:
         with self._lock:
-            if h.seq == 0 and not h.view.ids and h.last_snapshot is None:
+            if h.seq == 0 and not h.view.n and h.last_snapshot is None:
                 self._handles.pop(h.name, None)
 
     def forget(self, name: str, fact_id: str) -> bool:
         with self._holding(name) as h:
-            if h is None or fact_id not in h.view.facts:
+            if h is None or fact_id not in h.row_of:
                 return False
             view = h.without(fact_id)
-            self.store.replace(name, h.snapshot_bytes(view))  # raises StoreError: nothing changed
-            h.view, h.log_entries, h.last_snapshot = view, 0, now()
+            cp = h.checkpoint(view.state, h.seq + 1)
+            if not self.store.forget(name, fact_id, cp):  # raises StoreError: nothing changed
+                return False
+            del h.row_of[fact_id]
+            h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
+            if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
+                view = h.compacted(view)
+            h.view = view
+            h.unpurged += 1
+            self._mark_pending()
             return True
 
     def snapshot(self, name: str) -> MemoryHandle | None:
         with self._holding(name) as h:
             if h is not None:
-                self.store.replace(name, h.snapshot_bytes(h.view))
-                h.log_entries, h.last_snapshot = 0, now()
+                cp = h.checkpoint(h.view.state, h.seq)
+                self.store.checkpoint(name, cp)
+                h.log_entries, h.last_snapshot = 0, cp.saved_at
             return h
 
     def delete(self, name: str) -> bool:
@@ -249,63 +287,134 @@ class MemoryRegistry:
             self.store.delete(name)
             with self._lock:
                 del self._handles[name]
+            self._mark_pending()
             return True
 
-    def _compact_logged(self, h: MemoryHandle) -> None:
-        """Fold the log into a snapshot; the log already holds the data, so failure is only logged."""
+    def _checkpoint_logged(self, h: MemoryHandle) -> None:
+        """Checkpoint the state; the log already holds the writes, so failure is only logged."""
         try:
-            self.store.replace(h.name, h.snapshot_bytes(h.view))
-            h.log_entries, h.last_snapshot = 0, now()
+            cp = h.checkpoint(h.view.state, h.seq)
+            self.store.checkpoint(h.name, cp)
+            h.log_entries, h.last_snapshot = 0, cp.saved_at
         except Exception:  # noqa: BLE001 - compaction is an optimisation here, durability came from the log
-            log.exception("compaction of memory %r failed; its log stays in place", h.name)
+            log.exception("checkpoint of memory %r failed; its log stays in place", h.name)
+
+    # --- erasure -------------------------------------------------------------
+
+    def _mark_pending(self) -> None:
+        with self._lock:
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+
+    def purge(self) -> None:
+        """Make every forget and delete so far reach every file the store writes; blocks until it has."""
+        self.require_restored()
+        with self._purge_lock:
+            with self._lock:
+                counts = {h.name: h.unpurged for h in self._handles.values()}
+                self._pending_since = None
+            try:
+                self.store.purge()
+            except Exception:
+                self._mark_pending()
+                raise
+            with self._lock:
+                for h in self._handles.values():
+                    h.unpurged -= min(h.unpurged, counts.get(h.name, 0))
+
+    def purge_in_background(self, every_s: float = 0.5) -> threading.Thread:
+        """Purge ``purge_delay_s`` after the first forget or delete not yet purged (forgets in a burst share one)."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                since = self._pending_since
+                if since is not None and time.monotonic() - since >= self.purge_delay_s:
+                    try:
+                        self.purge()
+                    except Exception as e:  # noqa: BLE001 - retried on the next round
+                        log.warning("purge failed, retrying: %s", e)
+
+        t = threading.Thread(target=loop, name="larimar-purge", daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        """Stop the background threads, then the store."""
+        self._stop.set()
+        with self._purge_lock:
+            self.store.close()
 
     # --- restore -------------------------------------------------------------
 
     def restore(self) -> int:
-        """Rebuild every stored memory from its snapshot plus log tail. Returns how many."""
-        for name in self.store.names():
-            stored = self.store.load(name)
-            h = self._restore_one(name, stored.snapshot, stored.log)
+        """Rebuild every stored memory from its checkpoint, its facts' latents and the log. Returns how many."""
+        self.restoring = "reading the store"
+        migrated = self.store.migrate(asdict(self.cfg))
+        if migrated:
+            log.info("migrated %d memories from the old storage layout: %s", len(migrated), ", ".join(migrated))
+        names = self.store.names()
+        for k, name in enumerate(names):
+            self.restoring = f"memory {k + 1} of {len(names)}: {name}"
+            h = self._restore_one(name)
             with self._lock:
                 self._handles[name] = h
-            if stored.log:  # fold the tail now: also drops any entry a crash left behind a newer snapshot
-                self._compact_logged(h)
-            log.info("restored memory %r: %d facts", name, len(h.view.ids))
+            if h.log_entries:  # fold the tail now: the next start replays nothing
+                self._checkpoint_logged(h)
+            log.info("restored memory %r: %d facts", name, h.view.live)
+        self.restoring = ""
         self.restored = True
         return len(self._handles)
 
     def restore_in_background(self, every_s: float = 2.0) -> threading.Thread:
-        """Retry ``restore`` until the store answers (the service starts, unready, meanwhile)."""
+        """Run ``restore`` (retried until the store answers) while the service starts, unready meanwhile."""
 
         def loop() -> None:
-            while not self.restored:
+            while not self.restored and not self._stop.is_set():
                 try:
                     self.restore()
                 except StoreError as e:
+                    self.restoring = ""
                     log.warning("restore failed, retrying in %.0f s: %s", every_s, e)
-                    time.sleep(every_s)
+                    self._stop.wait(every_s)
 
         t = threading.Thread(target=loop, name="larimar-restore", daemon=True)
         t.start()
         return t
 
-    def _restore_one(self, name: str, snapshot: bytes | None, entries: list[bytes]) -> MemoryHandle:
-        if snapshot is not None:
-            tensors, meta = codec.decode(snapshot)
-            cfg = MemoryConfig(**meta["config"])
-            mem, state = EpisodicMemory.from_tensors(cfg, tensors, device=self.device)
-            facts = [Fact(**f) for f in meta["facts"]]
-            view = MemoryView(state, tuple(f.id for f in facts), tensors["latents"].to(self.device),
-                              {f.id: f for f in facts})
-            h = MemoryHandle(name=name, mem=mem, view=view, seq=int(meta["seq"]), last_snapshot=meta["snapshot_at"])
+    def _restore_one(self, name: str) -> MemoryHandle:
+        stored = self.store.load(name)
+        cfg = MemoryConfig(**stored.config) if stored.config else self.cfg
+        seq, last = 0, None
+        if stored.checkpoint is not None:
+            tensors, _ = codec.decode(stored.checkpoint.state)
+            mem = self.memory_for(cfg, tensors["M_ref"])
+            state = MemoryState(M=tensors["M"].to(device=mem.device, dtype=mem.dtype),
+                                C_inv=tensors["C_inv"].to(device=mem.device, dtype=torch.float64),
+                                updates=int(tensors["updates"][0]))
+            seq, last = stored.checkpoint.seq, stored.checkpoint.saved_at
         else:
-            h = self._empty_handle(name)
-        for blob in entries:
-            tensors, meta = codec.decode(blob)
-            if meta["seq"] <= h.seq:
-                continue  # already inside the snapshot
-            facts = [Fact(**f) for f in meta["facts"]]
-            h.view = h.applied(facts, tensors["latents"].to(self.device))
-            h.seq = int(meta["seq"])
+            mem = self.memory_for(cfg)
+            state = mem.empty()
+        total = self.store.count(name)
+        h = MemoryHandle(name, mem, empty_view(mem, state, capacity_for(total)), seq=seq, last_snapshot=last)
+        ids = h.view.ids
+        for chunk_ids, Z in self.store.latents(name):  # in bulk, in write order, straight into the buffer
+            if len(ids) + len(chunk_ids) > h.view.buffer.shape[0]:  # written meanwhile by no one: defensive
+                raise StoreError(f"memory {name!r} changed while it was restored")
+            h.view.buffer[len(ids) : len(ids) + len(chunk_ids)] = Z.to(h.view.buffer)
+            ids += chunk_ids
+            if len(ids) % 100_000 < len(chunk_ids):
+                log.info("memory %r: %d of %d facts read", name, len(ids), total)
+        h.row_of = {i: r for r, i in enumerate(ids)}
+        h.view = MemoryView(state, len(ids), h.view.buffer, h.view.dead_buffer, ids, len(ids))
+        for op_seq, fact_ids in stored.log:  # the writes since the checkpoint, replayed as they were made
+            if op_seq <= seq:
+                continue
+            rows = [h.row_of[i] for i in fact_ids]
+            if rows:
+                state = mem.update(state, h.view.buffer[rows], +1.0, inplace=True)
+            seq = op_seq
             h.log_entries += 1
+        h.seq = seq
+        h.view = MemoryView(state, h.view.n, h.view.buffer, h.view.dead_buffer, h.view.ids, h.view.live)
         return h

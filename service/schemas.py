@@ -118,6 +118,8 @@ class MemoryOut(BaseModel):
     device: str
     log_entries: int
     last_snapshot: str | None
+    erasure: str = Field(description="complete, or pending: a forget has not yet reached every file the store "
+                         "writes (POST .../purge forces it)")
 
 
 class MemoryDeleted(BaseModel):
@@ -126,5 +128,6 @@ class MemoryDeleted(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok (alive), ready, restoring (stored memories being read back), unavailable
     checks: dict[str, bool] = {}
+    detail: str | None = None

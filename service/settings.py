@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     store_url: str = Field(
         "file://./larimar-data", description="file://DIR (default) or redis://host:port/db for deployments."
     )
-    snapshot_every: int = Field(100, ge=1, description="Log entries after which a memory is compacted.")
+    snapshot_every: int = Field(100, ge=1, description="Writes after which a memory's state is checkpointed.")
+    purge_delay_s: float = Field(
+        10.0, ge=0, description="Seconds after a forget (or delete) at which the store's files are purged of it "
+        "(SQLite WAL truncated, Redis AOF/RDB rewritten); forgets in the meantime share one purge."
+    )
 
     # --- models
     llm: str = DEFAULT_LLM

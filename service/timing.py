@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+
+
+def utc_now() -> str:
+    """The time as stored and reported: ISO 8601 in UTC to the millisecond, with a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Timer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,11 @@ def make_client(models: LoadedModels) -> Callable[..., object]:
     def factory(store_url: str, **overrides: object) -> Iterator[TestClient]:
         settings = Settings(store_url=store_url, **overrides)
         with TestClient(create_app(settings, models)) as client:
+            registry = client.app.state.editor.registry  # restore runs in the background: wait for it
+            deadline = time.monotonic() + 120
+            while (registry.restoring or (not registry.restored and registry.store.ping())) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
             yield client
 
     return factory

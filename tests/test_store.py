@@ -1,13 +1,20 @@
-"""Store backends on their own: the log/snapshot contract, torn writes, and Redis durability across restarts."""
+"""Store backends on their own: the per-fact contract, migration of the old layout, durability, erasure on disk."""
 
 from __future__ import annotations
 
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
+import redis
 import torch
 
-from service.store import FileStore, RedisStore, Store, StoreError, codec, open_store
+from bench.processes import RedisServer
+from service.store import Checkpoint, Fact, RedisStore, SqliteStore, Store, StoreError, codec, open_store
+
+CFG = {"slots": 8, "dim": 4, "addressing": "linear", "ridge": 0.001, "gaussian_a": 0.001, "seed": 0}
 
 
 @pytest.fixture
@@ -15,70 +22,153 @@ def store(store_url: str) -> Store:
     return open_store(store_url)
 
 
+def fact(i: int, text: str | None = None) -> Fact:
+    return Fact(f"id{i}", text or f"fact number {i}", {"n": i}, "2026-01-01T00:00:00.000Z",
+                torch.full((4,), float(i)))
+
+
 def test_codec_round_trip_is_exact() -> None:
     t = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2, dtype=torch.float64)}
     tensors, meta = codec.decode(codec.encode(t, {"facts": [{"text": "é ü 中"}], "seq": 3}))
     assert meta == {"facts": [{"text": "é ü 中"}], "seq": 3}
     assert all(torch.equal(tensors[k], t[k]) and tensors[k].dtype == t[k].dtype for k in t)
+    z = torch.randn(3, 384)
+    assert torch.equal(codec.latents_from([codec.latent_bytes(r) for r in z]), z)
 
 
-def test_log_snapshot_contract(store: Store) -> None:
+def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     assert store.names() == [] and store.ping()
-    store.append("m1", b"e1")
-    store.append("m1", b"e2")
-    store.append("m2", b"x")
+    store.write("m1", 1, [fact(0), fact(1)], CFG)
+    store.write("m1", 2, [fact(2)], CFG | {"slots": 99})  # the config is the first write's
+    store.write("m2", 1, [fact(9)], CFG)
     assert store.names() == ["m1", "m2"]
     loaded = store.load("m1")
-    assert loaded.snapshot is None and loaded.log == [b"e1", b"e2"]
-    store.replace("m1", b"snap")
-    loaded = store.load("m1")
-    assert loaded.snapshot == b"snap" and loaded.log == []
-    store.append("m1", b"e3")
-    assert store.load("m1").log == [b"e3"]
+    assert loaded.config == CFG and loaded.checkpoint is None and loaded.log == [(1, ["id0", "id1"]), (2, ["id2"])]
+    ids, Z = zip(*store.latents("m1", chunk=2), strict=True)
+    assert [i for chunk in ids for i in chunk] == ["id0", "id1", "id2"]
+    assert torch.equal(torch.cat(Z), torch.stack([fact(i).latent for i in range(3)]))
+    assert [f and f.text for f in store.facts("m1", ["id2", "nope", "id0"])] == ["fact number 2", None,
+                                                                               "fact number 0"]
+    page, total = store.page("m1", 2, 1)
+    assert total == 3 and [f.as_dict() for f in page] == [fact(1).as_dict(), fact(2).as_dict()]
+
+    store.checkpoint("m1", Checkpoint(2, b"state-2", "t2"))
+    assert store.load("m1").log == [] and store.load("m1").checkpoint == Checkpoint(2, b"state-2", "t2")
+    store.write("m1", 3, [fact(3)], CFG)
+    assert store.forget("m1", "id1", Checkpoint(4, b"state-4", "t4"))
+    after = store.load("m1")
+    assert after.checkpoint == Checkpoint(4, b"state-4", "t4") and after.log == [], "a forget checkpoints"
+    assert not store.forget("m1", "id1", Checkpoint(5, b"x", "t5")), "a second forget finds nothing"
+    assert store.load("m1").checkpoint.seq == 4, "and changes nothing"
+    assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
     store.delete("m1")
-    assert store.names() == ["m2"] and store.load("m1").snapshot is None and store.load("m1").log == []
+    assert store.names() == ["m2"] and store.load("m1").checkpoint is None and store.page("m1", 10, 0) == ([], 0)
 
 
-def test_file_log_drops_a_torn_tail(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
-    store.append("m", b"first")
-    store.append("m", b"second")
-    log = tmp_path / "m" / "log.bin"
-    whole = log.read_bytes()
-    log.write_bytes(whole[:-3])  # a crash in the middle of the second append
-    assert store.load("m").log == [b"first"]
-    assert log.read_bytes() == whole[: len(whole) - len(b"second") - 12], "truncated to the last whole record"
-    store.append("m", b"third")
-    assert store.load("m").log == [b"first", b"third"]
-
-
-def test_file_log_rejects_a_corrupt_record(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
-    store.append("m", b"first")
-    store.append("m", b"second")
-    log = tmp_path / "m" / "log.bin"
-    data = bytearray(log.read_bytes())
-    data[-1] ^= 0xFF
-    log.write_bytes(bytes(data))
-    assert store.load("m").log == [b"first"]
+def test_unknown_store_url() -> None:
+    with pytest.raises(ValueError, match="LARIMAR_STORE_URL"):
+        open_store("s3://bucket")
 
 
 def test_redis_keeps_acknowledged_data_across_a_server_kill(new_redis_server) -> None:  # noqa: ANN001
     server = new_redis_server()
     server.start()
     store = RedisStore(server.url)
-    store.append("m", b"e1")
-    store.replace("m", b"snap")
-    store.append("m", b"e2")
+    store.write("m", 1, [fact(1)], CFG)
+    store.checkpoint("m", Checkpoint(1, b"snap", "t"))
+    store.write("m", 2, [fact(2)], CFG)
     server.stop(kill=True)  # SIGKILL: only what appendfsync always put on disk survives
     with pytest.raises(StoreError):
-        store.append("m", b"lost")
+        store.write("m", 3, [fact(3)], CFG)
     assert not store.ping()
     server.start()
     loaded = RedisStore(server.url).load("m")
-    assert loaded.snapshot == b"snap" and loaded.log == [b"e2"]
+    assert loaded.checkpoint == Checkpoint(1, b"snap", "t") and loaded.log == [(2, ["id2"])]
 
 
-def test_unknown_store_url() -> None:
-    with pytest.raises(ValueError, match="LARIMAR_STORE_URL"):
-        open_store("s3://bucket")
+# --- erasure on disk ---------------------------------------------------------------------------
+
+
+def files_holding(root: Path, needles: list[bytes]) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and any(n in p.read_bytes() for n in needles)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_purge_leaves_no_copy_in_any_file(backend: str, tmp_path: Path) -> None:
+    """A recognisable fact, forgotten and purged, is in no file under the store's data directory."""
+    server = None
+    if backend == "redis":
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+        redis.Redis.from_url(server.url).config_set("save", "60 1")  # RDB snapshots on too, as docker/redis.conf
+        store, root = RedisStore(server.url), tmp_path / "redis"
+    else:
+        store, root = SqliteStore(tmp_path / "db" / "larimar.sqlite3"), tmp_path / "db"
+    try:
+        secret = Fact("secret", "The vault code of project Heron is 5309.", {"owner": "Heron team"},
+                      "2026-01-01T00:00:00.000Z", torch.randn(384))
+        needles = [b"project Heron", b"Heron team", codec.latent_bytes(secret.latent)]
+        store.write("m", 1, [fact(i) for i in range(50)] + [secret], CFG)
+        store.write("m", 2, [fact(i) for i in range(50, 60)], CFG)
+        if backend == "redis":
+            store.purge()  # an RDB and an AOF base that hold the secret, not only the AOF's increments
+        assert files_holding(root, needles), "the test must see the fact on disk before it is forgotten"
+        assert store.forget("m", "secret", Checkpoint(3, b"state", "t"))
+        store.purge()
+        assert files_holding(root, needles) == []
+        assert store.facts("m", ["id7"])[0].text == "fact number 7", "the other facts stay"
+    finally:
+        store.close()
+        if server:
+            server.stop()
+
+
+# --- the layout before per-fact records ----------------------------------------------------------
+
+
+def old_snapshot(facts: list[Fact], seq: int) -> bytes:
+    Z = torch.stack([f.latent for f in facts])
+    tensors = {"M": torch.zeros(8, 4), "C_inv": torch.eye(8, dtype=torch.float64), "M_ref": torch.ones(8, 4),
+               "updates": torch.tensor([1]), "latents": Z}
+    meta = {"kind": "snapshot", "seq": seq, "config": CFG, "facts": [f.as_dict() for f in facts],
+            "snapshot_at": "2026-01-02T00:00:00.000Z"}
+    return codec.encode(tensors, meta)
+
+
+def old_entry(facts: list[Fact], seq: int) -> bytes:
+    return codec.encode({"latents": torch.stack([f.latent for f in facts])},
+                        {"kind": "write", "seq": seq, "facts": [f.as_dict() for f in facts]})
+
+
+def test_an_old_file_store_is_migrated_on_start(tmp_path: Path) -> None:
+    old = tmp_path / "data" / "m"
+    old.mkdir(parents=True)
+    (old / "snapshot.safetensors").write_bytes(old_snapshot([fact(0), fact(1)], seq=2))
+    with open(old / "log.bin", "wb") as f:  # two log entries, one already inside the snapshot, and a torn tail
+        for entry in (old_entry([fact(1)], 2), old_entry([fact(2)], 3)):
+            f.write(struct.pack("<QI", len(entry), zlib.crc32(entry)) + entry)
+        f.write(b"\x10\x00")
+    store = open_store(f"file://{tmp_path / 'data'}")
+    assert store.migrate(CFG) == ["m"] and not old.exists()
+    loaded = store.load("m")
+    assert loaded.config == CFG and loaded.checkpoint.seq == 2 and loaded.log == [(3, ["id2"])]
+    assert [i for chunk, _ in store.latents("m") for i in chunk] == ["id0", "id1", "id2"]
+    assert store.migrate(CFG) == [], "once"
+
+
+def test_an_old_redis_store_is_migrated_on_start(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.sadd("larimar:memories", "m")
+    client.rpush("larimar:m:m:log", old_entry([fact(0)], 1), old_entry([fact(1)], 2))  # no snapshot yet
+    store = RedisStore(redis_url)
+    assert store.migrate(CFG) == ["m"]
+    loaded = store.load("m")
+    assert loaded.config == CFG and loaded.checkpoint is None and loaded.log == [(1, ["id0"]), (2, ["id1"])]
+    assert client.type("larimar:m:m:log") == b"none" and store.migrate(CFG) == []
+
+
+def test_sqlite_store_refuses_what_it_cannot_open(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("x")
+    with pytest.raises(StoreError):
+        SqliteStore(tmp_path / "not-a-dir" / "larimar.sqlite3")
+    shutil.rmtree(tmp_path)

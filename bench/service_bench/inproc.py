@@ -101,14 +101,16 @@ def encode_threads(encoder: Any, texts: list[str], reps: int = 40) -> dict[str, 
 
 
 def restore_time(settings: Settings, models: LoadedModels, store_dir: Path) -> dict[str, Any]:
-    stored = open_store(f"file://{store_dir}").load("bench")
+    store = open_store(f"file://{store_dir}")
+    stored = store.load("bench")
+    store.close()
     t0 = time.perf_counter()
     editor = build_editor(settings.model_copy(update={"store_url": f"file://{store_dir}"}), models)
     took = time.perf_counter() - t0
     facts = editor.memory("bench").facts
     editor.close()
     return {"seconds": took, "facts": facts, "log_entries_replayed": len(stored.log),
-            "snapshot_bytes": len(stored.snapshot or b"")}
+            "snapshot_bytes": len(stored.checkpoint.state) if stored.checkpoint else 0}
 
 
 def query_overhead(settings: Settings, models: LoadedModels, work: Path, cases: list[Case], n_facts: int,
@@ -180,7 +182,7 @@ def query_overhead(settings: Settings, models: LoadedModels, work: Path, cases: 
                 "prompt_tokens_plain": int(llm.ids(plain_text).shape[1]),
                 "prompt_tokens_memory": int(llm.ids(mem_text).shape[1]),
                 "encode_ms": encode_ms,
-                "scope_ms": rec.timings_ms.get("scope", 0.0),
+                "scope_ms": rec.timings_ms.get("encode", 0.0) + rec.timings_ms.get("scope", 0.0),
                 "read_ms": rec.timings_ms.get("read", 0.0),
                 "recall_ms": recall_ms,
                 "gen_plain_ms": gen["plain"][0],

@@ -82,7 +82,7 @@ def targets(res: dict) -> list[dict[str, Any]]:
                f"{ph.get('models_and_restore_s', float('nan')):.1f} s")
         rs = res.get("inproc", {}).get("restore")
         if rs:
-            why += (f"; restoring them in process takes {rs['seconds']:.2f} s (snapshot "
+            why += (f"; restoring them in process takes {rs['seconds']:.2f} s (checkpoint "
                     f"{rs['snapshot_bytes'] / 2**20:.1f} MiB + {rs['log_entries_replayed']} log entries replayed, "
                     f"then compacted)")
         out.append({"what": f"warm start, {st['restore_facts']} facts to restore", "measured": f"{w:.2f} s",
@@ -122,7 +122,7 @@ def write_markdown(res: dict, path: Path, out_dir: Path) -> None:
         L += ["", "## 1. One fact written over HTTP, end to end", "",
               "`larimar serve` as a subprocess; httpx client with keep-alive on the same machine; each POST "
               "`/v1/memories/bench/facts` with one CounterFact fact (case_id >= 2000) after 5 warm-up writes; "
-              "default settings (K=512, snapshot every 100 log entries).", "",
+              "default settings (K=512, a checkpoint every 100 writes).", "",
               "Stores are measured interleaved (one POST to each in turn), so load from other processes falls "
               "on both alike. *server mean* is the server's own middleware histogram over the same requests; "
               "*client+transport* is the client mean minus it.", "",

@@ -21,7 +21,8 @@ def readyz(request: Request, response: Response) -> Health:
     checks = {"models": editor is not None, "store": editor is not None and editor.ready()}
     if not all(checks.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(status="unavailable", checks=checks)
+        restoring = editor.restoring() if editor is not None else ""
+        return Health(status="restoring" if restoring else "unavailable", checks=checks, detail=restoring or None)
     return Health(status="ready", checks=checks)
 
 

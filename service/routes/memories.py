@@ -31,3 +31,9 @@ def delete_memory(memory: MemoryName, editor: EditorDep) -> MemoryDeleted:
 @router.post("/{memory}/snapshot", response_model=MemoryOut)
 def snapshot(memory: MemoryName, editor: EditorDep) -> MemoryOut:
     return MemoryOut(**asdict(editor.snapshot(memory)))
+
+
+@router.post("/{memory}/purge", response_model=MemoryOut)
+def purge(memory: MemoryName, editor: EditorDep) -> MemoryOut:
+    """Erase forgotten facts from every file the store writes now, instead of after LARIMAR_PURGE_DELAY_S."""
+    return MemoryOut(**asdict(editor.purge(memory)))

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from service.store.base import Store, StoreError
-from service.store.codec import Stored
-from service.store.file_store import FileStore
+from pathlib import Path
+
+from service.store.base import Checkpoint, Fact, Store, Stored, StoreError
 from service.store.redis_store import RedisStore
+from service.store.sqlite_store import DB_NAME, SqliteStore
 
 
 def open_store(url: str) -> Store:
-    """``redis://``/``rediss://``/``unix://`` -> Redis; ``file://DIR`` -> a local directory."""
+    """``redis://``/``rediss://``/``unix://`` -> Redis; ``file://DIR`` -> SQLite in DIR/larimar.sqlite3;
+    ``sqlite://PATH`` -> SQLite in the database file PATH."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url)
     if url.startswith("file://"):
-        return FileStore(url.removeprefix("file://"))
-    raise ValueError(f"unsupported LARIMAR_STORE_URL {url!r}: use file://DIR or redis://host:port/db")
+        directory = Path(url.removeprefix("file://"))
+        return SqliteStore(directory / DB_NAME, old_layout=directory)
+    if url.startswith("sqlite://"):
+        return SqliteStore(url.removeprefix("sqlite://"))
+    raise ValueError(f"unsupported LARIMAR_STORE_URL {url!r}: use file://DIR, sqlite://FILE or redis://host:port/db")
 
 
-__all__ = ["FileStore", "RedisStore", "Store", "StoreError", "Stored", "open_store"]
+__all__ = ["Checkpoint", "Fact", "RedisStore", "SqliteStore", "Store", "StoreError", "Stored", "open_store"]

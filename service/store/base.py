@@ -1,38 +1,116 @@
-"""The storage contract: per memory, one snapshot plus an append-only log.
+"""The storage contract: per memory, a repository of facts, a state checkpoint and an ordered operation log.
 
-Every method returns only once the data is durable (fsync for files, an
-append-only Redis with appendfsync always), because an acknowledged write is
-never lost.
+- A *fact* (id, text, metadata, created time, latent) is stored and deleted on its own record.
+- The *checkpoint* is the episodic state (M, C^-1, the sequence number it covers): O(K^2) bytes, whatever
+  the number of facts.
+- The *log* holds, in sequence order, the writes since the checkpoint, each naming its facts by id, so the
+  state after them is rebuilt by replaying exactly the same updates (bit for bit).
+
+A forget deletes the fact and saves the checkpoint taken after it, dropping the log it covers, in one step:
+the forgotten latent is never needed again, so no copy of it is kept to replay. Hence the log after a
+checkpoint only ever holds writes.
+
+Every method returns only once its change is durable (SQLite with synchronous=FULL; Redis with
+``appendfsync always``), because an acknowledged write is never lost, and each change is atomic. What a
+delete leaves in the files behind the store (SQLite's WAL, Redis's AOF and RDB files) is gone after
+``purge``; until then erasure is pending.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from service.store.codec import Stored
+from torch import Tensor
 
 
 class StoreError(RuntimeError):
     """The store could not be reached or refused the operation."""
 
 
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    created_at: str
+    latent: Tensor | None = None  # (C,) float32; left out where a read does not need it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "metadata": self.metadata, "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int  # the last operation it includes
+    state: bytes  # the episodic state as codec bytes (M, C^-1, M_ref, updates)
+    saved_at: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a store holds for one memory, bar the facts themselves (read in bulk with ``latents``)."""
+
+    config: dict[str, Any] | None  # the memory's MemoryConfig, fixed at its first write
+    checkpoint: Checkpoint | None
+    log: list[tuple[int, list[str]]] = field(default_factory=list)  # (seq, fact ids) of each write since
+
+
 class Store(Protocol):
     def ping(self) -> bool: ...
 
     def names(self) -> list[str]:
-        """Every memory that has a snapshot or a log."""
+        """Every memory with anything stored."""
         ...
+
+    # --- changes: atomic and durable on return --------------------------------
+
+    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any]) -> None:
+        """Add the facts and log the write as operation ``seq``; ``config`` is kept at the memory's first write."""
+        ...
+
+    def forget(self, name: str, fact_id: str, checkpoint: Checkpoint) -> bool:
+        """Delete the fact and make ``checkpoint`` the state, dropping the log it covers. False: no such fact."""
+        ...
+
+    def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        """Save the state and drop the log it covers (compaction; costs O(K^2), not O(facts))."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """The memory and everything stored for it."""
+        ...
+
+    # --- reads ------------------------------------------------------------------
 
     def load(self, name: str) -> Stored: ...
 
-    def append(self, name: str, entry: bytes) -> None:
-        """Add one entry to the memory's log."""
+    def latents(self, name: str, chunk: int = 8192) -> Iterator[tuple[list[str], Tensor]]:
+        """Every fact's id and latent, in the order they were written, ``chunk`` at a time: (ids, (n, C))."""
         ...
 
-    def replace(self, name: str, snapshot: bytes) -> None:
-        """Make ``snapshot`` the memory's whole state, dropping its log, as one atomic step."""
+    def facts(self, name: str, ids: list[str]) -> list[Fact | None]:
+        """Text and metadata (no latent) of the given facts, None where there is no such fact."""
         ...
 
-    def delete(self, name: str) -> None: ...
+    def count(self, name: str) -> int:
+        """How many facts the memory holds."""
+        ...
+
+    def page(self, name: str, limit: int, offset: int) -> tuple[list[Fact], int]:
+        """Facts in the order they were written, and how many there are."""
+        ...
+
+    def migrate(self, default_config: dict[str, Any]) -> list[str]:
+        """Memories found in the layout before per-fact records, moved into this one (their names).
+        ``default_config`` is the configuration of one that never had a snapshot."""
+        ...
+
+    # --- erasure ----------------------------------------------------------------
+
+    def purge(self) -> None:
+        """Make every delete so far reach every file the store writes (blocking until it has)."""
+        ...
 
     def close(self) -> None: ...

@@ -1,12 +1,16 @@
-"""Snapshots and log entries as safetensors bytes: tensors plus JSON in the header. Never pickle."""
+"""Checkpoints as safetensors bytes (tensors plus JSON in the header) and latents as raw float32. Never pickle.
+
+Memories stored before per-fact records were snapshots and log entries in this same format; the stores'
+migrations read them with ``decode``."""
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
@@ -24,9 +28,14 @@ def decode(blob: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return st_load(blob), meta
 
 
-@dataclass(frozen=True)
-class Stored:
-    """What a store holds for one memory: the last snapshot and the log written since."""
+def latent_bytes(z: Tensor) -> bytes:
+    """(C,) latent -> its float32 bytes, as a fact record keeps it."""
+    return z.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
 
-    snapshot: bytes | None
-    log: list[bytes]
+
+def latents_from(blobs: list[bytes]) -> Tensor:
+    """Fact records' latent bytes -> (n, C) float32, in one copy."""
+    if not blobs:
+        return torch.zeros((0, 0))
+    flat = np.frombuffer(b"".join(blobs), dtype=np.float32)
+    return torch.from_numpy(flat.copy()).view(len(blobs), -1)

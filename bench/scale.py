@@ -1,0 +1,228 @@
+"""Cost against the number of facts in one memory, both stores: does size stop mattering?
+
+    python -m bench.scale [--sizes 1000 10000 100000 1000000] [--stores sqlite redis] [--out bench/results]
+
+For each store and each N (growing, one memory): the memory is filled to N in process with synthetic facts
+("Synthetic fact #i ...", 64 bytes of metadata) and precomputed random unit latents (encoding a million
+facts would take an hour on this CPU and measures the encoder, not the memory), then a real ``larimar
+serve`` starts on that store and is measured over HTTP with real texts through the real encoder:
+
+- start-up to /readyz 200 (models + restore) and the restore alone, in process;
+- single-fact write (POST .../facts) p50 / p99, batch write of 256 facts (facts/s);
+- forget (DELETE .../facts/{id}) p50;
+- query without the LLM: the /query route's own timings for prompt encoding, scope and readout + lookup;
+- the server's RSS, and the bytes the store keeps per fact.
+
+Writes ``<out>/scale.json`` (with the machine) and ``<out>/scale.png`` (log-log). Redis is our own
+redis-server with docker/redis.conf's durability (AOF, fsync always).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.processes import RedisServer, ServiceProcess
+from bench.service_bench.cpu import stats
+from memory_core import MemoryConfig
+from models.device import describe_machine
+from service.memories import MemoryRegistry
+from service.store import open_store
+from training.data import DEFAULT_DATA, counterfact
+
+log = logging.getLogger("bench.scale")
+MEMORY = "scale"
+TARGETS = {"write_p50_ms": 20.0, "forget_p50_ms": 30.0, "lookup_ms_1m": 10.0, "batch_facts_s": 350.0,
+           "restore_s_1m": 60.0, "rss_gib_1m": 2.5}
+
+
+def fill(url: str, start: int, stop: int, batch: int = 256) -> float:
+    """Facts start..stop-1 written in process, as the service writes them (store, log, memory update)."""
+    reg = MemoryRegistry(open_store(url), MemoryConfig(), "cpu", snapshot_every=100)
+    reg.restore()
+    g = torch.Generator().manual_seed(start)
+    t0 = time.perf_counter()
+    for b in tqdm(range(start, stop, batch), desc=f"fill {start}->{stop}", leave=False):
+        n = min(batch, stop - b)
+        Z = torch.nn.functional.normalize(torch.randn(n, 384, generator=g), dim=-1)  # (n, C) unit latents
+        reg.write(MEMORY, [(f"Synthetic fact #{b + i}: item {b + i} is kept on shelf {(b + i) % 997}.",
+                            {"source": "bench.scale", "batch": b}) for i in range(n)], Z)
+    took = time.perf_counter() - t0
+    reg.close()
+    return took
+
+
+def restore_s(url: str) -> float:
+    t0 = time.perf_counter()
+    reg = MemoryRegistry(open_store(url), MemoryConfig(), "cpu", snapshot_every=100)
+    reg.restore()
+    took = time.perf_counter() - t0
+    reg.close()
+    return took
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(server: ServiceProcess, texts: list[str], prompts: list[str], writes: int, forgets: int,
+            queries: int) -> dict[str, Any]:
+    base = f"/v1/memories/{MEMORY}"
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=server.base, timeout=120) as c:
+        for t in texts[:3]:  # warm-up
+            c.post(f"{base}/facts", json={"text": t}).raise_for_status()
+        lat = []
+        for t in texts[3 : 3 + writes]:
+            t0 = time.perf_counter()
+            r = c.post(f"{base}/facts", json={"text": t})
+            lat.append((time.perf_counter() - t0) * 1e3)
+            r.raise_for_status()
+        out["write_ms"] = stats(lat)
+        rest = texts[3 + writes :]
+        t0, n = time.perf_counter(), 0
+        for i in range(0, min(len(rest), 4 * 256), 256):
+            body = {"facts": [{"text": t} for t in rest[i : i + 256]]}
+            n += len(c.post(f"{base}/facts/batch", json=body).raise_for_status().json()["facts"])
+        out["batch_facts_s"] = n / (time.perf_counter() - t0)
+        total = c.get(base).raise_for_status().json()["facts"]
+        rng = np.random.default_rng(0)
+        ids = [c.get(f"{base}/facts", params={"limit": 1, "offset": int(o)}).json()["facts"][0]["id"]
+               for o in rng.choice(total, size=forgets, replace=False)]
+        lat = []
+        for fid in ids:
+            t0 = time.perf_counter()
+            c.delete(f"{base}/facts/{fid}").raise_for_status()
+            lat.append((time.perf_counter() - t0) * 1e3)
+        out["forget_ms"] = stats(lat)
+        parts: dict[str, list[float]] = {"encode": [], "scope": [], "read": []}
+        for p in prompts[:queries]:
+            t = c.post(f"{base}/query", json={"prompt": p, "max_new_tokens": 1, "memory_mode": "on"}).json()
+            for k in parts:
+                parts[k].append(t["timings_ms"].get(k, 0.0))
+        out["query_ms"] = {k: stats(v) for k, v in parts.items()}
+        out["lookup_ms_p50"] = float(np.median([s + r for s, r in zip(parts["scope"], parts["read"], strict=True)]))
+        out["facts_after"] = c.get(base).json()["facts"]
+        out["erasure_after"] = c.get(base).json()["erasure"]
+    out["rss_mib"] = rss_mib(server.proc.pid)
+    return out
+
+
+def stored_bytes(store: str, url: str, root: Path) -> float:
+    if store == "redis":
+        import redis
+
+        info = redis.Redis.from_url(url).info("memory")
+        return float(info["used_memory"])
+    return float(sum(p.stat().st_size for p in root.rglob("*") if p.is_file()))
+
+
+def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list[str], prompts: list[str],
+              args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    with contextlib.ExitStack() as stack:
+        if store == "redis":
+            rs = RedisServer(work / "redis")
+            rs.start()
+            stack.callback(rs.stop)
+            url, root = rs.url, work / "redis"
+        else:
+            url, root = f"file://{work / 'sqlite'}", work / "sqlite"
+        written = 0
+        for n in sizes:
+            fill_s = fill(url, written, n) if n > written else 0.0
+            fill_rate = (n - written) / fill_s if fill_s else None
+            written = n
+            restore = restore_s(url)
+            server = ServiceProcess(work / f"serve-{store}-{n}.log", LARIMAR_STORE_URL=url,
+                                    LARIMAR_MODEL_CACHE_DIR=str(cache), LARIMAR_PURGE_DELAY_S="3600")
+            try:
+                start = server.start(timeout=1200)
+                m = measure(server, texts, prompts, args.writes, args.forgets, args.queries)
+            finally:
+                server.stop()
+            written = m["facts_after"]
+            row = {"store": store, "n": n, "fill_facts_s_inproc": fill_rate, "restore_s": restore,
+                   "start_s": start, "bytes_per_fact": stored_bytes(store, url, root) / written} | m
+            log.info("%s N=%d: write p50 %.1f ms p99 %.1f, forget p50 %.1f, lookup %.1f ms, batch %.0f facts/s, "
+                     "restore %.1f s, RSS %.0f MiB", store, n, m["write_ms"]["median"], m["write_ms"]["p99"],
+                     m["forget_ms"]["median"], m["lookup_ms_p50"], m["batch_facts_s"], restore, m["rss_mib"])
+            rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    series = [("write p50", lambda r: r["write_ms"]["median"]), ("forget p50", lambda r: r["forget_ms"]["median"]),
+              ("scope + read + lookup p50", lambda r: r["lookup_ms_p50"])]
+    for store, style in (("sqlite", "-"), ("redis", "--")):
+        rs = sorted((r for r in rows if r["store"] == store), key=lambda r: r["n"])
+        if not rs:
+            continue
+        ns = [r["n"] for r in rs]
+        for name, get in series:
+            axes[0].plot(ns, [get(r) for r in rs], style, marker="o", label=f"{name} ({store})")
+        axes[1].plot(ns, [r["restore_s"] for r in rs], style, marker="o", label=f"restore ({store})")
+        axes[2].plot(ns, [r["rss_mib"] / 1024 for r in rs], style, marker="o", label=f"server RSS ({store})")
+    axes[0].axhline(TARGETS["write_p50_ms"], color="grey", lw=0.8, ls=":", label="write target 20 ms")
+    axes[0].set(xscale="log", yscale="log", xlabel="facts in the memory", ylabel="ms", title="Latency against N")
+    axes[1].set(xscale="log", yscale="log", xlabel="facts in the memory", ylabel="s", title="Restore (in process)")
+    axes[2].set(xscale="log", yscale="log", xlabel="facts in the memory", ylabel="GiB", title="Server RSS")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
+    ap.add_argument("--stores", nargs="+", choices=("sqlite", "redis"), default=["sqlite", "redis"])
+    ap.add_argument("--writes", type=int, default=60)
+    ap.add_argument("--forgets", type=int, default=30)
+    ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "larimar",
+                    help="the model cache (warm: the GGUF is converted once)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cases = counterfact(args.data, "dev")[:4000]  # real texts for the measured writes and queries
+    texts, prompts = [c.fact for c in cases], [c.paraphrases[0] for c in cases]
+    res: dict[str, Any] = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "targets": TARGETS, "args": {k: str(v) for k, v in vars(args).items()},
+                           "fill": "synthetic facts with precomputed random unit latents, written in process "
+                                   "through MemoryRegistry in batches of 256; measured calls use CounterFact dev "
+                                   "texts through the real encoder", "rows": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for store in args.stores:
+        with tempfile.TemporaryDirectory(prefix=f"larimar-scale-{store}-") as tmp:
+            res["rows"] += run_store(store, args.sizes, Path(tmp), args.cache, texts, prompts, args)
+            (args.out / "scale.json").write_text(json.dumps(res, indent=1))
+    plot(res["rows"], args.out / "scale.png")
+    log.info("wrote %s and %s", args.out / "scale.json", args.out / "scale.png")
+
+
+if __name__ == "__main__":
+    main()

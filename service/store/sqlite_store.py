@@ -1,0 +1,249 @@
+"""Embedded backend: one SQLite database (stdlib ``sqlite3``), a row per fact.
+
+Why SQLite: a real embedded database with transactions, so a write (its facts and its log entry) or a
+forget (the delete and the new checkpoint) is one atomic commit; an index gives facts by id and in write
+order without reading the rest; and ``secure_delete`` overwrites deleted rows with zeros. WAL mode lets
+readers (queries fetching a recalled fact's text) run beside a writer; ``synchronous=FULL`` makes each commit
+durable before it returns. A delete still has old page images in the WAL until a checkpoint copies them
+back and the WAL is truncated: ``purge`` does that (``PRAGMA wal_checkpoint(TRUNCATE)``).
+
+Memories kept in the layout before this one (``DIR/<memory>/snapshot.safetensors`` and ``log.bin`` under a
+``file://DIR`` store) are migrated into the database when the store opens, then removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from service.store import codec
+from service.store.base import Checkpoint, Fact, Stored, StoreError
+from service.timing import utc_now
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "larimar.sqlite3"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (name TEXT PRIMARY KEY, config TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (
+    pos INTEGER PRIMARY KEY,  -- write order
+    memory TEXT NOT NULL, id TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL, created_at TEXT NOT NULL,
+    latent BLOB NOT NULL, UNIQUE (memory, id));
+CREATE INDEX IF NOT EXISTS facts_by_memory ON facts (memory, pos);
+CREATE TABLE IF NOT EXISTS checkpoints (memory TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL,
+    saved_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (memory TEXT NOT NULL, seq INTEGER NOT NULL, ids TEXT NOT NULL,
+    PRIMARY KEY (memory, seq));
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA secure_delete=ON")
+    return con
+
+
+class SqliteStore:
+    """The database ``path``; ``old_layout`` is a directory whose memories in the layout before this one
+    ``migrate`` moves in (a ``file://DIR`` store's DIR)."""
+
+    def __init__(self, path: str | Path, old_layout: Path | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = _connect(self.path)  # the one writer
+            self._w.executescript(SCHEMA)
+            self._r = _connect(self.path)  # reads, beside the writer (WAL)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"sqlite store {self.path}: {e}") from e
+        self._wlock, self._rlock = threading.Lock(), threading.Lock()
+        self._old_layout = old_layout
+
+    def migrate(self, default_config: dict[str, Any]) -> list[str]:
+        """Memories of a ``file://DIR`` store in the layout before this one, moved into the database."""
+        return migrate_file_layout(self._old_layout, self, default_config) if self._old_layout else []
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def _tx(self, statements: list[tuple[str, tuple]], first_must_change: bool = False) -> bool:
+        """Run statements in one transaction. With ``first_must_change``, a first statement that changes no row
+        rolls everything back and returns False."""
+        with self._wlock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+                for i, (sql, args) in enumerate(statements):
+                    if self._w.execute(sql, args).rowcount == 0 and i == 0 and first_must_change:
+                        self._w.execute("ROLLBACK")
+                        return False
+                self._w.execute("COMMIT")
+                return True
+            except sqlite3.Error as e:
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise StoreError(f"sqlite store: {e}") from e
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._rlock:
+            try:
+                return self._r.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"sqlite store: {e}") from e
+
+    def ping(self) -> bool:
+        try:
+            self._read("SELECT 1")
+            return True
+        except StoreError:
+            return False
+
+    def names(self) -> list[str]:
+        return [n for (n,) in self._read("SELECT name FROM memories ORDER BY name")]
+
+    # --- changes --------------------------------------------------------------------
+
+    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any]) -> None:
+        stmts: list[tuple[str, tuple]] = [
+            ("INSERT OR IGNORE INTO memories VALUES (?, ?, ?)", (name, json.dumps(config), utc_now()))]
+        stmts += [("INSERT INTO facts (memory, id, text, metadata, created_at, latent) VALUES (?, ?, ?, ?, ?, ?)",
+                   (name, f.id, f.text, json.dumps(f.metadata), f.created_at, codec.latent_bytes(f.latent)))
+                  for f in facts]
+        stmts.append(("INSERT INTO log VALUES (?, ?, ?)", (name, seq, json.dumps([f.id for f in facts]))))
+        self._tx(stmts)
+
+    def _checkpoint_stmts(self, name: str, cp: Checkpoint) -> list[tuple[str, tuple]]:
+        return [("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (name, cp.seq, cp.state, cp.saved_at)),
+                ("DELETE FROM log WHERE memory = ? AND seq <= ?", (name, cp.seq))]
+
+    def forget(self, name: str, fact_id: str, checkpoint: Checkpoint) -> bool:
+        return self._tx([("DELETE FROM facts WHERE memory = ? AND id = ?", (name, fact_id)),
+                         *self._checkpoint_stmts(name, checkpoint)], first_must_change=True)
+
+    def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        self._tx(self._checkpoint_stmts(name, checkpoint))
+
+    def delete(self, name: str) -> None:
+        self._tx([(f"DELETE FROM {table} WHERE memory = ?", (name,)) for table in ("facts", "checkpoints", "log")]
+                 + [("DELETE FROM memories WHERE name = ?", (name,))])
+
+    # --- reads -------------------------------------------------------------------------
+
+    def load(self, name: str) -> Stored:
+        config = self._read("SELECT config FROM memories WHERE name = ?", (name,))
+        cp = self._read("SELECT seq, state, saved_at FROM checkpoints WHERE memory = ?", (name,))
+        entries = self._read("SELECT seq, ids FROM log WHERE memory = ? ORDER BY seq", (name,))
+        return Stored(json.loads(config[0][0]) if config else None, Checkpoint(*cp[0]) if cp else None,
+                      [(seq, json.loads(ids)) for seq, ids in entries])
+
+    def latents(self, name: str, chunk: int = 8192) -> Iterator[tuple[list[str], Tensor]]:
+        last = -1
+        while True:
+            rows = self._read("SELECT pos, id, latent FROM facts WHERE memory = ? AND pos > ? ORDER BY pos LIMIT ?",
+                              (name, last, chunk))
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [r[1] for r in rows], codec.latents_from([r[2] for r in rows])
+
+    def facts(self, name: str, ids: list[str]) -> list[Fact | None]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._read(f"SELECT id, text, metadata, created_at FROM facts WHERE memory = ? AND id IN ({marks})",
+                          (name, *ids))
+        found = {r[0]: Fact(r[0], r[1], json.loads(r[2]), r[3]) for r in rows}
+        return [found.get(i) for i in ids]
+
+    def count(self, name: str) -> int:
+        return int(self._read("SELECT COUNT(*) FROM facts WHERE memory = ?", (name,))[0][0])
+
+    def page(self, name: str, limit: int, offset: int) -> tuple[list[Fact], int]:
+        rows = self._read("SELECT id, text, metadata, created_at FROM facts WHERE memory = ? ORDER BY pos "
+                          "LIMIT ? OFFSET ?", (name, limit, offset))
+        return [Fact(r[0], r[1], json.loads(r[2]), r[3]) for r in rows], self.count(name)
+
+    # --- erasure -------------------------------------------------------------------------
+
+    def purge(self) -> None:
+        """Copy the WAL into the database and truncate it: deleted rows' old page images go with it."""
+        with self._wlock, self._rlock:
+            try:
+                busy, _, _ = self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"sqlite store: {e}") from e
+        if busy:
+            raise StoreError("sqlite store: a reader kept the WAL checkpoint from completing; try again")
+
+    def close(self) -> None:
+        with self._wlock, self._rlock:
+            self._r.close()
+            self._w.close()
+
+
+# --- the layout before per-fact records ---------------------------------------------------------
+
+_HEAD = struct.Struct("<QI")
+
+
+def _old_log(path: Path) -> list[bytes]:
+    """The CRC-framed records of an old log.bin, up to the first torn or corrupt one (never acknowledged)."""
+    data = path.read_bytes() if path.exists() else b""
+    entries, pos = [], 0
+    while pos + _HEAD.size <= len(data):
+        n, crc = _HEAD.unpack_from(data, pos)
+        body = data[pos + _HEAD.size : pos + _HEAD.size + n]
+        if len(body) < n or zlib.crc32(body) != crc:
+            break
+        entries.append(body)
+        pos += _HEAD.size + n
+    return entries
+
+
+def migrate_file_layout(directory: Path, store: SqliteStore, default_config: dict[str, Any]) -> list[str]:
+    """Move every memory kept as DIR/<memory>/{snapshot.safetensors, log.bin} into the database, then remove
+    its directory. A memory half-migrated by a crash is found again and redone from its files."""
+    done = []
+    for d in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        snap, log_path = d / "snapshot.safetensors", d / "log.bin"
+        if not (snap.exists() or log_path.exists()):
+            continue
+        log.info("migrating memory %r from %s into %s", d.name, d, store.path)
+        store.delete(d.name)
+        import_old(store, d.name, snap.read_bytes() if snap.exists() else None, _old_log(log_path), default_config)
+        shutil.rmtree(d)
+        done.append(d.name)
+    if done:
+        store.purge()
+    return done
+
+
+def import_old(store: Any, name: str, snapshot: bytes | None, entries: list[bytes],
+               default_config: dict[str, Any]) -> None:
+    """One memory from an old snapshot and log into a per-fact store (shared by both backends' migrations).
+
+    A memory that never had a snapshot was restored with the settings' configuration, and still is."""
+    seq, config = 0, default_config
+    if snapshot is not None:
+        tensors, meta = codec.decode(snapshot)
+        seq, config = int(meta["seq"]), meta["config"]
+        facts = [Fact(**f, latent=z) for f, z in zip(meta["facts"], tensors["latents"], strict=True)]
+        state = codec.encode({k: tensors[k] for k in ("M", "C_inv", "M_ref", "updates")}, {})
+        store.write(name, 0, facts, config)  # op 0 (the memory itself), covered by the checkpoint that follows
+        store.checkpoint(name, Checkpoint(seq, state, meta.get("snapshot_at") or utc_now()))
+    for blob in entries:
+        tensors, meta = codec.decode(blob)
+        if int(meta["seq"]) <= seq:
+            continue  # already inside the snapshot
+        facts = [Fact(**f, latent=z) for f, z in zip(meta["facts"], tensors["latents"], strict=True)]
+        store.write(name, int(meta["seq"]), facts, config)
