@@ -244,14 +244,16 @@ class EpisodicMemory:
 # ---------------------------------------------------------------------------
 
 
-def nearest(readout: Tensor, latents: Tensor, k: int = 1, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def nearest(readout: Tensor, latents: Tensor, k: int = 1, exclude: Tensor | None = None,
+            unit: bool = False) -> tuple[Tensor, Tensor]:
     """Cosine similarity of each readout to the written latents, top k; rows marked in ``exclude`` never win.
 
-    Returns (similarities (Q, k), indices (Q, k)).
+    ``unit`` says the latents are unit norm already (an encoder's are): normalising N rows again costs
+    more than the search itself. Returns (similarities (Q, k), indices (Q, k)).
     """
     # readout: (Q, C), latents: (N, C), exclude: (N,) bool
     r = torch.nn.functional.normalize(readout, dim=-1)
-    z = torch.nn.functional.normalize(latents.to(readout), dim=-1)
+    z = latents.to(readout) if unit else torch.nn.functional.normalize(latents.to(readout), dim=-1)
     sims = r @ z.T  # (Q, N)
     if exclude is not None:
         sims[:, exclude] = float("-inf")
@@ -259,4 +261,5 @@ def nearest(readout: Tensor, latents: Tensor, k: int = 1, exclude: Tensor | None
     _, idx = sims.topk(min(k, n), dim=-1)  # (Q, k)
     # the winners' cosines again, row by row: a matrix product rounds differently with the number of rows,
     # and the same facts must give the same similarities whatever else (dead rows, say) the memory holds
-    return (r[:, None, :] * z[idx]).sum(-1), idx  # (Q, k), (Q, k)
+    zk = torch.nn.functional.normalize(z[idx], dim=-1)  # (Q, k, C)
+    return (r[:, None, :] * zk).sum(-1), idx  # (Q, k), (Q, k)

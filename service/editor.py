@@ -155,7 +155,7 @@ class Editor:
         if mode == "auto" and not decision.in_scope:
             return Recall(False, None, [], timer.marks)
         z_r = h.mem.read(view.state, decision.query_latent[None])  # (1, C)
-        sims, idx = nearest(z_r, view.latents, self.settings.recalled_facts, view.dead)  # (1, k)
+        sims, idx = nearest(z_r, view.latents, self.settings.recalled_facts, view.dead, unit=True)  # (1, k)
         keep = [
             (float(s), int(i))
             for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
