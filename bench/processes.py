@@ -74,7 +74,8 @@ class ServiceProcess:
     ``env`` is added to this process's environment (LARIMAR_STORE_URL=..., say); the hub stays offline.
     """
 
-    def __init__(self, log_path: Path, **env: str) -> None:
+    def __init__(self, log_path: Path, cwd: Path = REPO, **env: str) -> None:
+        self.cwd = cwd  # another checkout (an older version, for comparisons) runs from its own directory
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -89,7 +90,7 @@ class ServiceProcess:
             self.launched_at = time.time()
             t0 = time.perf_counter()
             self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-                                         cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         with httpx.Client(timeout=2.0) as c:
             while time.perf_counter() - t0 < timeout:

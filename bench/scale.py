@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.processes import RedisServer, ServiceProcess
+from bench.processes import REPO, RedisServer, ServiceProcess
 from bench.service_bench.cpu import stats
+from bench.tables import fmt, table
 from memory_core import MemoryConfig
 from models.device import describe_machine
 from service.memories import MemoryRegistry
@@ -80,19 +82,23 @@ def rss_mib(pid: int) -> float:
 
 
 def measure(server: ServiceProcess, texts: list[str], prompts: list[str], writes: int, forgets: int,
-            queries: int) -> dict[str, Any]:
+            queries: int, mode_field: str = "memory_mode") -> dict[str, Any]:
     base = f"/v1/memories/{MEMORY}"
     out: dict[str, Any] = {}
     with httpx.Client(base_url=server.base, timeout=120) as c:
         for t in texts[:3]:  # warm-up
             c.post(f"{base}/facts", json={"text": t}).raise_for_status()
-        lat = []
+        lat, steps = [], []
         for t in texts[3 : 3 + writes]:
             t0 = time.perf_counter()
             r = c.post(f"{base}/facts", json={"text": t})
             lat.append((time.perf_counter() - t0) * 1e3)
             r.raise_for_status()
+            timing = r.headers.get("server-timing", "")  # the service's own split (absent in older versions)
+            steps.append({p.split(";")[0]: float(p.split("dur=")[1]) for p in timing.split(", ") if "dur=" in p})
         out["write_ms"] = stats(lat)
+        if steps and steps[0]:
+            out["write_server_ms_p50"] = {k: float(np.median([s.get(k, 0.0) for s in steps])) for k in steps[0]}
         rest = texts[3 + writes :]
         t0, n = time.perf_counter(), 0
         for i in range(0, min(len(rest), 4 * 256), 256):
@@ -111,13 +117,12 @@ def measure(server: ServiceProcess, texts: list[str], prompts: list[str], writes
         out["forget_ms"] = stats(lat)
         parts: dict[str, list[float]] = {"encode": [], "scope": [], "read": []}
         for p in prompts[:queries]:
-            t = c.post(f"{base}/query", json={"prompt": p, "max_new_tokens": 1, "memory_mode": "on"}).json()
+            t = c.post(f"{base}/query", json={"prompt": p, "max_new_tokens": 1, mode_field: "on"}).json()
             for k in parts:
                 parts[k].append(t["timings_ms"].get(k, 0.0))
         out["query_ms"] = {k: stats(v) for k, v in parts.items()}
         out["lookup_ms_p50"] = float(np.median([s + r for s, r in zip(parts["scope"], parts["read"], strict=True)]))
         out["facts_after"] = c.get(base).json()["facts"]
-        out["erasure_after"] = c.get(base).json()["erasure"]
     out["rss_mib"] = rss_mib(server.proc.pid)
     return out
 
@@ -165,6 +170,45 @@ def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list
     return rows
 
 
+def fill_http(server: ServiceProcess, start: int, stop: int) -> float:
+    """Facts start..stop-1 through the routes (any version of the service), in batches of 256; facts/s."""
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=server.base, timeout=600) as c:
+        for b in tqdm(range(start, stop, 256), desc=f"fill over HTTP {start}->{stop}", leave=False):
+            body = {"facts": [{"text": f"Synthetic fact #{i}: item {i} is kept on shelf {i % 997}."}
+                              for i in range(b, min(stop, b + 256))]}
+            c.post(f"/v1/memories/{MEMORY}/facts/batch", json=body).raise_for_status()
+    return (stop - start) / (time.perf_counter() - t0)
+
+
+def run_old(rev: str, sizes: list[int], work: Path, cache: Path, texts: list[str], prompts: list[str],
+            args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same measurements on an older commit (its one-blob file store), filled over HTTP: the encoder is
+    in its fill rate, and its own /query timings have no separate prompt encoding (scope includes it)."""
+    tree = work / "old"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=REPO, check=True,
+                   capture_output=True)
+    rows, written = [], 0
+    try:
+        server = ServiceProcess(work / "serve-old.log", cwd=tree, PYTHONPATH=str(tree),
+                                LARIMAR_STORE_URL=f"file://{work / 'old-store'}", LARIMAR_MODEL_CACHE_DIR=str(cache))
+        server.start(timeout=600)
+        try:
+            for n in sizes:
+                rate = fill_http(server, written, n)
+                m = measure(server, texts, prompts, args.writes, args.forgets, args.queries, mode_field="memory")
+                written = m["facts_after"]
+                rows.append({"store": f"old {rev[:7]} (file)", "n": n, "fill_facts_s_http": rate,
+                             "rss_mib": m["rss_mib"]} | m)
+                log.info("old %s N=%d: write p50 %.1f ms, forget p50 %.1f, lookup %.1f ms, batch %.0f facts/s", rev,
+                         n, m["write_ms"]["median"], m["forget_ms"]["median"], m["lookup_ms_p50"], m["batch_facts_s"])
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    return rows
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -174,14 +218,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     series = [("write p50", lambda r: r["write_ms"]["median"]), ("forget p50", lambda r: r["forget_ms"]["median"]),
               ("scope + read + lookup p50", lambda r: r["lookup_ms_p50"])]
-    for store, style in (("sqlite", "-"), ("redis", "--")):
+    colours = {"write p50": "tab:blue", "forget p50": "tab:orange", "scope + read + lookup p50": "tab:green"}
+    for store, style in zip(sorted({r["store"] for r in rows}, key=lambda s: (s.startswith("old"), s)),
+                            ("-", "--", ":"), strict=False):
         rs = sorted((r for r in rows if r["store"] == store), key=lambda r: r["n"])
-        if not rs:
-            continue
         ns = [r["n"] for r in rs]
         for name, get in series:
-            axes[0].plot(ns, [get(r) for r in rs], style, marker="o", label=f"{name} ({store})")
-        axes[1].plot(ns, [r["restore_s"] for r in rs], style, marker="o", label=f"restore ({store})")
+            axes[0].plot(ns, [get(r) for r in rs], style, color=colours[name], marker="o", label=f"{name} ({store})")
+        if "restore_s" in rs[0]:
+            axes[1].plot(ns, [r["restore_s"] for r in rs], style, marker="o", label=f"restore ({store})")
         axes[2].plot(ns, [r["rss_mib"] / 1024 for r in rs], style, marker="o", label=f"server RSS ({store})")
     axes[0].axhline(TARGETS["write_p50_ms"], color="grey", lw=0.8, ls=":", label="write target 20 ms")
     axes[0].set(xscale="log", yscale="log", xlabel="facts in the memory", ylabel="ms", title="Latency against N")
@@ -195,6 +240,34 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+BEGIN, END = "<!-- scale:begin (python -m bench.scale) -->", "<!-- scale:end -->"
+
+
+def table_md(res: dict[str, Any]) -> str:
+    head = ["store", "facts N", "write p50 / p99", "server: encode / store / apply", "forget p50", "batch facts/s",
+            "prompt encode p50", "scope + read + lookup p50", "restore (in process)", "start to ready", "server RSS",
+            "bytes stored per fact"]
+    rows = []
+    for r in sorted(res["rows"], key=lambda r: (r["store"].startswith("old"), r["store"], r["n"])):
+        sv = r.get("write_server_ms_p50")
+        rows.append([r["store"], f"{r['n']:,}", f"{fmt(r['write_ms']['median'])} / {fmt(r['write_ms']['p99'])} ms",
+                     " / ".join(fmt(sv.get(k)) for k in ("encode", "store_append", "apply")) + " ms" if sv else "–",
+                     f"{fmt(r['forget_ms']['median'])} ms", f"{r['batch_facts_s']:.0f}",
+                     f"{fmt(r['query_ms']['encode']['median'])} ms" if r["query_ms"]["encode"]["median"] else "–",
+                     f"{fmt(r['lookup_ms_p50'])} ms", f"{fmt(r.get('restore_s'))} s" if "restore_s" in r else "–",
+                     f"{fmt(r.get('start_s'))} s" if "start_s" in r else "–", f"{r['rss_mib'] / 1024:.2f} GiB",
+                     f"{r['bytes_per_fact']:.0f}" if "bytes_per_fact" in r else "–"])
+    if not any(r.get("write_server_ms_p50") for r in res["rows"]):  # runs before the service reported its split
+        head, rows = head[:3] + head[4:], [row[:3] + row[4:] for row in rows]
+    return f"Machine: `{res['machine']}`, {res['date']}. Fill: {res['fill']}.\n\n" + table(head, rows)
+
+
+def write_doc(res: dict[str, Any], doc: Path) -> None:
+    text = doc.read_text() if doc.exists() else f"# Scale\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN)
+    doc.write_text(f"{head}{BEGIN}\n{table_md(res)}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
@@ -206,8 +279,18 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "larimar",
                     help="the model cache (warm: the GGUF is converted once)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--old-rev", help="also measure this older commit (e.g. 821b610, the one-blob store)")
+    ap.add_argument("--old-sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--only-old", action="store_true", help="measure the old commit alone, adding to scale.json")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "scale.md", help="the table goes here")
+    ap.add_argument("--from-json", action="store_true", help="measure nothing: redraw the plot and table")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.from_json:
+        res = json.loads((args.out / "scale.json").read_text())
+        plot(res["rows"], args.out / "scale.png")
+        write_doc(res, args.doc)
+        return
     cases = counterfact(args.data, "dev")[:4000]  # real texts for the measured writes and queries
     texts, prompts = [c.fact for c in cases], [c.paraphrases[0] for c in cases]
     res: dict[str, Any] = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -216,12 +299,21 @@ def main() -> None:
                                    "through MemoryRegistry in batches of 256; measured calls use CounterFact dev "
                                    "texts through the real encoder", "rows": []}
     args.out.mkdir(parents=True, exist_ok=True)
-    for store in args.stores:
+    if args.only_old:
+        res = json.loads((args.out / "scale.json").read_text())
+        res["rows"] = [r for r in res["rows"] if not r["store"].startswith("old")]
+    for store in [] if args.only_old else args.stores:
         with tempfile.TemporaryDirectory(prefix=f"larimar-scale-{store}-") as tmp:
             res["rows"] += run_store(store, args.sizes, Path(tmp), args.cache, texts, prompts, args)
             (args.out / "scale.json").write_text(json.dumps(res, indent=1))
+    if args.old_rev:
+        with tempfile.TemporaryDirectory(prefix="larimar-scale-old-") as tmp:
+            res["rows"] += run_old(args.old_rev, args.old_sizes, Path(tmp), args.cache, texts, prompts, args)
+        res["old"] = {"rev": args.old_rev, "fill": "over HTTP, batches of 256 synthetic texts (encoded)"}
+        (args.out / "scale.json").write_text(json.dumps(res, indent=1))
     plot(res["rows"], args.out / "scale.png")
-    log.info("wrote %s and %s", args.out / "scale.json", args.out / "scale.png")
+    write_doc(res, args.doc)
+    log.info("wrote %s, %s and %s", args.out / "scale.json", args.out / "scale.png", args.doc)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class Recall:
 @dataclass(frozen=True)
 class WriteResult:
     facts: list[Fact]
-    timings_ms: dict[str, float]  # validate, encode, lock, log_entry, store_append, apply, [compaction,] total
+    timings_ms: dict[str, float]  # validate, encode, lock, store_append, apply, [compaction,] total
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def write_breakdown(settings: Settings, models: LoadedModels, stores: dict[str, 
                 for k, e in order if i % 2 == 0 else order[::-1]:
                     timings = e.add_facts("breakdown", [(t, None)]).timings_ms
                     row = {p: timings.get(p, 0.0) for p in parts}
-                    row["other"] = timings["total"] - sum(row.values())  # validation, lock, log entry encoding
+                    row["other"] = timings["total"] - sum(row.values())  # validation, waiting for the lock
                     row["total"] = timings["total"]
                     rows[k].append(row)
     finally:

@@ -164,7 +164,7 @@ def write_markdown(res: dict, path: Path, out_dir: Path) -> None:
             L.append(f"| {b['label']} | {md['encode']:.2f} | {md['store_append']:.2f} | {md['apply']:.3f} "
                      f"| {md['compaction']:.2f} | {md['other']:.2f} | {md['total']:.2f} | {b['compactions']} "
                      f"({b['max_compaction_ms']:.1f}) | {b['other_processes_cores']:.2f} |")
-        L += ["", "*other* is validation, waiting for the memory's lock and the log entry's safetensors encoding; "
+        L += ["", "*other* is validation and waiting for the memory's lock; "
               "*apply* is the memory update and publishing the new view."]
     et = res.get("inproc", {}).get("encode_threads")
     if et:
