@@ -45,6 +45,7 @@ from training.data import DEFAULT_DATA, counterfact
 
 log = logging.getLogger("bench.scale")
 MEMORY = "scale"
+INDEX_ABOVE = 50_000  # the service's default LARIMAR_INDEX_ABOVE
 TARGETS = {"write_p50_ms": 20.0, "forget_p50_ms": 30.0, "lookup_ms_1m": 10.0, "batch_facts_s": 350.0,
            "restore_s_1m": 60.0, "rss_gib_1m": 2.5}
 
@@ -81,11 +82,57 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def index_recall(url: str, encoded_prompts: torch.Tensor, n_queries: int = 1000) -> dict[str, Any]:
+    """recall@1 of the approximate index against the exact scan, on this store's latents: queries are stored
+    latents with noise (a near duplicate, as a paraphrase is) and real encoded questions (far from any)."""
+    from service.lookup import FactIndex, top_k
+
+    reg = MemoryRegistry(open_store(url), MemoryConfig(), "cpu", snapshot_every=100)
+    reg.restore()
+    v = reg.get(MEMORY).view
+    t0 = time.perf_counter()
+    idx = FactIndex(v.latents, v.dead_buffer[: v.n], v.ids)
+    build = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, v.n, (n_queries,), generator=g)
+    near = torch.nn.functional.normalize(v.latents[rows] + 0.6 * torch.randn(n_queries, 384, generator=g) / 384**0.5,
+                                         dim=-1)
+    out: dict[str, Any] = {"build_s": build, "nlist": idx.nlist, "nprobe": idx.index.nprobe}
+    for name, Q in (("near", near), ("questions", encoded_prompts[:n_queries])):
+        s_exact, exact = top_k(Q, v.latents, 1, v.dead, None, v.ids)
+        t0 = time.perf_counter()
+        s_approx, approx = top_k(Q, v.latents, 1, v.dead, idx, v.ids)
+        out[f"recall_at_1_{name}"] = float((exact[:, 0] == approx[:, 0]).float().mean())
+        # the decision that matters: in scope or not at the default decoder's threshold (0.45)
+        out[f"scope_agreement_{name}"] = float(((1 - s_exact[:, 0] <= 0.45) == (1 - s_approx[:, 0] <= 0.45)).float()
+                                               .mean())
+        out[f"best_cos_exact_median_{name}"] = float(s_exact[:, 0].median())
+        out[f"ms_per_query_{name}"] = (time.perf_counter() - t0) / len(Q) * 1e3
+    reg.close()
+    log.info("index recall@1 vs exact at %d facts: %s", v.live, out)
+    return out
+
+
+def wait_for_index(c: httpx.Client, base: str, timeout: float = 600) -> float | None:
+    """Seconds until the server's approximate index is current (None: it stays exact at this size)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        info = c.get(base).json()
+        if info.get("lookup", "exact") == "index":
+            return time.perf_counter() - t0
+        if info["facts"] <= INDEX_ABOVE:
+            return None
+        time.sleep(0.5)
+    return None
+
+
 def measure(server: ServiceProcess, texts: list[str], prompts: list[str], writes: int, forgets: int,
             queries: int, mode_field: str = "memory_mode") -> dict[str, Any]:
     base = f"/v1/memories/{MEMORY}"
     out: dict[str, Any] = {}
     with httpx.Client(base_url=server.base, timeout=120) as c:
+        if mode_field == "memory_mode":
+            out["index_ready_after_start_s"] = wait_for_index(c, base)
         for t in texts[:3]:  # warm-up
             c.post(f"{base}/facts", json={"text": t}).raise_for_status()
         lat, steps = [], []
@@ -137,7 +184,7 @@ def stored_bytes(store: str, url: str, root: Path) -> float:
 
 
 def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list[str], prompts: list[str],
-              args: argparse.Namespace) -> list[dict[str, Any]]:
+              args: argparse.Namespace, encoded: torch.Tensor) -> list[dict[str, Any]]:
     rows = []
     with contextlib.ExitStack() as stack:
         if store == "redis":
@@ -153,6 +200,7 @@ def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list
             fill_rate = (n - written) / fill_s if fill_s else None
             written = n
             restore = restore_s(url)
+            recall = index_recall(url, encoded) if n > INDEX_ABOVE else None
             server = ServiceProcess(work / f"serve-{store}-{n}.log", LARIMAR_STORE_URL=url,
                                     LARIMAR_MODEL_CACHE_DIR=str(cache), LARIMAR_PURGE_DELAY_S="3600")
             try:
@@ -162,7 +210,8 @@ def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list
                 server.stop()
             written = m["facts_after"]
             row = {"store": store, "n": n, "fill_facts_s_inproc": fill_rate, "restore_s": restore,
-                   "start_s": start, "bytes_per_fact": stored_bytes(store, url, root) / written} | m
+                   "start_s": start, "bytes_per_fact": stored_bytes(store, url, root) / written,
+                   "index_recall": recall} | m
             log.info("%s N=%d: write p50 %.1f ms p99 %.1f, forget p50 %.1f, lookup %.1f ms, batch %.0f facts/s, "
                      "restore %.1f s, RSS %.0f MiB", store, n, m["write_ms"]["median"], m["write_ms"]["p99"],
                      m["forget_ms"]["median"], m["lookup_ms_p50"], m["batch_facts_s"], restore, m["rss_mib"])
@@ -243,10 +292,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 BEGIN, END = "<!-- scale:begin (python -m bench.scale) -->", "<!-- scale:end -->"
 
 
+def recall_cell(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "exact scan"
+    return (f"{rec['recall_at_1_near']:.3f} / {rec['recall_at_1_questions']:.3f} (scope decision agrees: "
+            f"{rec['scope_agreement_near']:.3f} / {rec['scope_agreement_questions']:.3f})")
+
+
 def table_md(res: dict[str, Any]) -> str:
     head = ["store", "facts N", "write p50 / p99", "server: encode / store / apply", "forget p50", "batch facts/s",
-            "prompt encode p50", "scope + read + lookup p50", "restore (in process)", "start to ready", "server RSS",
-            "bytes stored per fact"]
+            "prompt encode p50", "scope + read + lookup p50", "index recall@1 near / questions",
+            "restore (in process)", "start to ready", "server RSS", "bytes stored per fact"]
     rows = []
     for r in sorted(res["rows"], key=lambda r: (r["store"].startswith("old"), r["store"], r["n"])):
         sv = r.get("write_server_ms_p50")
@@ -254,7 +310,8 @@ def table_md(res: dict[str, Any]) -> str:
                      " / ".join(fmt(sv.get(k)) for k in ("encode", "store_append", "apply")) + " ms" if sv else "–",
                      f"{fmt(r['forget_ms']['median'])} ms", f"{r['batch_facts_s']:.0f}",
                      f"{fmt(r['query_ms']['encode']['median'])} ms" if r["query_ms"]["encode"]["median"] else "–",
-                     f"{fmt(r['lookup_ms_p50'])} ms", f"{fmt(r.get('restore_s'))} s" if "restore_s" in r else "–",
+                     f"{fmt(r['lookup_ms_p50'])} ms", recall_cell(r.get("index_recall")),
+                     f"{fmt(r.get('restore_s'))} s" if "restore_s" in r else "–",
                      f"{fmt(r.get('start_s'))} s" if "start_s" in r else "–", f"{r['rss_mib'] / 1024:.2f} GiB",
                      f"{r['bytes_per_fact']:.0f}" if "bytes_per_fact" in r else "–"])
     if not any(r.get("write_server_ms_p50") for r in res["rows"]):  # runs before the service reported its split
@@ -293,18 +350,29 @@ def main() -> None:
         return
     cases = counterfact(args.data, "dev")[:4000]  # real texts for the measured writes and queries
     texts, prompts = [c.fact for c in cases], [c.paraphrases[0] for c in cases]
+    encoded = torch.empty(0)
+    if not args.only_old and max(args.sizes) > INDEX_ABOVE:
+        from models.encoder import TextEncoder
+        from models.paths import DEFAULT_ENCODER
+
+        enc = TextEncoder(DEFAULT_ENCODER)
+        encoded = torch.cat([enc.encode(prompts[i : i + 256]) for i in range(0, 1000, 256)])[:1000]
     res: dict[str, Any] = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "targets": TARGETS, "args": {k: str(v) for k, v in vars(args).items()},
                            "fill": "synthetic facts with precomputed random unit latents, written in process "
                                    "through MemoryRegistry in batches of 256; measured calls use CounterFact dev "
                                    "texts through the real encoder", "rows": []}
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((args.out / "scale.json").read_text()) if (args.out / "scale.json").exists() else None
     if args.only_old:
-        res = json.loads((args.out / "scale.json").read_text())
+        res = previous
         res["rows"] = [r for r in res["rows"] if not r["store"].startswith("old")]
+    elif previous and not args.old_rev and "old" in previous:  # keep the old commit's rows of an earlier run
+        res["rows"] += [r for r in previous["rows"] if r["store"].startswith("old")]
+        res["old"] = previous["old"]
     for store in [] if args.only_old else args.stores:
         with tempfile.TemporaryDirectory(prefix=f"larimar-scale-{store}-") as tmp:
-            res["rows"] += run_store(store, args.sizes, Path(tmp), args.cache, texts, prompts, args)
+            res["rows"] += run_store(store, args.sizes, Path(tmp), args.cache, texts, prompts, args, encoded)
             (args.out / "scale.json").write_text(json.dumps(res, indent=1))
     if args.old_rev:
         with tempfile.TemporaryDirectory(prefix="larimar-scale-old-") as tmp:

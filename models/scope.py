@@ -44,6 +44,12 @@ class ScopeDetector:
         """(S, C) unit-norm latents of the query's sentences."""
         return self.encoder.encode(split_sentences(query))
 
+    def decide_from(self, Zq: Tensor, best: Tensor) -> ScopeDecision:
+        """The decision from each query sentence's best cosine to any written fact (found by the caller)."""
+        # Zq: (S, C), best: (S,)
+        row = int(torch.argmax(best))
+        return ScopeDecision(bool(1.0 - best[row].item() <= self.threshold), float(best[row]), Zq[row])
+
     def decide_encoded(self, Zq: Tensor, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
         if fact_latents.shape[0] == 0 or (exclude is not None and bool(exclude.all())):
             return ScopeDecision(False, 0.0, Zq[0])

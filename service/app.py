@@ -48,6 +48,7 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
     if background:
         registry.restore_in_background()
         registry.purge_in_background()
+        registry.index_in_background(settings.index_above)
     else:
         try:
             n = registry.restore()

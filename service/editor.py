@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from memory_core import nearest
 from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector
+from service.lookup import top_k
 from service.memories import MemoryHandle, MemoryInfo, MemoryRegistry
 from service.settings import Settings
 from service.store import Fact
@@ -144,18 +144,19 @@ class Editor:
         The view is taken once, so a write landing meanwhile is either wholly seen or not at all.
         """
         h = self._handle(memory)
-        view = h.view
+        view, index = h.view, h.index
         timer = timer or Timer()
-        if mode == "off" or not view.ids:
+        if mode == "off" or not view.live:
             return Recall(False, None, [], timer.marks)
         Zq = self.scope.encode(prompt)  # (S, C)
         timer.lap("encode")
-        decision = self.scope.decide_encoded(Zq, view.latents, view.dead)
+        best, _ = top_k(Zq, view.latents, 1, view.dead, index, view.ids)  # (S, 1)
+        decision = self.scope.decide_from(Zq, best[:, 0])
         timer.lap("scope")
         if mode == "auto" and not decision.in_scope:
             return Recall(False, None, [], timer.marks)
         z_r = h.mem.read(view.state, decision.query_latent[None])  # (1, C)
-        sims, idx = nearest(z_r, view.latents, self.settings.recalled_facts, view.dead, unit=True)  # (1, k)
+        sims, idx = top_k(z_r, view.latents, self.settings.recalled_facts, view.dead, index, view.ids)  # (1, k)
         keep = [
             (float(s), int(i))
             for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from memory_core import EpisodicMemory, MemoryConfig, MemoryState
+from service.lookup import FactIndex
 from service.store import Checkpoint, Fact, Store, StoreError, codec
 from service.timing import Timer, utc_now
 
@@ -87,6 +88,7 @@ class MemoryInfo:
     log_entries: int  # writes in the store's log since the last checkpoint
     last_snapshot: str | None  # when the state was last checkpointed
     erasure: str  # "complete", or "pending": a forget has not yet reached every file the store writes
+    lookup: str  # "exact" (scans), or "index" (the approximate index is current for this memory)
 
 
 def empty_view(mem: EpisodicMemory, state: MemoryState, capacity: int = MIN_CAPACITY) -> MemoryView:
@@ -104,12 +106,14 @@ class MemoryHandle:
     last_snapshot: str | None = None
     row_of: dict[str, int] = field(default_factory=dict)  # fact id -> row, for forgets (writers only)
     unpurged: int = 0  # forgets not yet purged from the store's files
+    index: FactIndex | None = None  # approximate lookup, kept by the registry's indexer above index_above facts
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> MemoryInfo:
         cfg = self.mem.cfg
         return MemoryInfo(self.name, self.view.live, cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
-                          self.log_entries, self.last_snapshot, "pending" if self.unpurged else "complete")
+                          self.log_entries, self.last_snapshot, "pending" if self.unpurged else "complete",
+                          "index" if self.index is not None and self.index.ids_list is self.view.ids else "exact")
 
     def checkpoint(self, state: MemoryState, seq: int) -> Checkpoint:
         return Checkpoint(seq, codec.encode(self.mem.to_tensors(state), {}), utc_now())
@@ -263,10 +267,13 @@ class MemoryRegistry:
             cp = h.checkpoint(view.state, h.seq + 1)
             if not self.store.forget(name, fact_id, cp):  # raises StoreError: nothing changed
                 return False
-            del h.row_of[fact_id]
+            row = h.row_of.pop(fact_id)
             h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
+            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
+                h.index.remove(row)  # its code goes from the index too, not only from the view
             if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
                 view = h.compacted(view)
+                h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
             h.view = view
             h.unpurged += 1
             self._mark_pending()
@@ -321,6 +328,55 @@ class MemoryRegistry:
             with self._lock:
                 for h in self._handles.values():
                     h.unpurged -= min(h.unpurged, counts.get(h.name, 0))
+
+    # --- approximate lookup ------------------------------------------------------
+
+    def index_in_background(self, index_above: int, every_s: float = 0.5) -> threading.Thread:
+        """Keep an approximate index for every memory with more than ``index_above`` live facts: built from a
+        view outside the memory's lock (seconds at a million facts), then caught up with the writes and forgets
+        since under it; afterwards new rows are added every ``every_s``."""
+
+        def catch_up(h: MemoryHandle, idx: FactIndex, since: MemoryView | None) -> None:
+            v = h.view  # the caller holds h.lock
+            if since is not None:  # forgets that landed while the index was built
+                gone = (v.dead_buffer[: since.n] & ~since.dead_buffer[: since.n]).nonzero().flatten().tolist()
+                for row in gone:
+                    idx.remove(row)
+            if idx.n_indexed < v.n:
+                idx.add(v.latents, v.dead_buffer[: v.n], idx.n_indexed)
+
+        def step(h: MemoryHandle) -> None:
+            v = h.view
+            if h.index is not None and h.index.ids_list is v.ids:
+                if h.index.n_indexed < v.n:
+                    with h.lock:
+                        catch_up(h, h.index, None)
+                return
+            if v.live < index_above:
+                return
+            t0 = time.perf_counter()
+            idx = FactIndex(v.latents, v.dead_buffer[: v.n], v.ids)
+            with h.lock:
+                if h.view.ids is not v.ids:
+                    return  # compacted meanwhile: the next round builds on the new rows
+                catch_up(h, idx, v)
+                h.index = idx
+            log.info("memory %r: approximate index over %d facts built in %.1f s", h.name, v.live,
+                     time.perf_counter() - t0)
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                if not self.restored:
+                    continue
+                for h in self.handles():
+                    try:
+                        step(h)
+                    except Exception:  # noqa: BLE001 - lookups stay exact; retried next round
+                        log.exception("indexing memory %r failed", h.name)
+
+        t = threading.Thread(target=loop, name="larimar-index", daemon=True)
+        t.start()
+        return t
 
     def purge_in_background(self, every_s: float = 0.5) -> threading.Thread:
         """Purge ``purge_delay_s`` after the first forget or delete not yet purged (forgets in a burst share one)."""

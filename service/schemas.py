@@ -120,6 +120,8 @@ class MemoryOut(BaseModel):
     last_snapshot: str | None
     erasure: str = Field(description="complete, or pending: a forget has not yet reached every file the store "
                          "writes (POST .../purge forces it)")
+    lookup: str = Field(description="exact (scans), or index: past LARIMAR_INDEX_ABOVE facts an approximate index, "
+                        "built in the background, finds candidates that are then ranked exactly")
 
 
 class MemoryDeleted(BaseModel):

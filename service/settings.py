@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     memory_ridge: float = Field(1e-3, gt=0)
     memory_seed: int = 0
 
+    index_above: int = Field(
+        50_000, ge=1, description="Live facts in a memory above which fact lookup (scope, readout -> fact) uses an "
+        "approximate index built in the background (exact scans below it)."
+    )
+
     # --- scope and decoding
     scope_threshold: float | None = Field(
         None, ge=0, le=2, description="Max cosine distance for a query to be in scope; unset: the value chosen on "

@@ -407,3 +407,30 @@ def test_erasure_happens_by_itself_after_the_purge_delay(make_client, store_url:
                 break
             time.sleep(0.1)
         assert c.get(BASE).json()["erasure"] == "complete"
+
+
+def test_above_index_above_lookups_use_the_approximate_index_and_agree_with_exact(make_client,
+                                                                                 tmp_path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 'store'}", index_above=200) as c:
+        texts = [f"Item {i} of the archive is stored in room {i % 37} on floor {i % 5}." for i in range(300)]
+        r = c.post(f"{BASE}/facts/batch", json={"facts": [{"text": t} for t in texts[:250]]})
+        assert r.status_code == 201
+        ids = [f["id"] for f in r.json()["facts"]]
+        write(c, LYON)
+        h = editor(c).registry.get("demo")
+        for _ in range(200):
+            if h.index is not None and h.index.n_indexed == h.view.n:
+                break
+            time.sleep(0.05)
+        assert h.index is not None, "the indexer built an index past index_above"
+        c.delete(f"{BASE}/facts/{ids[7]}")
+        c.post(f"{BASE}/facts/batch", json={"facts": [{"text": t} for t in texts[250:]]})  # a tail not indexed yet
+        prompts = ["What is the capital of France?", "Where is item 7 of the archive stored?",
+                   "Where is item 42 of the archive stored?", "Where is item 280 of the archive stored?"]
+        approx = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 12}).json() for p in prompts]
+        h.index = None  # the exact scan
+        exact = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 12}).json() for p in prompts]
+        for a, e in zip(approx, exact, strict=True):
+            assert (a["in_scope"], [f["id"] for f in a["facts"]]) == (e["in_scope"], [f["id"] for f in e["facts"]])
+        assert all(f["id"] != ids[7] for q in approx for f in q["facts"]), "a forgotten fact is never recalled"
+        assert "Lyon" in approx[0]["answer"]
