@@ -126,8 +126,9 @@ class Editor:
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
 
     def list_facts(self, memory: str, limit: int, offset: int) -> tuple[list[Fact], int]:
-        self._handle(memory)
-        return self.registry.store.page(memory, limit, offset)
+        """A page from the store; the total is the memory's own count (counting rows in the store is O(N))."""
+        h = self._handle(memory)
+        return self.registry.store.page(memory, limit, offset), h.view.live
 
     def get_fact(self, memory: str, fact_id: str) -> Fact:
         self._handle(memory)

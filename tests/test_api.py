@@ -137,7 +137,7 @@ def stored_blobs(client: TestClient) -> list[bytes]:
         stored = store.load(name)
         out += [stored.checkpoint.state] if stored.checkpoint else []
         out += [repr(stored.log).encode()]
-        out += [repr(f.as_dict()).encode() for f in store.page(name, 10**6, 0)[0]]
+        out += [repr(f.as_dict()).encode() for f in store.page(name, 10**6, 0)]
         out += [Z.numpy().tobytes() for _, Z in store.latents(name)]
     return out
 

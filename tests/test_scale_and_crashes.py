@@ -51,7 +51,7 @@ def test_a_memory_past_the_old_ceiling_still_checkpoints_forgets_and_restores(tm
     h2 = again.get("big")
     assert h2.view.live == 29_998 and torch.equal(h2.view.state.M, M)
     assert again.store.facts("big", [ids[123], ids[124]])[0] is None
-    assert again.store.page("big", 1, 0)[1] == 29_998
+    assert again.store.count("big") == 29_998
     again.close()
 
 
@@ -98,7 +98,7 @@ def test_sigkill_in_the_middle_of_writes_and_checkpoints_loses_nothing_acknowled
         assert acknowledged <= present, f"{len(acknowledged - present)} acknowledged facts lost"
         exact = h.mem.rebuild(h.view.live_latents())
         assert torch.allclose(h.view.state.M, exact.M, atol=1e-4), "state and stored facts agree"
-        assert reg.store.page("m", 1, 0)[1] == h.view.live
+        assert reg.store.count("m") == h.view.live
         reg.close()
 
 

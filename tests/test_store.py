@@ -49,7 +49,7 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     assert torch.equal(torch.cat(Z), torch.stack([fact(i).latent for i in range(3)]))
     assert [f and f.text for f in store.facts("m1", ["id2", "nope", "id0"])] == ["fact number 2", None,
                                                                                "fact number 0"]
-    page, total = store.page("m1", 2, 1)
+    page, total = store.page("m1", 2, 1), store.count("m1")
     assert total == 3 and [f.as_dict() for f in page] == [fact(1).as_dict(), fact(2).as_dict()]
 
     store.checkpoint("m1", Checkpoint(2, b"state-2", "t2"))
@@ -62,7 +62,8 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     assert store.load("m1").checkpoint.seq == 4, "and changes nothing"
     assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
     store.delete("m1")
-    assert store.names() == ["m2"] and store.load("m1").checkpoint is None and store.page("m1", 10, 0) == ([], 0)
+    assert store.names() == ["m2"] and store.load("m1").checkpoint is None
+    assert (store.page("m1", 10, 0), store.count("m1")) == ([], 0)
 
 
 def test_unknown_store_url() -> None:

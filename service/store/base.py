@@ -98,8 +98,8 @@ class Store(Protocol):
         """How many facts the memory holds."""
         ...
 
-    def page(self, name: str, limit: int, offset: int) -> tuple[list[Fact], int]:
-        """Facts in the order they were written, and how many there are."""
+    def page(self, name: str, limit: int, offset: int) -> list[Fact]:
+        """Facts in the order they were written, ``limit`` from ``offset`` on."""
         ...
 
     def migrate(self, default_config: dict[str, Any]) -> list[str]:

@@ -164,10 +164,10 @@ class RedisStore:
         return [None if text is None else Fact(i, text.decode(), json.loads(meta), created.decode())
                 for i, (text, meta, created) in zip(ids, rows, strict=True)]
 
-    def page(self, name: str, limit: int, offset: int) -> tuple[list[Fact], int]:
+    def page(self, name: str, limit: int, offset: int) -> list[Fact]:
         ids = [i.decode() for i in self._call(
             lambda: self.client.zrange(self._k(name, "order"), offset, offset + limit - 1))]
-        return [f for f in self.facts(name, ids) if f is not None], self.count(name)
+        return [f for f in self.facts(name, ids) if f is not None]
 
     def count(self, name: str) -> int:
         return int(self._call(lambda: self.client.zcard(self._k(name, "order"))))

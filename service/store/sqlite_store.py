@@ -168,10 +168,10 @@ class SqliteStore:
     def count(self, name: str) -> int:
         return int(self._read("SELECT COUNT(*) FROM facts WHERE memory = ?", (name,))[0][0])
 
-    def page(self, name: str, limit: int, offset: int) -> tuple[list[Fact], int]:
+    def page(self, name: str, limit: int, offset: int) -> list[Fact]:
         rows = self._read("SELECT id, text, metadata, created_at FROM facts WHERE memory = ? ORDER BY pos "
                           "LIMIT ? OFFSET ?", (name, limit, offset))
-        return [Fact(r[0], r[1], json.loads(r[2]), r[3]) for r in rows], self.count(name)
+        return [Fact(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
     # --- erasure -------------------------------------------------------------------------
 
