@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from bench.processes import REPO, RedisServer, ServiceProcess
 from bench.service_bench.cpu import stats
+from bench.service_bench.servers import http_batches
 from bench.tables import fmt, table
 from memory_core import MemoryConfig
 from models.device import describe_machine
@@ -222,11 +223,8 @@ def run_store(store: str, sizes: list[int], work: Path, cache: Path, texts: list
 def fill_http(server: ServiceProcess, start: int, stop: int) -> float:
     """Facts start..stop-1 through the routes (any version of the service), in batches of 256; facts/s."""
     t0 = time.perf_counter()
-    with httpx.Client(base_url=server.base, timeout=600) as c:
-        for b in tqdm(range(start, stop, 256), desc=f"fill over HTTP {start}->{stop}", leave=False):
-            body = {"facts": [{"text": f"Synthetic fact #{i}: item {i} is kept on shelf {i % 997}."}
-                              for i in range(b, min(stop, b + 256))]}
-            c.post(f"/v1/memories/{MEMORY}/facts/batch", json=body).raise_for_status()
+    http_batches(server, [f"Synthetic fact #{i}: item {i} is kept on shelf {i % 997}." for i in range(start, stop)],
+                 MEMORY, 256)
     return (stop - start) / (time.perf_counter() - t0)
 
 

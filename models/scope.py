@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from memory_core import nearest
 from models.encoder import TextEncoder
 
 DEFAULT_SCOPE_THRESHOLD = 0.3  # the paper's; used where no development run chose another for a decoder
@@ -51,11 +52,8 @@ class ScopeDetector:
         return ScopeDecision(bool(1.0 - best[row].item() <= self.threshold), float(best[row]), Zq[row])
 
     def decide_encoded(self, Zq: Tensor, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
+        """The decision by an exact scan of unit-norm ``fact_latents`` (the service may search an index)."""
         if fact_latents.shape[0] == 0 or (exclude is not None and bool(exclude.all())):
             return ScopeDecision(False, 0.0, Zq[0])
-        sims = Zq @ fact_latents.to(Zq).T  # (S, N)
-        if exclude is not None:
-            sims[:, exclude] = float("-inf")
-        best = sims.max()
-        row = int(torch.argmax(sims.max(dim=1).values))
-        return ScopeDecision(bool(1.0 - best.item() <= self.threshold), float(best), Zq[row])
+        best, _ = nearest(Zq, fact_latents, 1, exclude, unit=True)  # (S, 1)
+        return self.decide_from(Zq, best[:, 0])

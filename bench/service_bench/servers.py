@@ -124,7 +124,7 @@ def http_writes(servers: dict[str, ServiceProcess], texts: list[str], memory: st
 def http_batches(server: ServiceProcess, texts: list[str], memory: str, batch: int) -> int:
     t0 = time.perf_counter()
     with httpx.Client(base_url=server.base, timeout=120.0) as c:
-        for i in tqdm(range(0, len(texts), batch), desc="batch writes to ~1000 facts", leave=False):
+        for i in tqdm(range(0, len(texts), batch), desc=f"batch writes to {memory!r}", leave=False):
             body = {"facts": [{"text": t} for t in texts[i : i + batch]]}
             c.post(f"/v1/memories/{memory}/facts/batch", json=body).raise_for_status()
         total = c.get(f"/v1/memories/{memory}/facts", params={"limit": 1}).json()["total"]
