@@ -282,9 +282,7 @@ class MemoryRegistry:
     def snapshot(self, name: str) -> MemoryHandle | None:
         with self._holding(name) as h:
             if h is not None:
-                cp = h.checkpoint(h.view.state, h.seq)
-                self.store.checkpoint(name, cp)
-                h.log_entries, h.last_snapshot = 0, cp.saved_at
+                self._checkpoint(h)
             return h
 
     def delete(self, name: str) -> bool:
@@ -297,12 +295,16 @@ class MemoryRegistry:
             self._mark_pending()
             return True
 
+    def _checkpoint(self, h: MemoryHandle) -> None:
+        """Save the state as of the last operation and drop the log it covers (caller holds ``h.lock``)."""
+        cp = h.checkpoint(h.view.state, h.seq)
+        self.store.checkpoint(h.name, cp)
+        h.log_entries, h.last_snapshot = 0, cp.saved_at
+
     def _checkpoint_logged(self, h: MemoryHandle) -> None:
         """Checkpoint the state; the log already holds the writes, so failure is only logged."""
         try:
-            cp = h.checkpoint(h.view.state, h.seq)
-            self.store.checkpoint(h.name, cp)
-            h.log_entries, h.last_snapshot = 0, cp.saved_at
+            self._checkpoint(h)
         except Exception:  # noqa: BLE001 - compaction is an optimisation here, durability came from the log
             log.exception("checkpoint of memory %r failed; its log stays in place", h.name)
 
