@@ -249,17 +249,40 @@ def nearest(readout: Tensor, latents: Tensor, k: int = 1, exclude: Tensor | None
     """Cosine similarity of each readout to the written latents, top k; rows marked in ``exclude`` never win.
 
     ``unit`` says the latents are unit norm already (an encoder's are): normalising N rows again costs
-    more than the search itself. Returns (similarities (Q, k), indices (Q, k)).
+    more than the search itself. Unit latents are scanned in their own dtype (float16 halves what a scan
+    reads); the best ``k + RERANK_SLACK`` are then ranked by their exact float32 cosines.
+    Returns (similarities (Q, k), indices (Q, k)), best first.
     """
     # readout: (Q, C), latents: (N, C), exclude: (N,) bool
-    r = torch.nn.functional.normalize(readout, dim=-1)
-    z = latents.to(readout) if unit else torch.nn.functional.normalize(latents.to(readout), dim=-1)
-    sims = r @ z.T  # (Q, N)
+    r = torch.nn.functional.normalize(readout, dim=-1)  # (Q, C)
+    z = latents if unit else torch.nn.functional.normalize(latents.to(readout), dim=-1)  # (N, C)
+    sims = (z @ r.to(z.dtype).T).T.float()  # (Q, N); latents-major, a product that streams them once
     if exclude is not None:
         sims[:, exclude] = float("-inf")
     n = z.shape[0] - (0 if exclude is None else int(exclude.sum()))
-    _, idx = sims.topk(min(k, n), dim=-1)  # (Q, k)
-    # the winners' cosines again, row by row: a matrix product rounds differently with the number of rows,
-    # and the same facts must give the same similarities whatever else (dead rows, say) the memory holds
-    zk = torch.nn.functional.normalize(z[idx], dim=-1)  # (Q, k, C)
-    return (r[:, None, :] * zk).sum(-1), idx  # (Q, k), (Q, k)
+    _, idx = sims.topk(min(k + RERANK_SLACK, n), dim=-1)  # (Q, k + slack), all allowed rows
+    return rerank(readout, z, idx, k)  # (Q, k), (Q, k)
+
+
+RERANK_SLACK = 8  # extra candidates that a coarse ranking (a float16 scan, an index) passes to the exact one
+
+
+def rerank(readout: Tensor, latents: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k of each readout's candidate rows ``idx`` with the highest exact cosine, best first."""
+    # readout: (Q, C), latents: (N, C), idx: (Q, c)
+    s = cosines(readout, latents[idx])  # (Q, c)
+    s, j = s.topk(min(k, idx.shape[1]), dim=-1)  # (Q, k)
+    return s, idx.gather(1, j)  # (Q, k), (Q, k)
+
+
+def cosines(readout: Tensor, rows: Tensor) -> Tensor:
+    """Cosine of each readout to its own rows, computed row by row.
+
+    A matrix product rounds differently with the number of rows it multiplies, and the same facts must get
+    the same similarities whatever else the memory holds (dead rows, say) and however they were found (a
+    scan or an index).
+    """
+    # readout: (Q, C), rows: (Q, k, C)
+    r = torch.nn.functional.normalize(readout, dim=-1)  # (Q, C)
+    zk = torch.nn.functional.normalize(rows.to(readout), dim=-1)  # (Q, k, C)
+    return (r[:, None, :] * zk).sum(-1)  # (Q, k)

@@ -29,6 +29,7 @@ class ScopeDecision:
     in_scope: bool
     similarity: float  # best cosine between any query sentence and any written fact
     query_latent: Tensor  # (C,) latent of the best-matching sentence
+    sentence: int  # which sentence of the query that is
 
 
 class ScopeDetector:
@@ -49,11 +50,11 @@ class ScopeDetector:
         """The decision from each query sentence's best cosine to any written fact (found by the caller)."""
         # Zq: (S, C), best: (S,)
         row = int(torch.argmax(best))
-        return ScopeDecision(bool(1.0 - best[row].item() <= self.threshold), float(best[row]), Zq[row])
+        return ScopeDecision(bool(1.0 - best[row].item() <= self.threshold), float(best[row]), Zq[row], row)
 
     def decide_encoded(self, Zq: Tensor, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
         """The decision by an exact scan of unit-norm ``fact_latents`` (the service may search an index)."""
         if fact_latents.shape[0] == 0 or (exclude is not None and bool(exclude.all())):
-            return ScopeDecision(False, 0.0, Zq[0])
+            return ScopeDecision(False, 0.0, Zq[0], 0)
         best, _ = nearest(Zq, fact_latents, 1, exclude, unit=True)  # (S, 1)
         return self.decide_from(Zq, best[:, 0])

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore
@@ -151,16 +153,21 @@ class Editor:
             return Recall(False, None, [], timer.marks)
         Zq = self.scope.encode(prompt)  # (S, C)
         timer.lap("encode")
-        best, _ = top_k(Zq, view.latents, 1, view.dead, index, view.ids)  # (S, 1)
-        decision = self.scope.decide_from(Zq, best[:, 0])
+        S = Zq.shape[0]
+        # every sentence's readout before the scope picks one, so that one search serves the scope
+        # detector (sentences -> facts) and the readout -> facts step
+        Z_r = h.mem.read(view.state, Zq)  # (S, C)
+        sims, idx = top_k(torch.cat([Zq, Z_r]), view.latents, self.settings.recalled_facts, view.dead, index,
+                          view.ids)  # (2S, k)
+        decision = self.scope.decide_from(Zq, sims[:S, 0])
         timer.lap("scope")
         if mode == "auto" and not decision.in_scope:
             return Recall(False, None, [], timer.marks)
-        z_r = h.mem.read(view.state, decision.query_latent[None])  # (1, C)
-        sims, idx = top_k(z_r, view.latents, self.settings.recalled_facts, view.dead, index, view.ids)  # (1, k)
+        row = S + decision.sentence
+        z_r = Z_r[decision.sentence]  # (C,)
         keep = [
             (float(s), int(i))
-            for rank, (s, i) in enumerate(zip(sims[0].tolist(), idx[0].tolist(), strict=True))
+            for rank, (s, i) in enumerate(zip(sims[row].tolist(), idx[row].tolist(), strict=True))
             if rank == 0 or 1.0 - s <= self.scope.threshold
         ]
         texts = self.registry.store.facts(memory, [view.ids[i] for _, i in keep])
@@ -170,8 +177,8 @@ class Editor:
         timer.lap("read")
         if not facts:
             return Recall(False, None, [], timer.marks)
-        latents = view.latents[[i for _, i, _ in found]]  # (k, C) the written latents of those facts
-        return Recall(True, Readout(z_r[0], tuple(f.text for f in facts), latents), facts, timer.marks)
+        latents = view.latents[[i for _, i, _ in found]].float()  # (k, C) the written latents of those facts
+        return Recall(True, Readout(z_r, tuple(f.text for f in facts), latents), facts, timer.marks)
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
         """One greedy answer: a batch of one through the decoder's batched path, as the benchmarks run it."""
