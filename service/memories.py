@@ -18,6 +18,8 @@ latent is needed or kept; the files behind the store shed theirs at the next pur
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -97,8 +99,19 @@ class MemoryInfo:
 
 
 def empty_view(mem: EpisodicMemory, state: MemoryState, capacity: int = MIN_CAPACITY) -> MemoryView:
-    buf = torch.zeros((capacity, mem.cfg.dim), device=mem.device, dtype=LATENT_DTYPE)  # (capacity, C)
+    # rows past a view's n are never read, so they stay unwritten: pages the OS has not had to back yet
+    buf = torch.empty((capacity, mem.cfg.dim), device=mem.device, dtype=LATENT_DTYPE)  # (capacity, C)
     return MemoryView(state, 0, buf, torch.zeros(capacity, dtype=torch.bool, device=mem.device), [], 0)
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc keeps those of a bulk restore's read chunks)."""
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim this way
+            pass
 
 
 @dataclass
@@ -133,7 +146,8 @@ class MemoryHandle:
         buf, dead, row_ids = v.buffer, v.dead_buffer, v.ids
         if n + k > buf.shape[0]:  # grow geometrically: amortised O(1) per appended row
             cap = max(capacity_for(buf.shape[0]), n + k)
-            buf = torch.cat([buf[:n], buf.new_zeros((cap - n, buf.shape[1]))])  # (cap, C)
+            buf, old = buf.new_empty((cap, buf.shape[1])), buf  # (cap, C), its rows past n untouched
+            buf[:n] = old[:n]
             dead = torch.cat([dead[:n], dead.new_zeros(cap - n)])  # (cap,)
         buf[n : n + k] = latents.to(buf)  # rows past every published view's n
         row_ids.extend(ids)
@@ -427,6 +441,7 @@ class MemoryRegistry:
             log.info("restored memory %r: %d facts", name, h.view.live)
         self.restoring = ""
         self.restored = True
+        release_free_memory()
         return len(self._handles)
 
     def restore_in_background(self, every_s: float = 2.0) -> threading.Thread:
