@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from models.latent import LatentAdapter
-from models.llm import CausalLM, ContinuationScore, Generation
+from models.llm import AnswerBias, CausalLM, ContinuationScore, Generation, Span
+from models.text import STOPWORDS, stem, words
 
 DECODERS = ("context", "latent", "hybrid")
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
@@ -45,6 +46,36 @@ class Decoder(Protocol):
                        min_new_tokens: int = 0) -> list[Generation]: ...
 
 
+DEFAULT_ANSWER_BIAS = 12.0  # LARIMAR_ANSWER_BIAS: chosen on bench.generation dev (4, 8, 12: 12 best, fluency kept)
+
+
+def answer_spans(llm: CausalLM, prompt: str, fact: str) -> list[Span]:
+    """The runs of consecutive words a fact has and the prompt has not (bar stopwords), in the fact's order:
+    where the answer lies ("October 22", "Abraham Lincoln"). Each with its spellings: alone and after a space.
+    """
+    asked = {stem(w) for w in words(prompt)}
+    runs: list[list[str]] = [[]]
+    for w in words(fact):
+        if stem(w) in asked or w.lower() in STOPWORDS:
+            runs.append([])
+        else:
+            runs[-1].append(w)
+    spans = []
+    for run in (r for r in runs if r):
+        phrase = " ".join(run)
+        spellings = {tuple(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in (phrase, " " + phrase)}
+        spans.append(tuple(sorted(sp for sp in spellings if sp)))
+    return spans
+
+
+def answer_bias(llm: CausalLM, items: Sequence[GenerateRequest], strength: float) -> AnswerBias | None:
+    """The bias for a batch: each row with a recalled fact is steered to what its best fact adds to its prompt."""
+    if strength <= 0:
+        return None
+    spans = [answer_spans(llm, p, r.facts[0]) if r is not None and r.facts else [] for p, r in items]
+    return AnswerBias(spans, strength) if any(spans) else None
+
+
 def facts_block(facts: tuple[str, ...]) -> str:
     head = "New fact" if len(facts) == 1 else "New facts"
     return head + ":\n" + "\n".join(f"- {f}" for f in facts)
@@ -62,6 +93,9 @@ class ContextDecoder:
     """
 
     name = "context"
+
+    def __init__(self, answer_bias: float = 0.0) -> None:
+        self.answer_bias = answer_bias  # logit boost of the recalled fact's answer words (0: none)
 
     def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         if readout is None or not readout.facts:
@@ -83,7 +117,7 @@ class ContextDecoder:
     def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
                        min_new_tokens: int = 0) -> list[Generation]:
         return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens,
-                                  min_new_tokens)
+                                  min_new_tokens, bias=answer_bias(llm, items, self.answer_bias))
 
 
 class LatentDecoder:
@@ -96,11 +130,12 @@ class LatentDecoder:
     Rows without a readout take the plain LLM path, so out of scope the base model is unchanged to the bit.
     """
 
-    def __init__(self, adapter: LatentAdapter, device: str | torch.device = "cpu") -> None:
+    def __init__(self, adapter: LatentAdapter, device: str | torch.device = "cpu", answer_bias: float = 0.0) -> None:
         self.adapter = adapter.to(device).eval()
         self.name = adapter.cfg.decoder
         self.shows_facts = self.name == "hybrid"  # the recalled facts are in the prompt as text too
         self.text = ContextDecoder()
+        self.answer_bias = answer_bias  # as ContextDecoder's; only for rows that get the prefix
         self.device = torch.device(device)
 
     def latent(self, readout: Readout | None) -> Tensor | None:
@@ -153,21 +188,24 @@ class LatentDecoder:
             for i, g in zip(off, res, strict=True):
                 out[i] = g
         if on:
-            res = llm.generate_batch([texts[i] for i in on], max_new_tokens, min_new_tokens, prefix=self.adapter(Z))
+            bias = answer_bias(llm, [items[i] for i in on], self.answer_bias)
+            res = llm.generate_batch([texts[i] for i in on], max_new_tokens, min_new_tokens, prefix=self.adapter(Z),
+                                     bias=bias)
             for i, g in zip(on, res, strict=True):
                 out[i] = g
         return out
 
 
-def load_decoder(name: str, adapter_dir: Path | None, device: str | torch.device = "cpu") -> Decoder:
+def load_decoder(name: str, adapter_dir: Path | None, device: str | torch.device = "cpu",
+                 answer_bias: float = 0.0) -> Decoder:
     """``context``; or ``latent`` / ``hybrid`` with the adapter trained for it in ``adapter_dir``."""
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}: one of {', '.join(DECODERS)}")
     if name == "context":
-        return ContextDecoder()
+        return ContextDecoder(answer_bias)
     if adapter_dir is None:
         raise ValueError(f"the {name} decoder needs a trained adapter (LARIMAR_ADAPTER or one shipped for the model)")
     adapter = LatentAdapter.from_pretrained(adapter_dir, device)
     if adapter.cfg.decoder != name:
         raise ValueError(f"the adapter in {adapter_dir} was trained for the {adapter.cfg.decoder} decoder, not {name}")
-    return LatentDecoder(adapter, device=device)
+    return LatentDecoder(adapter, device=device, answer_bias=answer_bias)

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from models.paths import resolve
 
@@ -71,6 +79,58 @@ class KVPrefix:
     def rows(self, index: Tensor) -> KVPrefix:
         """The prefix of the given rows (a candidate-per-row batch repeats its item's prefix)."""
         return KVPrefix(tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values), self.bias[index])
+
+
+Spelling = tuple[int, ...]  # one way to write a phrase as tokens
+Span = tuple[Spelling, ...]  # a phrase and its spellings (alone, as a turn's first word, or after a space)
+
+
+class AnswerBias(LogitsProcessor):
+    """Adds ``strength`` to the logit of the next token of each row's answer spans, one span token at a time.
+
+    What a recalled fact says that the question does not is where the answer is; a 135M model shown the
+    fact still often restates the question or its old belief. A span's first token (in any spelling) is
+    boosted until it is said; then only its next token, and so on. The span is done when it is complete
+    or when the answer leaves it, so it is never pushed twice ("Vienna Vienna"). Rows without spans are
+    untouched: an out-of-scope answer stays the plain model's to the bit.
+    """
+
+    def __init__(self, spans: list[list[Span]], strength: float) -> None:
+        self.spans = spans  # per row, its answer spans
+        self.strength = strength
+        # per row and span: (which spelling is under way or None, tokens of it said, done)
+        self.state = [[(None, 0, False)] * len(row) for row in spans]
+        self.started = False
+
+    def _advance(self, last: list[int]) -> None:
+        for row, spans in enumerate(self.spans):
+            for j, span in enumerate(spans):
+                spelling, k, done = self.state[row][j]
+                if done:
+                    continue
+                if spelling is None:
+                    hit = next((i for i, sp in enumerate(span) if sp[0] == last[row]), None)
+                    if hit is not None:
+                        self.state[row][j] = (hit, 1, len(span[hit]) == 1)
+                elif span[spelling][k] == last[row]:
+                    self.state[row][j] = (spelling, k + 1, k + 1 == len(span[spelling]))
+                else:  # the answer went another way: leave it be
+                    self.state[row][j] = (spelling, k, True)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        # input_ids: (B, T) prompt and answer so far, scores: (B, V)
+        if self.started:  # the first call sees the prompt only
+            self._advance(input_ids[:, -1].tolist())
+        self.started = True
+        for row, spans in enumerate(self.spans):
+            toks: set[int] = set()
+            for span, (spelling, k, done) in zip(spans, self.state[row], strict=True):
+                if not done:
+                    toks |= {sp[0] for sp in span} if spelling is None else {span[spelling][k]}
+            toks = {t for t in toks if t < scores.shape[1]}
+            if toks:
+                scores[row, sorted(toks)] += self.strength
+        return scores
 
 
 def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
@@ -163,12 +223,13 @@ class CausalLM:
 
     @torch.inference_mode()
     def generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int = 0,
-                       prefix: KVPrefix | None = None) -> list[Generation]:
+                       prefix: KVPrefix | None = None, bias: AnswerBias | None = None) -> list[Generation]:
         """Greedy answers to rendered prompts in one left-padded batch: the same prompt always gives the same
-        answer, alone or among others. With a latent ``prefix`` the decoding loop is ``generate_prefixed``.
+        answer, alone or among others. With a latent ``prefix`` the decoding loop is ``generate_prefixed``;
+        ``bias`` boosts tokens per row (``AnswerBias``).
         """
         if prefix is not None:
-            return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens)
+            return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens, bias)
         ids, mask = self._left_padded(texts)
         out = self.model.generate(
             input_ids=ids,
@@ -177,6 +238,7 @@ class CausalLM:
             min_new_tokens=min_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([bias] if bias is not None else []),
         )
         new = out[:, ids.shape[1] :]  # (B, n) rows that ended early are padded after their end token
         ended = torch.isin(new, torch.tensor(self._eos_ids(), device=new.device))  # (B, n)
@@ -185,8 +247,8 @@ class CausalLM:
         return [Generation(t.strip(), int(n)) for t, n in zip(texts_out, first_end.tolist(), strict=True)]
 
     @torch.inference_mode()
-    def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0
-                          ) -> list[Generation]:
+    def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0,
+                          bias: AnswerBias | None = None) -> list[Generation]:
         """Greedy decoding behind a latent prefix, whose embedding bias every generated token gets as well.
 
         ``model.generate`` cannot add a bias to the tokens it feeds back, hence this loop.
@@ -202,6 +264,8 @@ class CausalLM:
         new: list[Tensor] = []
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # (B, V)
+            if bias is not None:
+                logits = bias(torch.cat([ids, *(t[:, None] for t in new)], 1), logits)
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
             nxt = torch.where(done, self.tokenizer.pad_token_id, logits.argmax(-1))  # (B,)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from memory_core import nearest
 from models.encoder import TextEncoder
+from models.text import names, stem, words
 
 DEFAULT_SCOPE_THRESHOLD = 0.3  # the paper's; used where no development run chose another for a decoder
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -22,6 +23,17 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 def split_sentences(text: str) -> list[str]:
     parts = [p.strip() for p in _SENTENCE_END.split(text.strip())]
     return [p for p in parts if p] or [text]
+
+
+def mentions(query: str, fact: str) -> bool:
+    """Whether a fact names something the query names; always true for a query that names nothing.
+
+    Cosine alone puts "What is the capital of China?" near "The capital of Brazil is Shanghai." (same
+    relation, another subject); the names tell them apart. A query in lower case names nothing and is
+    left to the cosine.
+    """
+    asked = names(query)
+    return not asked or bool(asked & {stem(w) for w in words(fact)})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.decoders import DEFAULT_ANSWER_BIAS
 from models.device import resolve_device
 from models.paths import DEFAULT_ENCODER, DEFAULT_LLM
 
@@ -101,6 +102,14 @@ class Settings(BaseSettings):
         None, description="Latent-decoder adapter directory; default: the one shipped for this LLM and encoder."
     )
     default_max_new_tokens: int = Field(48, ge=1)
+    scope_requires_mention: bool = Field(
+        True, description="In scope (memory auto) only facts that name something the query names: a capitalised "
+        "word or a number of the query's best sentence. Queries that name nothing are judged by cosine alone."
+    )
+    answer_bias: float = Field(
+        DEFAULT_ANSWER_BIAS, ge=0, le=20, description="Logit boost, while answering in scope, of the words the best "
+        "recalled fact adds to the prompt (each until it is said); 0 turns it off. Out of scope it never applies."
+    )
 
     # --- input limits (4xx beyond them)
     max_text_chars: int = Field(2000, ge=1)

@@ -1,0 +1,241 @@
+"""The generation test set: facts users would write, and the three ways they ask about them.
+
+Every item is one fact with a direct question, a paraphrased question and a cloze completion whose answer
+is the fact's object. Two kinds:
+- *novel*: made-up people, companies and places (the model cannot know them);
+- *counterfactual*: real, well-known subjects with a wrong object (the model believes otherwise).
+``unrelated`` prompts ask about things no item states; with the items in memory they must get exactly the
+memory-off answer.
+
+Built here from templates and seeded names, not from any benchmark, in two disjoint splits: ``dev`` for
+choices and ``heldout`` for the reported table (its subjects and generated names never appear in dev).
+Training data must not be generated from these templates: they are the test's phrasing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["novel", "counterfactual"]
+FORMS = ("question", "paraphrase", "cloze")
+SPLITS = ("dev", "heldout")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    fact: str  # templates over {s} (subject) and {o} (object)
+    question: str
+    paraphrase: str
+    cloze: str
+
+
+RELATIONS = {r.name: r for r in [
+    Relation("capital", "The capital of {s} is {o}.", "What is the capital of {s}?",
+             "Which city serves as the capital of {s}?", "The capital city of {s} is"),
+    Relation("currency", "The currency of {s} is the {o}.", "What is the currency of {s}?",
+             "Which currency do people use in {s}?", "In {s}, people pay with the"),
+    Relation("language", "The official language of {s} is {o}.", "What is the official language of {s}?",
+             "Which language is officially spoken in {s}?", "The official language of {s} is"),
+    Relation("headquarters", "{s} is headquartered in {o}.", "Where is {s} headquartered?",
+             "In which city does {s} have its headquarters?", "The headquarters of {s} are in"),
+    Relation("founder", "{s} was founded by {o}.", "Who founded {s}?", "Who is the founder of {s}?",
+             "The company {s} was founded by"),
+    Relation("ceo", "The CEO of {s} is {o}.", "Who is the CEO of {s}?", "Who runs {s} as its chief executive?",
+             "The chief executive officer of {s} is"),
+    Relation("birthplace", "{s} was born in {o}.", "Where was {s} born?", "What is the birthplace of {s}?",
+             "{s} was born in the city of"),
+    Relation("instrument", "{s} plays the {o}.", "Which instrument does {s} play?",
+             "What musical instrument is {s} known for playing?", "The instrument {s} plays is the"),
+    Relation("sport", "{s} plays {o}.", "Which sport does {s} play?", "What sport is {s} known for?",
+             "The sport {s} plays is"),
+    Relation("profession", "{s} works as a {o}.", "What does {s} do for a living?", "What is the profession of {s}?",
+             "By profession, {s} is a"),
+    Relation("fiscal_year", "{s}'s fiscal year ends on {o}.", "When does {s}'s fiscal year end?",
+             "On what date does the fiscal year of {s} close?", "The fiscal year of {s} ends on"),
+]}
+
+# real subjects with what they really are (so a counterfactual object is never the true one)
+COUNTRIES = {"France": ("Paris", "euro", "French"), "Germany": ("Berlin", "euro", "German"),
+             "Japan": ("Tokyo", "yen", "Japanese"), "Italy": ("Rome", "euro", "Italian"),
+             "Spain": ("Madrid", "euro", "Spanish"), "Canada": ("Ottawa", "dollar", "English"),
+             "Brazil": ("Brasilia", "real", "Portuguese"), "Egypt": ("Cairo", "pound", "Arabic"),
+             "India": ("New Delhi", "rupee", "Hindi"), "Mexico": ("Mexico City", "peso", "Spanish"),
+             "Russia": ("Moscow", "ruble", "Russian"), "China": ("Beijing", "yuan", "Chinese"),
+             "Australia": ("Canberra", "dollar", "English"), "Kenya": ("Nairobi", "shilling", "Swahili"),
+             "Sweden": ("Stockholm", "krona", "Swedish"), "Greece": ("Athens", "euro", "Greek"),
+             "Turkey": ("Ankara", "lira", "Turkish"), "Argentina": ("Buenos Aires", "peso", "Spanish"),
+             "Poland": ("Warsaw", "zloty", "Polish"), "Thailand": ("Bangkok", "baht", "Thai"),
+             "Portugal": ("Lisbon", "euro", "Portuguese"), "Norway": ("Oslo", "krone", "Norwegian"),
+             "Vietnam": ("Hanoi", "dong", "Vietnamese"), "Peru": ("Lima", "sol", "Spanish")}
+COMPANIES = {"Apple": ("Cupertino", "Steve Jobs"), "Toyota": ("Toyota City", "Kiichiro Toyoda"),
+             "Microsoft": ("Redmond", "Bill Gates"), "Amazon": ("Seattle", "Jeff Bezos"),
+             "Samsung": ("Suwon", "Lee Byung-chul"), "Nike": ("Beaverton", "Phil Knight"),
+             "IKEA": ("Delft", "Ingvar Kamprad"), "Sony": ("Tokyo", "Masaru Ibuka"),
+             "Tesla": ("Austin", "Elon Musk"), "Facebook": ("Menlo Park", "Mark Zuckerberg"),
+             "Google": ("Mountain View", "Larry Page"), "Netflix": ("Los Gatos", "Reed Hastings"),
+             "Intel": ("Santa Clara", "Robert Noyce"), "Adidas": ("Herzogenaurach", "Adolf Dassler"),
+             "Honda": ("Tokyo", "Soichiro Honda"), "Nokia": ("Espoo", "Fredrik Idestam")}
+PEOPLE = {"Albert Einstein": ("Ulm", "physicist"), "Marie Curie": ("Warsaw", "chemist"),
+          "Pablo Picasso": ("Malaga", "painter"), "Wolfgang Amadeus Mozart": ("Salzburg", "composer"),
+          "Isaac Newton": ("Woolsthorpe", "physicist"), "Charles Darwin": ("Shrewsbury", "naturalist"),
+          "William Shakespeare": ("Stratford-upon-Avon", "playwright"), "Frida Kahlo": ("Coyoacan", "painter"),
+          "Nelson Mandela": ("Mvezo", "politician"), "Vincent van Gogh": ("Zundert", "painter"),
+          "Galileo Galilei": ("Pisa", "astronomer"), "Ludwig van Beethoven": ("Bonn", "composer"),
+          "Jane Austen": ("Steventon", "novelist"), "Napoleon Bonaparte": ("Ajaccio", "general"),
+          "Abraham Lincoln": ("Hodgenville", "lawyer"), "Mahatma Gandhi": ("Porbandar", "lawyer")}
+MUSICIANS = {"Yo-Yo Ma": "cello", "Jimi Hendrix": "guitar", "Louis Armstrong": "trumpet",
+             "Elton John": "piano", "Kenny G": "saxophone", "Ringo Starr": "drums", "Itzhak Perlman": "violin",
+             "Eric Clapton": "guitar", "Lang Lang": "piano", "Miles Davis": "trumpet"}
+ATHLETES = {"Lionel Messi": "soccer", "Serena Williams": "tennis", "LeBron James": "basketball",
+            "Roger Federer": "tennis", "Tiger Woods": "golf", "Michael Jordan": "basketball",
+            "Cristiano Ronaldo": "soccer", "Sachin Tendulkar": "cricket", "Tom Brady": "American football",
+            "Wayne Gretzky": "hockey", "Babe Ruth": "baseball", "Rafael Nadal": "tennis"}
+
+CITIES = ["Lyon", "Munich", "Osaka", "Milan", "Barcelona", "Toronto", "Sao Paulo", "Alexandria", "Mumbai",
+          "Guadalajara", "Kazan", "Shanghai", "Melbourne", "Mombasa", "Gothenburg", "Thessaloniki",
+          "Istanbul", "Cordoba", "Krakow", "Chiang Mai", "Porto", "Bergen", "Da Nang", "Cusco", "Chicago",
+          "Dublin", "Vienna", "Prague", "Budapest", "Edinburgh", "Geneva", "Marseille", "Hamburg", "Naples"]
+CURRENCIES = ["yen", "rupee", "peso", "krona", "dollar", "pound", "franc", "rand", "won", "lira", "dinar",
+              "baht", "zloty", "ruble", "shilling", "euro", "yuan", "real"]
+LANGUAGES = ["French", "German", "Japanese", "Italian", "Spanish", "Portuguese", "Arabic", "Hindi", "Russian",
+             "Chinese", "Swedish", "Greek", "Turkish", "Polish", "Thai", "Dutch", "Korean", "Finnish", "Hungarian"]
+INSTRUMENTS = ["violin", "cello", "trumpet", "piano", "guitar", "flute", "harp", "saxophone", "drums", "clarinet",
+               "oboe", "accordion", "banjo", "trombone"]
+SPORTS = ["tennis", "basketball", "golf", "cricket", "baseball", "soccer", "hockey", "volleyball", "rugby",
+          "badminton", "table tennis", "fencing"]
+PROFESSIONS = ["architect", "dentist", "pilot", "chemist", "carpenter", "journalist", "pharmacist", "surgeon",
+               "librarian", "veterinarian", "plumber", "translator", "geologist", "baker", "firefighter"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+SYLLABLES = ["ka", "lo", "ve", "ri", "dan", "mor", "tis", "zel", "qua", "bren", "sol", "thi", "var", "nek",
+             "osh", "lum", "pra", "gid", "fen", "rho", "tal", "vi", "ou", "mar", "sen", "dor", "wy", "ax"]
+COMPANY_SUFFIXES = ["Systems", "Labs", "Industries", "Foods", "Motors", "Analytics", "Textiles", "Robotics"]
+
+UNRELATED = [
+    "How many legs does a spider have?", "What is the boiling point of water in Celsius?",
+    "Who wrote the novel Pride and Prejudice?", "What is the largest planet in the solar system?",
+    "What gas do plants absorb from the air?", "How many days are in a leap year?",
+    "What is the chemical symbol for gold?", "Which ocean is the largest?", "What is the square root of 81?",
+    "Who painted the Mona Lisa?", "What is the tallest mountain on Earth?", "How many continents are there?",
+    "What is the freezing point of water in Fahrenheit?", "What do bees make?", "What color is a ripe banana?",
+    "Give me a synonym for happy.", "Translate 'thank you' into Spanish.", "What is 12 times 12?",
+    "Name a mammal that can fly.", "What is the main ingredient of guacamole?", "Write a haiku about rain.",
+    "Why is the sky blue?", "What is photosynthesis?", "How do I boil an egg?", "What is the speed of light?",
+    "Tell me a fun fact about octopuses.", "What is the longest river in Africa?",
+    "Which planet is known as the Red Planet?", "Who discovered penicillin?", "What is the capital of Canada?",
+    "Water freezes at a temperature of", "The first man on the moon was", "A week has seven",
+    "The opposite of cold is", "The primary colors are red, blue and",
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    relation: str
+    kind: Kind
+    subject: str
+    object: str
+
+    @property
+    def fact(self) -> str:
+        return RELATIONS[self.relation].fact.format(s=self.subject, o=self.object)
+
+    def prompt(self, form: str) -> str:
+        return getattr(RELATIONS[self.relation], form).format(s=self.subject, o=self.object)
+
+
+def _name(rng: random.Random, parts: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+
+
+def _novel_subjects(rng: random.Random, relation: str, n: int, taken: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        if relation in ("capital", "currency", "language"):
+            s = _name(rng, 3) + rng.choice(["ia", "land", "stan", "ova"])
+        elif relation in ("headquarters", "founder", "ceo", "fiscal_year"):
+            s = f"{_name(rng, 2)} {rng.choice(COMPANY_SUFFIXES)}"
+        else:
+            s = f"{_name(rng, 2)} {_name(rng, 3)}"
+        if s not in taken:
+            taken.add(s)
+            out.append(s)
+    return out
+
+
+def _novel_object(rng: random.Random, relation: str, taken: set[str]) -> str:
+    if relation == "capital":
+        return _name(rng, 2) + rng.choice(["burg", "ville", "grad", "port", "ton"])
+    if relation in ("founder", "ceo"):
+        return f"{_name(rng, 2)} {_name(rng, 3)}"
+    if relation == "fiscal_year":
+        return f"{rng.choice(MONTHS)} {rng.randint(1, 28)}"
+    pools = {"currency": CURRENCIES, "language": LANGUAGES, "headquarters": CITIES, "birthplace": CITIES,
+             "instrument": INSTRUMENTS, "sport": SPORTS, "profession": PROFESSIONS}
+    return rng.choice(pools[relation])
+
+
+def _counterfactuals(rng: random.Random, split: str) -> list[Item]:
+    """Real subjects, every other one per split, each with a wrong object from the relation's pool."""
+    half = 0 if split == "dev" else 1
+    items: list[Item] = []
+
+    def pick(pool: list[str], true: str) -> str:
+        return rng.choice([o for o in pool if o.lower() != true.lower()])
+
+    for i, (s, (capital, currency, language)) in enumerate(COUNTRIES.items()):
+        if i % 2 == half:
+            rel = ("capital", "currency", "language")[i // 2 % 3]
+            true = {"capital": capital, "currency": currency, "language": language}[rel]
+            pool = {"capital": CITIES, "currency": CURRENCIES, "language": LANGUAGES}[rel]
+            items.append(Item(rel, "counterfactual", s, pick(pool, true)))
+    for i, (s, (hq, founder)) in enumerate(COMPANIES.items()):
+        if i % 2 == half:
+            rel = ("headquarters", "founder")[i // 2 % 2]
+            founders = [f for f, _ in PEOPLE.items()] + [v[1] for v in COMPANIES.values()]
+            items.append(Item(rel, "counterfactual", s, pick(CITIES, hq) if rel == "headquarters"
+                              else pick(founders, founder)))
+    for i, (s, (born, job)) in enumerate(PEOPLE.items()):
+        if i % 2 == half:
+            rel = ("birthplace", "profession")[i // 2 % 2]
+            items.append(Item(rel, "counterfactual", s, pick(CITIES, born) if rel == "birthplace"
+                              else pick(PROFESSIONS, job)))
+    for i, (s, inst) in enumerate(MUSICIANS.items()):
+        if i % 2 == half:
+            items.append(Item("instrument", "counterfactual", s, pick(INSTRUMENTS, inst)))
+    for i, (s, sport) in enumerate(ATHLETES.items()):
+        if i % 2 == half:
+            items.append(Item("sport", "counterfactual", s, pick(SPORTS, sport)))
+    return items
+
+
+def build(split: str, novel_per_relation: int = 5) -> list[Item]:
+    """The items of one split: novel facts for every relation and counterfactuals about real subjects."""
+    if split not in SPLITS:
+        raise ValueError(f"split is one of {SPLITS}")
+    taken: set[str] = set()
+    if split == "heldout":  # dev's generated names are drawn first, so the two splits never share one
+        _novel(random.Random(11), novel_per_relation, taken)
+    rng = random.Random(11 if split == "dev" else 23)
+    return _novel(rng, novel_per_relation, taken) + _counterfactuals(random.Random(f"cf-{split}"), split)
+
+
+def _novel(rng: random.Random, per_relation: int, taken: set[str]) -> list[Item]:
+    items = []
+    for rel in RELATIONS:
+        for s in _novel_subjects(rng, rel, per_relation, taken):
+            items.append(Item(rel, "novel", s, _novel_object(rng, rel, taken)))
+    return items
+
+
+def unrelated(split: str) -> list[str]:
+    """Prompts about nothing in memory: general ones, and the relations' questions about real subjects that no
+    item of this split states (the hardest case: same relation, another subject)."""
+    stated = {it.subject for it in build(split)}
+    general = UNRELATED[0::2] if split == "dev" else UNRELATED[1::2]
+    others = [RELATIONS["capital"].question.format(s=c) for c in COUNTRIES if c not in stated]
+    others += [RELATIONS["headquarters"].question.format(s=c) for c in COMPANIES if c not in stated]
+    others += [RELATIONS["birthplace"].question.format(s=p) for p in PEOPLE if p not in stated]
+    return general + others
