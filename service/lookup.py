@@ -3,7 +3,7 @@
 Below ``index_above`` live facts every lookup is an exact scan of the memory's latents. Above it, a
 faiss inverted-file index is built in the background and kept current there; a lookup then asks it for
 candidates, adds the rows written since it last caught up (scanned exactly, so writes never wait for the
-index), drops dead rows, and ranks the candidates by their exact cosine from the float32 latents.
+index), drops dead rows, and ranks the candidates by their exact cosine from the latents (float16, computed in float32).
 
 The index is IVF over sqrt(N) lists with 4-bit product-quantised codes scanned by faiss's SIMD "fast
 scan" (``IVF{nlist},PQ{C/4}x4fs``: 48 bytes per 384-d latent, a thirty-second of the float32 row). Chosen

@@ -234,7 +234,7 @@ def unrelated(split: str) -> list[str]:
     """Prompts about nothing in memory: general ones, and the relations' questions about real subjects that no
     item of this split states (the hardest case: same relation, another subject)."""
     stated = {it.subject for it in build(split)}
-    general = UNRELATED[0::2] if split == "dev" else UNRELATED[1::2]
+    general = [p for p in (UNRELATED[0::2] if split == "dev" else UNRELATED[1::2]) if not any(s in p for s in stated)]
     others = [RELATIONS["capital"].question.format(s=c) for c in COUNTRIES if c not in stated]
     others += [RELATIONS["headquarters"].question.format(s=c) for c in COMPANIES if c not in stated]
     others += [RELATIONS["birthplace"].question.format(s=p) for p in PEOPLE if p not in stated]

@@ -1,0 +1,65 @@
+"""Free answers that carry the edit: the answer bias, the scope's mention check, the generation test set."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.generation.items import build, unrelated
+from models.decoders import answer_spans
+from models.llm import AnswerBias
+from models.loading import LoadedModels
+from models.scope import mentions
+from models.text import names
+
+BASE = "/v1/memories/demo"
+
+
+def test_answer_bias_steers_each_span_token_by_token_once_and_leaves_rows_without_spans_alone() -> None:
+    bias = AnswerBias([[((5, 6), (7, 6))], []], strength=10.0)
+    prompt = torch.tensor([[1, 2], [1, 2]])
+    s = bias(prompt, torch.zeros(2, 10))
+    assert s[0].nonzero().flatten().tolist() == [5, 7] and not s[1].any()  # either spelling may start it
+    s = bias(torch.cat([prompt, torch.tensor([[7], [3]])], 1), torch.zeros(2, 10))
+    assert s[0].nonzero().flatten().tolist() == [6] and not s[1].any()  # then only its next token
+    s = bias(torch.cat([prompt, torch.tensor([[7, 6], [3, 3]])], 1), torch.zeros(2, 10))
+    assert not s.any(), "a said span is never pushed again"
+    off = AnswerBias([[((5, 6),)]], strength=10.0)
+    off(prompt[:1], torch.zeros(1, 10))
+    assert not off(torch.cat([prompt[:1], torch.tensor([[4]])], 1), torch.zeros(1, 10))[0, 6]  # left the span
+
+
+def test_answer_spans_are_the_facts_new_word_runs(models: LoadedModels) -> None:
+    tok = models.llm.tokenizer
+    spans = answer_spans(models.llm, "When does Acme's fiscal year end?", "Acme's fiscal year ends on October 22.")
+    assert len(spans) == 1
+    assert {tok.decode(list(sp)).strip() for sp in spans[0]} == {"October 22"}
+
+
+def test_names_and_mentions() -> None:
+    assert names("What is the capital of China?") == {"china"}
+    assert names("Where was Marie Curie born?") == {"marie", "curie"}
+    assert names("what is the capital of veltria") == set()
+    assert not mentions("What is the capital of China?", "The capital of Brazil is Shanghai.")
+    assert mentions("Where was Curie born?", "Marie Curie was born in Vienna.")
+    assert mentions("what is the capital of veltria", "The capital of Veltria is Lyon.")  # names nothing: cosine
+
+
+def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(make_client, tmp_path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 's'}") as c:
+        for text in ("The capital of Oshaxgidova is Vegidburg.", "The capital of Brazil is Shanghai."):
+            assert c.post(f"{BASE}/facts", json={"text": text}).status_code == 201
+        r = c.post(f"{BASE}/query", json={"prompt": "What is the capital of Oshaxgidova?"}).json()
+        assert r["in_scope"] and "Vegidburg" in r["answer"]
+        other = {"prompt": "What is the capital of China?", "max_new_tokens": 16}
+        on, off = (c.post(f"{BASE}/query", json={**other, "memory_mode": m}).json() for m in ("auto", "off"))
+        assert not on["in_scope"] and on["answer"] == off["answer"]
+    with make_client(f"file://{tmp_path / 's'}", scope_requires_mention=False) as c:  # cosine alone
+        assert c.post(f"{BASE}/query", json=other).json()["in_scope"]
+
+
+def test_generation_splits_share_no_subject_and_unrelated_prompts_name_none_of_theirs() -> None:
+    dev, held = build("dev"), build("heldout")
+    assert not {i.subject for i in dev} & {i.subject for i in held}
+    for split, items in (("dev", dev), ("heldout", held)):
+        assert len({i.fact for i in items}) == len(items)
+        assert not any(i.subject in p for i in items for p in unrelated(split))
