@@ -265,7 +265,7 @@ class CausalLM:
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # (B, V)
             if bias is not None:
-                logits = bias(torch.cat([ids, *(t[:, None] for t in new)], 1), logits)
+                logits = bias(new[-1][:, None] if new else ids, logits)  # it reads the last token only
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
             nxt = torch.where(done, self.tokenizer.pad_token_id, logits.argmax(-1))  # (B,)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from bench.generation.items import FORMS, Item, build, unrelated
 from models.device import describe_machine
 from models.loading import load_models
+from models.text import stem, words
 from service.app import build_editor
 from service.editor import Editor
 from service.settings import Settings
@@ -39,7 +39,6 @@ from training.data import DEFAULT_DATA, counterfact
 log = logging.getLogger("bench.generation")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "generation"
 MEMORY = "generation"
-_WORD = re.compile(r"[\w'-]+")
 
 
 def contains(answer: str, obj: str) -> bool:
@@ -47,7 +46,7 @@ def contains(answer: str, obj: str) -> bool:
 
 
 def _stems(text: str) -> list[str]:
-    return [w.lower().removesuffix("'s").removesuffix("s") for w in _WORD.findall(text)]
+    return [stem(w) for w in words(text)]
 
 
 def fluent(prompt: str, answer: str) -> bool:
