@@ -50,20 +50,29 @@ DEFAULT_ANSWER_BIAS = 12.0  # LARIMAR_ANSWER_BIAS: chosen on bench.generation de
 
 
 def answer_spans(llm: CausalLM, prompt: str, fact: str) -> list[Span]:
-    """The runs of consecutive words a fact has and the prompt has not (bar stopwords), in the fact's order:
-    where the answer lies ("October 22", "Abraham Lincoln"). Each with its spellings: alone and after a space.
+    """The runs of words a fact has and the prompt has not, in the fact's order: where the answer lies
+    ("October 22", "earns a living as a surgeon"). Only a word the prompt names breaks a run; stopwords inside
+    one are kept (split there, "earns" and "surgeon" were both pushed at once: "earns surgeon living") and
+    trimmed at its ends. A run may be entered after any of its stopwords too, so an answer can pick it up where
+    the prompt leaves off ("... has a job as a" -> "surgeon"), but not inside a name ("Lovelace" alone); each
+    such suffix is a spelling, alone and after a space.
     """
-    asked = {stem(w) for w in words(prompt)}
+    asked = {stem(w) for w in words(prompt) if w.lower() not in STOPWORDS}
     runs: list[list[str]] = [[]]
     for w in words(fact):
-        if stem(w) in asked or w.lower() in STOPWORDS:
+        if w.lower() not in STOPWORDS and stem(w) in asked:
             runs.append([])
         else:
             runs[-1].append(w)
     spans = []
-    for run in (r for r in runs if r):
-        phrase = " ".join(run)
-        spellings = {tuple(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in (phrase, " " + phrase)}
+    for run in runs:
+        content = [i for i, w in enumerate(run) if w.lower() not in STOPWORDS]
+        if not content:
+            continue
+        starts = [i for i in content if i == content[0] or run[i - 1].lower() in STOPWORDS]
+        phrases = {" ".join(run[i : content[-1] + 1]) for i in starts}
+        spellings = {tuple(llm.tokenizer(p, add_special_tokens=False)["input_ids"])
+                     for phrase in phrases for p in (phrase, " " + phrase)}
         spans.append(tuple(sorted(sp for sp in spellings if sp)))
     return spans
 

@@ -133,6 +133,15 @@ class AnswerBias(LogitsProcessor):
         return scores
 
 
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens a tokenizer puts before any text (Gemma's <bos>; none for SmolLM2). Rendered text is
+    tokenised without special tokens, so ``CausalLM.token_ids`` adds these unless a chat template spelled them:
+    Gemma without its <bos> answers "<h2><h2>..."."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    return full[: full.index(bare[0])] if bare and bare[0] in full else []
+
+
 def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
     """One cache entry per GGUF file content identity (name, size, mtime)."""
     st = gguf.stat()
@@ -190,6 +199,7 @@ class CausalLM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.lead = leading_special_ids(self.tokenizer)
 
     # --- prompts -------------------------------------------------------------
 
@@ -199,9 +209,15 @@ class CausalLM:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n".join(m["content"] for m in messages) + "\n"  # a base LM: the turns as plain lines
 
+    def token_ids(self, text: str) -> list[int]:
+        """Ids of rendered text: special tokens in it are already spelled out; the tokenizer's leading ones
+        (``lead``) are added where the text does not begin with them."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids if ids[: len(self.lead)] == self.lead else [*self.lead, *ids]
+
     def ids(self, text: str) -> torch.Tensor:
-        """(1, T) ids of rendered text; special tokens in it are already spelled out."""
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+        """(1, T) ``token_ids`` of rendered text on the model's device."""
+        return torch.tensor([self.token_ids(text)], dtype=torch.long, device=self.device)
 
     # --- generation ----------------------------------------------------------
 
@@ -219,7 +235,7 @@ class CausalLM:
         return ids.to(self.device), mask.to(self.device)
 
     def _left_padded(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        return self.pad([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], left=True)
+        return self.pad([self.token_ids(t) for t in texts], left=True)
 
     @torch.inference_mode()
     def generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int = 0,
@@ -317,9 +333,7 @@ class CausalLM:
         tokens; a space goes between them unless one side already has it. Training uses the same split.
         """
         tok = self.tokenizer
-        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-            prefix_ids = [tok.bos_token_id, *prefix_ids]
+        prefix_ids = self.token_ids(prefix)
         sep = "" if (not prefix or prefix.endswith((" ", "\n")) or continuation.startswith((" ", "\n"))) else " "
         return prefix_ids, tok(sep + continuation, add_special_tokens=False)["input_ids"]
 

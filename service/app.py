@@ -59,6 +59,8 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
     choice = decoder_choice(settings)
     log.info("decoder: %s%s, scope threshold %.2f", choice.decoder,
              f" (adapter {choice.adapter})" if choice.adapter else "", choice.scope_threshold)
+    if choice.decoder == "latent":
+        log.warning("decoder latent is experimental: the shipped adapter barely moves the LLM (README)")
     decoder = load_decoder(choice.decoder, choice.adapter, device, settings.answer_bias)
     return Editor(settings, models.encoder, models.llm, decoder, registry, choice.scope_threshold)
 

@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     decoder: Literal["auto", "context", "latent", "hybrid"] = Field(
         "auto", description="How memory reaches the LLM: context (facts as text), latent (trained prefix), "
         "hybrid (both); auto takes the decoder the development runs chose for this model (models/adapters/"
-        "choices.json), or context for a model without an adapter."
+        "choices.json), or context for a model without an adapter. latent is experimental: the shipped adapter "
+        "barely moves the LLM (README)."
     )
     adapter: Path | None = Field(
         None, description="Latent-decoder adapter directory; default: the one shipped for this LLM and encoder."

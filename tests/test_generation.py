@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import torch
 
-from bench.generation.items import build, unrelated
+from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, unrelated
 from models.decoders import answer_spans
 from models.llm import AnswerBias
 from models.loading import LoadedModels
@@ -30,9 +32,16 @@ def test_answer_bias_steers_each_span_token_by_token_once_and_leaves_rows_withou
 
 def test_answer_spans_are_the_facts_new_word_runs(models: LoadedModels) -> None:
     tok = models.llm.tokenizer
-    spans = answer_spans(models.llm, "When does Acme's fiscal year end?", "Acme's fiscal year ends on October 22.")
-    assert len(spans) == 1
-    assert {tok.decode(list(sp)).strip() for sp in spans[0]} == {"October 22"}
+
+    def phrases(prompt: str, fact: str) -> list[set[str]]:
+        return [{tok.decode(list(sp)).strip() for sp in span} for span in answer_spans(models.llm, prompt, fact)]
+
+    assert phrases("When does Acme's fiscal year end?", "Acme's fiscal year ends on October 22.") == \
+        [{"October 22"}]
+    # stopwords inside a run keep it whole, so its words are said in order; it may be entered after a stopword
+    assert phrases("What is Zel Qua's job?", "Zel Qua earns a living as a surgeon.") == \
+        [{"earns a living as a surgeon", "living as a surgeon", "surgeon"}]
+    assert phrases("Who founded Acme?", "Acme was founded by Ada Lovelace.") == [{"Ada Lovelace"}]
 
 
 def test_names_and_mentions() -> None:
@@ -58,8 +67,20 @@ def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(m
 
 
 def test_generation_splits_share_no_subject_and_unrelated_prompts_name_none_of_theirs() -> None:
-    dev, held = build("dev"), build("heldout")
-    assert not {i.subject for i in dev} & {i.subject for i in held}
-    for split, items in (("dev", dev), ("heldout", held)):
+    splits = {split: build(split) for split in SPLITS}
+    for a, b in combinations(SPLITS, 2):
+        assert not {i.subject for i in splits[a]} & {i.subject for i in splits[b]}, (a, b)
+    for split, items in splits.items():
         assert len({i.fact for i in items}) == len(items)
         assert not any(i.subject in p for i in items for p in unrelated(split))
+        assert all(i.object not in i.prompt(form) for i in items for form in FORMS)  # the answer is never given
+
+
+def test_reworded_split_words_every_shared_relation_otherwise() -> None:
+    """The reworded split is a test of phrasings nobody tuned on: none of its templates is dev's."""
+    shared = RELATIONS.keys() & REWORDED.keys()
+    assert len(shared) == len(RELATIONS) and len(REWORDED) > len(RELATIONS)
+    for name in shared:
+        for part in ("fact", "question", "paraphrase", "cloze"):
+            assert getattr(RELATIONS[name], part) != getattr(REWORDED[name], part), (name, part)
+    assert {i.wording for i in build("reworded")} == {"reworded"}

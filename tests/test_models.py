@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from models.decoders import ContextDecoder, Readout
-from models.llm import gguf_cache_dir, model_dir
+from models.llm import CausalLM, gguf_cache_dir, leading_special_ids, model_dir
 from models.paths import resolve
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, split_sentences
 
@@ -86,3 +87,18 @@ def test_context_decoder_is_the_plain_llm_without_a_readout(models) -> None:  # 
     edited, unedited = cond.score_batch(llm, [("The sky is", ["green", "blue"], r), ("The sky is", ["green", "blue"],
                                                                                      None)])
     assert edited[0].logprob - edited[1].logprob > unedited[0].logprob - unedited[1].logprob
+
+
+def test_token_ids_add_the_tokenizers_leading_special_tokens_once(models) -> None:  # noqa: ANN001
+    """A model whose tokenizer starts text with a special token (Gemma's <bos>) gets it on rendered text too; the
+    encoder's BERT tokenizer stands in for one here ([CLS]), SmolLM2's adds none."""
+    bert = models.encoder.tokenizer
+    assert leading_special_ids(bert) == [bert.cls_token_id]
+    assert leading_special_ids(models.llm.tokenizer) == [] and models.llm.lead == []
+    llm = models.llm
+    text = llm.render([{"role": "user", "content": "Hi"}])
+    assert llm.token_ids(text) == llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with_lead = SimpleNamespace(tokenizer=bert, lead=[bert.cls_token_id])
+    plain = bert("hello there", add_special_tokens=False)["input_ids"]
+    assert CausalLM.token_ids(with_lead, "hello there") == [bert.cls_token_id, *plain]
+    assert CausalLM.token_ids(with_lead, "[CLS] hello there") == [bert.cls_token_id, *plain]  # spelled: not twice

@@ -17,8 +17,12 @@ rewrite fields are taken from the flat files, which match it otherwise.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
+import random
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +37,7 @@ CF_ROME = ("counterfact_portability_gpt4.json.gz", "counterfact_subject_replace.
 CF_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 2000), "dev": (2000, 10000), "train": (10000, 10**9)}
 ZSRE_EVAL, ZSRE_TRAIN = "zsre_mend_eval_portability_gpt4.json", "zsre_mend_train-1k.json"
 ZSRE_SPLITS: dict[str, tuple[int, int]] = {"report": (0, 500), "dev": (500, 10**9)}
+KNOWN, WIKITEXT = "known_1000.json", ("wikitext2_raw_valid.txt", "wikitext2_raw_test.txt")
 
 
 def fact_sentence(prompt: str, target: str) -> str:
@@ -112,3 +117,49 @@ def zsre(data: Path, split: Split) -> list[Case]:
 
 def load(dataset: Dataset, data: Path, split: Split, schema: Literal["flat", "rome"] = "flat") -> list[Case]:
     return counterfact(data, split, schema) if dataset == "counterfact" else zsre(data, split)
+
+
+def wiki_sentences(path: Path, n: int | None, seed: int) -> list[str]:
+    """Plain sentences of 8-30 words from WikiText-2, with its tokenisation (" , " and "@-@") undone."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        line = re.sub(r" @(.)@ ", r"\1", line)
+        line = re.sub(r" ([,.;:!?)'])", r"\1", line).replace("( ", "(")
+        out += [s for s in re.split(r"(?<=[.!?])\s+", line) if 8 <= len(s.split()) <= 30]
+    random.Random(seed).shuffle(out)
+    return out[:n]
+
+
+FILLER_SOURCES = ("CounterFact case_id 2000+ (dev, then train)", "zsRE train and dev", "known_1000",
+                  "WikiText-2 raw validation and test sentences", "synthetic facts about generated names")
+_SYNTHETIC = (("{s} was born in {o}.", ("Lagos", "Osaka", "Quito", "Tunis", "Perth", "Riga", "Hanoi", "Leeds")),
+              ("{s} works as a {o}.", ("nurse", "welder", "tailor", "potter", "jeweller", "courier", "curator")),
+              ("The headquarters of {s} are in {o}.", ("Oslo", "Lima", "Accra", "Graz", "Kyiv", "Porto", "Cork")),
+              ("{s} speaks {o}.", ("Welsh", "Tamil", "Basque", "Zulu", "Icelandic", "Malay", "Latvian")),
+              ("{s} plays the {o}.", ("lute", "sitar", "tuba", "bassoon", "marimba", "ukulele", "viola")))
+_SYLLABLES = ("bre", "ta", "kon", "mi", "lus", "pe", "dra", "ven", "os", "qui", "ral", "so", "tem", "ub", "ny",
+              "fa", "gor", "hel", "ix", "jun", "ked", "lam", "nop", "ert")
+
+
+def _synthetic(seed: int = 0) -> Iterator[str]:
+    """Endless distinct facts about generated names, in the relational shape of real ones."""
+    rng = random.Random(seed)
+    for i in itertools.count():
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
+        surname = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize() + f"-{i}"
+        template, objects = _SYNTHETIC[i % len(_SYNTHETIC)]
+        yield template.format(s=f"{name} {surname}", o=rng.choice(objects))
+
+
+def filler_facts(data: Path, n: int) -> list[str]:
+    """``n`` facts that are not reported records, to put a benchmark's edits among many others (FILLER_SOURCES, in
+    that order: the first 10,000 are CounterFact's own kind, the hardest neighbours for the scope detector)."""
+    real = (c.fact for c in itertools.chain(counterfact(data, "dev"), counterfact(data, "train"),
+                                            zsre(data, "train"), zsre(data, "dev")))
+    known = (fact_sentence(k["prompt"], k["attribute"]) for k in json.loads((data / KNOWN).read_text()))
+    wiki = (s for name in WIKITEXT for s in wiki_sentences(data / name, None, 0))
+    return list(itertools.islice(itertools.chain(real, known, wiki, _synthetic()), n))

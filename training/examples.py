@@ -15,16 +15,12 @@ decoder shows them).
 from __future__ import annotations
 
 import json
-import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.decoders import ContextDecoder, Readout
 from models.llm import CausalLM
-from training.data import counterfact, fact_sentence, zsre
-
-KNOWN, WIKITEXT = "known_1000.json", "wikitext2_raw_valid.txt"
+from training.data import KNOWN, WIKITEXT, counterfact, fact_sentence, wiki_sentences, zsre
 
 
 @dataclass(frozen=True)
@@ -56,23 +52,8 @@ def load_examples(data: Path, wikitext_sentences: int = 2000, seed: int = 0) -> 
                                 c.neighbour_truth, question=c.dataset == "zsre"))
     for k in json.loads((data / KNOWN).read_text()):
         examples.append(Example(fact_sentence(k["prompt"], k["attribute"]), k["prompt"], k["attribute"]))
-    examples += [Example(s, "", s) for s in wiki_sentences(data / WIKITEXT, wikitext_sentences, seed)]
+    examples += [Example(s, "", s) for s in wiki_sentences(data / WIKITEXT[0], wikitext_sentences, seed)]
     return examples
-
-
-def wiki_sentences(path: Path, n: int, seed: int) -> list[str]:
-    """Plain sentences of 8-30 words from WikiText-2, with its tokenisation (" , " and "@-@") undone."""
-    text = path.read_text(encoding="utf-8")
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        line = re.sub(r" @(.)@ ", r"\1", line)
-        line = re.sub(r" ([,.;:!?)'])", r"\1", line).replace("( ", "(")
-        out += [s for s in re.split(r"(?<=[.!?])\s+", line) if 8 <= len(s.split()) <= 30]
-    random.Random(seed).shuffle(out)
-    return out[:n]
 
 
 class RowBuilder:

@@ -95,6 +95,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="evaluate at most this many cases per run (spread evenly)")
     ap.add_argument("--gen-tokens", type=int, default=16)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--filler", type=int, default=0,
+                    help="sequential: facts written before the edits (training.data.filler_facts: never reported "
+                         "records), so the edits are evaluated in a memory of N + filler facts")
     ap.add_argument("--forget-sample", type=int, default=100)
     ap.add_argument("--data", type=Path, default=data_mod.DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -124,6 +127,10 @@ def main() -> None:
     extra = data_mod.load(args.dataset, args.data, "dev" if args.split == "report" else "train", args.schema) \
         if max(args.n) > len(pool) and args.dataset == "counterfact" else []
     pool_ids = {c.case_id for c in pool}
+    filler = data_mod.filler_facts(args.data, args.filler) if args.filler else []
+    if filler and args.protocol != "sequential":
+        ap.error("--filler is for the sequential protocol")
+    scale = f"-filler{args.filler}" if args.filler else ""
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = f"{args.dataset}{'-rome' if args.schema == 'rome' else ''}-{args.split}-{name}"
     for n in args.n:
@@ -132,7 +139,7 @@ def main() -> None:
         step = max(1, len(evaluable) // args.limit) if args.limit else 1
         eval_cases = evaluable[::step][: args.limit] if args.limit else evaluable
         log_path = args.out / (f"{prefix}-single.cases.jsonl" if args.protocol == "single"
-                               else f"{prefix}-{args.protocol}-n{n}.cases.jsonl")
+                               else f"{prefix}-{args.protocol}-n{n}{scale}.cases.jsonl")
         done = CaseLog(log_path).done if args.protocol != "forgetting" else set()
         # Only the cases still to evaluate need the unedited model's answers (a resumed run skips the rest).
         todo = [c for c in eval_cases if c.case_id not in done] if args.protocol != "forgetting" else []
@@ -140,14 +147,20 @@ def main() -> None:
         summary: dict = {"system": name, "dataset": args.dataset, "schema": args.schema, "split": args.split,
                          "protocol": args.protocol, "n_edits": n, "gen_tokens": args.gen_tokens,
                          "case_ids": [edits[0].case_id, edits[-1].case_id], "machine": describe_machine(),
-                         "llm": settings.llm if not args.url else args.url}
+                         "llm": settings.llm if not args.url else args.url,
+                         "llm_name": Path(settings.llm).name if not args.url else None}
+        if filler:
+            summary["filler"] = {"facts": len(filler), "sources": data_mod.FILLER_SOURCES}
         if isinstance(system, WeightEdited):
             summary["method_config"] = system.config()
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,
                                          "scope_threshold": system.editor.scope.threshold,
                                          "recalled_facts": system.settings.recalled_facts,
-                                         "decoder": system.decoder.name} | adapter_info(system)
+                                         "decoder": system.decoder.name,
+                                         "answer_bias": system.settings.answer_bias,
+                                         "scope_requires_mention": system.settings.scope_requires_mention,
+                                         } | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)
         elif args.protocol == "single":
@@ -160,7 +173,8 @@ def main() -> None:
             summary |= summarize(records, args.dataset) | _timing(times)
         else:
             cases_log = CaseLog(log_path)
-            times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log, deadline=deadline)
+            times = sequential(system, edits, eval_cases, ref, args.gen_tokens, cases_log, deadline=deadline,
+                               filler=filler)
             summary |= summarize(cases_log.records, args.dataset) | _timing(times)
             if len(times) < n:  # the budget ran out: this is the largest N the system reached
                 summary |= {"n_edits": len(times), "n_edits_asked": n}
@@ -168,7 +182,7 @@ def main() -> None:
             edited = len(eval_cases) if args.protocol == "single" else len(times)
             summary["partial"] = summary["n_cases"] < min(len(eval_cases), edited)
         summary["peak_memory"] = peak_memory_mib()
-        stem = f"{prefix}-{args.protocol}-n{n}"
+        stem = f"{prefix}-{args.protocol}-n{n}{scale}"
         (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
         log.info("%s: %s", stem, json.dumps({k: v for k, v in summary.items() if k not in ("machine", "llm")}))
 

@@ -75,13 +75,17 @@ def single(system: System, cases: Sequence[Case], ref: Reference, gen_tokens: in
 
 
 def sequential(system: System, cases: Sequence[Case], eval_cases: Sequence[Case], ref: Reference, gen_tokens: int,
-               log_: CaseLog, batch_cases: int = 32, deadline: float = math.inf) -> list[float]:
+               log_: CaseLog, batch_cases: int = 32, deadline: float = math.inf,
+               filler: Sequence[str] = ()) -> list[float]:
     """All edits into one model or memory, one at a time, then every evaluated case (the hard setting).
 
+    ``filler`` facts go into the memory first, so the edits are read back from among that many others.
     Past ``deadline`` no further edit starts; the cases edited by then are all evaluated, and the caller
     reports the N actually reached.
     """
     system.reset()
+    if filler:
+        system.fill(filler)
     times = []
     for case in tqdm(cases, desc=f"{system.name} edits"):
         if time.time() > deadline:

@@ -17,11 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.tables import fmt, ms, table  # noqa: E402
+from models.paths import DEFAULT_LLM  # noqa: E402
 from models.scope import DEFAULT_SCOPE_THRESHOLD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "editing"
 DOC = ROOT / "docs" / "benchmarks.md"
+DEFAULT_LLM_NAME = Path(DEFAULT_LLM).name  # runs record their LLM's file name as llm_name (older runs: none)
 BEGIN, END = "<!-- tables:begin (python -m bench.editing.report) -->", "<!-- tables:end -->"
 ORDER = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "larimar-http", "ft-l", "rome",
          "grace")
@@ -31,13 +33,27 @@ def load(results: Path) -> list[dict]:
     runs = [json.loads(p.read_text()) for p in sorted(results.rglob("*.json"))]
     runs = [r for r in runs if r["protocol"] == "forgetting" or r.get("n_cases")]  # runs cut before any case
     return sorted(runs, key=lambda r: (r["dataset"], r.get("schema", "flat"), r["protocol"],
-                                       ORDER.index(r["system"]) if r["system"] in ORDER else 99, r["n_edits"]))
+                                       ORDER.index(r["system"]) if r["system"] in ORDER else 99, facts_in_memory(r)))
 
 
 def label(r: dict) -> str:
-    """The system, with the service's scope threshold where a run set one other than the paper's."""
-    t = r.get("service_config", {}).get("scope_threshold")
-    return r["system"] + (f", scope {t}" if t not in (None, DEFAULT_SCOPE_THRESHOLD) else "")
+    """The system, with what a run set apart from the paper's service: scope threshold, answer bias, mention
+    check, and the LLM where it is not the default."""
+    cfg = r.get("service_config", {})
+    t, bias, llm = cfg.get("scope_threshold"), cfg.get("answer_bias"), r.get("llm_name") or DEFAULT_LLM_NAME
+    return (r["system"] + (f", scope {t}" if t not in (None, DEFAULT_SCOPE_THRESHOLD) else "")
+            + (f", answer bias {bias:g}" if bias else "")
+            + (", mention check" if cfg.get("scope_requires_mention") else "")
+            + (f" ({llm})" if llm != DEFAULT_LLM_NAME else ""))
+
+
+def facts_in_memory(r: dict) -> int:
+    return r["n_edits"] + r.get("filler", {}).get("facts", 0)
+
+
+def n_label(r: dict) -> str:
+    n = f"{r['n_edits']} of {r['n_edits_asked']} (budget)" if r.get("n_edits_asked") else str(r["n_edits"])
+    return n + (f" + {r['filler']['facts']:,} filler" if r.get("filler") else "")
 
 
 def device(r: dict) -> str:
@@ -64,8 +80,7 @@ def quality_table(runs: list[dict], dataset: str, schema: str = "flat") -> str:
             extra = f"{fmt(r.get('EM'))} / {fmt(r.get('PM'))} / {fmt(r.get('NM'))} | " \
                     f"{fmt(r.get('gen_rewrite'))} / {fmt(r.get('gen_paraphrase'))} / {fmt(r.get('gen_neighbour_same'))}"
         rss = r.get("peak_memory", {}).get("rss_mib")
-        n = f"{r['n_edits']} of {r['n_edits_asked']} (budget)" if r.get("n_edits_asked") else r["n_edits"]
-        lines.append(f"| {label(r)} | {r['protocol']} | {n} | {main} | {extra} | "
+        lines.append(f"| {label(r)} | {r['protocol']} | {n_label(r)} | {main} | {extra} | "
                      f"{ms(r.get('edit_s_median'))} | {fmt(rss, 0)} MiB | {r.get('n_cases')}"
                      f"{' (partial)' if r.get('partial') else ''} | {device(r)} |")
     return "\n".join(lines)
@@ -81,7 +96,7 @@ def scope_table(runs: list[dict]) -> str:
         s, f = r["scope"], r.get("paraphrase_failures", {})
         kept_out = None if s.get("neighbour") is None else 100 - s["neighbour"]
         causes = " / ".join(str(f.get(k, "–")) for k in ("out_of_scope", "not_retrieved", "llm_ignored_fact"))
-        rows.append([label(r), r["dataset"], r["protocol"], r["n_edits"], fmt(s.get("rewrite")),
+        rows.append([label(r), r["dataset"], r["protocol"], n_label(r), fmt(s.get("rewrite")),
                      fmt(s.get("paraphrase")), fmt(kept_out), fmt(r.get("retrieved", {}).get("paraphrase")),
                      causes if f else "–"])
     return table(head, rows)
@@ -143,12 +158,12 @@ def plot_quality(runs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for ax, metric in zip(axes, ("ES", "PS", "NS"), strict=True):
         for (system, protocol), rs in sorted(series.items()):
-            rs = sorted(rs, key=lambda r: r["n_edits"])
-            ax.plot([r["n_edits"] for r in rs], [r.get(metric) for r in rs], marker="o",
+            rs = sorted(rs, key=facts_in_memory)
+            ax.plot([facts_in_memory(r) for r in rs], [r.get(metric) for r in rs], marker="o",
                     linestyle="-" if protocol == "sequential" else "--", label=f"{system} ({protocol})")
         ax.set_xscale("log")
         ax.set_title(f"CounterFact {metric} (reported set)")
-        ax.set_xlabel("edits N")
+        ax.set_xlabel("facts in memory (N edits, + filler)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[-1].legend(fontsize=7, loc="lower left")

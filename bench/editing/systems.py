@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httpx
 import torch
+from tqdm import tqdm
 
 from bench.baselines import WeightEditor
 from models.decoders import ContextDecoder, Decoder, Readout
@@ -57,6 +58,8 @@ class System(Protocol):
 
     def reset(self) -> None: ...
 
+    def fill(self, texts: Sequence[str]) -> None: ...
+
     def score(self, items: Sequence[ScoreItem]) -> list[Scored]: ...
 
     def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]: ...
@@ -94,6 +97,9 @@ class TextSystem:
 
     def reset(self) -> None:
         pass
+
+    def fill(self, texts: Sequence[str]) -> None:
+        raise NotImplementedError(f"{self.name} has no memory to fill")
 
     def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
         out = []
@@ -134,7 +140,7 @@ class Service(TextSystem):
         self.choice = decoder_choice(self.settings)  # which adapter, for the run's record
         super().__init__(models.llm, batch, self.editor.decoder)
         self.name = f"larimar-{self.editor.decoder.name}"
-        self.memory, self.generation, self.fact_ids = "bench-0", 0, {}
+        self.memory, self.generation, self.fact_ids, self.filled = "bench-0", 0, {}, False
 
     def edit(self, case: Case) -> None:
         (fact,) = self.editor.add_facts(self.memory, [(case.fact, {"case_id": case.case_id})]).facts
@@ -144,10 +150,16 @@ class Service(TextSystem):
         self.editor.forget(self.memory, self.fact_ids.pop(case.case_id))
 
     def reset(self) -> None:
-        if self.fact_ids:
+        if self.fact_ids or self.filled:
             self.editor.delete_memory(self.memory)
         self.generation += 1
-        self.memory, self.fact_ids = f"bench-{self.generation}", {}
+        self.memory, self.fact_ids, self.filled = f"bench-{self.generation}", {}, False
+
+    def fill(self, texts: Sequence[str]) -> None:
+        """Facts that are no edit of the run, written in batches as the batch route writes them."""
+        for part in tqdm(list(chunks(texts, self.settings.max_batch_facts)), desc="filler", unit="batch"):
+            self.editor.add_facts(self.memory, [(t, None) for t in part])
+        self.filled = True
 
     def condition(self, case: Case, prompt: str) -> Conditioning:
         if not self.fact_ids:
@@ -183,7 +195,7 @@ class Http:
     def __init__(self, client: httpx.Client, memory_mode: str = "auto") -> None:
         self.memory_mode = memory_mode  # "off" asks the same server for the unedited model's answers
         self.client = client
-        self.memory, self.generation, self.fact_ids = "bench-http-0", 0, {}
+        self.memory, self.generation, self.fact_ids, self.filled = "bench-http-0", 0, {}, False
         if memory_mode == "off":  # the routes need an existing memory even when they do not read it
             self.memory = "bench-http-unedited"
             self._post("/facts", {"text": "This memory only exists so the benchmark can query with memory off."})
@@ -205,10 +217,15 @@ class Http:
         self.client.delete(f"/v1/memories/{self.memory}/facts/{self.fact_ids.pop(case.case_id)}").raise_for_status()
 
     def reset(self) -> None:
-        if self.fact_ids:
+        if self.fact_ids or self.filled:
             self.client.delete(f"/v1/memories/{self.memory}").raise_for_status()
         self.generation += 1
-        self.memory, self.fact_ids = f"bench-http-{self.generation}", {}
+        self.memory, self.fact_ids, self.filled = f"bench-http-{self.generation}", {}, False
+
+    def fill(self, texts: Sequence[str], batch: int = 256) -> None:
+        for part in tqdm(list(chunks(texts, batch)), desc="filler", unit="batch"):
+            self._post("/facts/batch", {"facts": [{"text": t} for t in part]})
+        self.filled = True
 
     def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
         out = []

@@ -11,7 +11,8 @@ prompt when its answer is exactly the memory-off one. Each failure gets its caus
 not among those recalled, or the model not using a fact it was shown. ``--filler`` writes CounterFact
 training-range facts first, so the items sit in a larger memory.
 
-Results: ``bench/results/generation/<split>-<decoder>[-<tag>].json``.
+Another LLM: ``LARIMAR_LLM=<gguf or HF dir> python -m bench.generation --tag <name>`` (a model without a trained
+adapter gets context decoding). Results: ``bench/results/generation/<split>-<decoder>[-<tag>].json``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
-from bench.generation.items import FORMS, Item, build, unrelated
+from bench.generation.items import FORMS, SPLITS, Item, build, unrelated
 from models.device import describe_machine
 from models.loading import load_models
 from models.text import stem, words
@@ -51,11 +53,12 @@ def _stems(text: str) -> list[str]:
 
 def fluent(prompt: str, answer: str) -> bool:
     """Not empty, no word said twice in a row ("born Vienna Vienna"), and not only the prompt's own words
-    said back ("When does Acme's fiscal year ends?")."""
-    words = _stems(answer)
-    if not words or any(a == b for a, b in zip(words, words[1:], strict=False)):
+    said back ("When does Acme's fiscal year ends?"). Repeats compare words, not stems: "as a" stems to
+    "a a" (until 2026-12-03 that counted "works as a chemist" as a repeat and "works chemist" as fluent)."""
+    said = [w.lower() for w in words(answer)]
+    if not said or any(a == b for a, b in zip(said, said[1:], strict=False)):
         return False
-    return bool(set(words) - set(_stems(prompt)))
+    return bool(set(_stems(answer)) - set(_stems(prompt)))
 
 
 def answers(editor: Editor, prompts: list[str], mode: str, batch: int) -> list[dict[str, Any]]:
@@ -97,19 +100,37 @@ def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]]) 
     return out
 
 
+def rescore(path: Path) -> None:
+    """A results file judged again from its stored answers (after a change to the judging, not the answers)."""
+    res = json.loads(path.read_text())
+    for r in res["rows"]:
+        r["fluent"] = fluent(r["prompt"], r["answer"])
+    res["summary"] = summarize(res["rows"], res["unrelated"])
+    path.write_text(json.dumps(res, indent=1))
+    log.info("%s rescored: %s", path.name, json.dumps(res["summary"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", choices=("dev", "heldout"), default="dev")
+    ap.add_argument("--split", choices=SPLITS, default="dev")
     ap.add_argument("--decoder", default="auto", help="context, latent, hybrid, or auto (the service default)")
     ap.add_argument("--filler", type=int, default=0, help="CounterFact training-range facts written first")
     ap.add_argument("--answer-bias", type=float, help="LARIMAR_ANSWER_BIAS for this run (default: the setting's)")
     ap.add_argument("--no-mention", action="store_true", help="LARIMAR_SCOPE_REQUIRES_MENTION off for this run")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--tag", default="", help="appended to the results file's name")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rescore", type=Path, nargs="+", help="judge these results files again, run nothing")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.rescore:
+        for path in args.rescore:
+            rescore(path)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     extra: dict[str, Any] = {} if args.answer_bias is None else {"answer_bias": args.answer_bias}
     if args.no_mention:
         extra["scope_requires_mention"] = False
@@ -131,7 +152,8 @@ def main() -> None:
     unrelated_rows = [{**a, "memory_off": b["answer"], "same": a["answer"] == b["answer"]}
                       for a, b in zip(on, off, strict=True)]
     res = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "split": args.split, "decoder": editor.decoder.name, "scope_threshold": editor.scope.threshold,
+           "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
+           "scope_threshold": editor.scope.threshold,
            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
            "facts_in_memory": len(items) + args.filler, "filler": args.filler,
            "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
