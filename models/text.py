@@ -22,9 +22,26 @@ def stem(word: str) -> str:
     return word.lower().removesuffix("'s").removesuffix("s")
 
 
+def _is_name(i: int, w: str) -> bool:
+    return (w[0].isupper() and not (i == 0 and w.lower() in STARTERS)) or any(c.isdigit() for c in w)
+
+
 def names(sentence: str) -> set[str]:
     """Stems of the capitalised words and numbers in a sentence, bar its first word when that is a question or
     function word: what the sentence is about ("Where was Marie Curie born?" -> marie, curie)."""
-    ws = words(sentence)
-    return {stem(w) for i, w in enumerate(ws)
-            if (w[0].isupper() and not (i == 0 and w.lower() in STARTERS)) or any(c.isdigit() for c in w)}
+    return {stem(w) for i, w in enumerate(words(sentence)) if _is_name(i, w)}
+
+
+def name_runs(sentence: str) -> list[frozenset[str]]:
+    """``names`` grouped into the runs of adjacent words they come in, one per entity named ("Michel Rocard",
+    "Ferrari 641", "Law & Order: LA")."""
+    runs: list[set[str]] = []
+    previous = -2
+    for i, w in enumerate(words(sentence)):
+        if _is_name(i, w):
+            if i == previous + 1:
+                runs[-1].add(stem(w))
+            else:
+                runs.append({stem(w)})
+            previous = i
+    return [frozenset(r) for r in runs]

@@ -6,12 +6,12 @@ from itertools import combinations
 
 import torch
 
-from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, unrelated
+from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, same_subject, unrelated
 from models.decoders import answer_spans
 from models.llm import AnswerBias
 from models.loading import LoadedModels
 from models.scope import mentions
-from models.text import names
+from models.text import name_runs, names
 
 BASE = "/v1/memories/demo"
 
@@ -51,6 +51,12 @@ def test_names_and_mentions() -> None:
     assert not mentions("What is the capital of China?", "The capital of Brazil is Shanghai.")
     assert mentions("Where was Curie born?", "Marie Curie was born in Vienna.")
     assert mentions("what is the capital of veltria", "The capital of Veltria is Lyon.")  # names nothing: cosine
+    assert name_runs("Is Michel Rocard a speaker of French?") == [{"michel", "rocard"}, {"french"}]
+    # an entity, not a shared word: another Michel, another Ferrari are another subject
+    assert not mentions("Michel Rocard is a native speaker of", "Michel Aumont, speaker of English.")
+    assert not mentions("Ferrari 641 is created by", "Ferrari 375 F1 is produced by Renault.")
+    assert mentions("Who is the CEO of Apple, the company Tim Cook runs?", "The CEO of Apple is Ada Quill.")
+    assert mentions("Category:Credit D'Qwell Jackson plays as", "D'Qwell Jackson plays in the position of goalie.")
 
 
 def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(make_client, tmp_path) -> None:  # noqa: ANN001
@@ -74,6 +80,10 @@ def test_generation_splits_share_no_subject_and_unrelated_prompts_name_none_of_t
         assert len({i.fact for i in items}) == len(items)
         assert not any(i.subject in p for i in items for p in unrelated(split))
         assert all(i.object not in i.prompt(form) for i in items for form in FORMS)  # the answer is never given
+        # same subject, another relation: names an item's subject, asks nothing memory states
+        asked = same_subject(split)
+        assert len(asked) == len(items) and not set(asked) & {i.prompt(f) for i in items for f in FORMS}
+        assert all(i.subject in q for i, q in zip(items, asked, strict=True))
 
 
 def test_reworded_split_words_every_shared_relation_otherwise() -> None:

@@ -32,6 +32,7 @@ from bench.editing.systems import Http, Oracle, Service, System, TextSystem, Wei
 from models.device import describe_machine
 from models.latent import WEIGHTS
 from models.loading import load_llm, load_models
+from models.scope import MENTION_RULE
 from service.settings import Settings
 from training import data as data_mod
 
@@ -160,6 +161,7 @@ def main() -> None:
                                          "decoder": system.decoder.name,
                                          "answer_bias": system.settings.answer_bias,
                                          "scope_requires_mention": system.settings.scope_requires_mention,
+                                         "mention_rule": MENTION_RULE,
                                          } | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.editing.report import facts_in_memory, n_label
 from bench.tables import fmt
 from models.choice import choose_decoder
 from models.latent import TRAINING, LatentConfig
@@ -44,10 +45,10 @@ def results_block(decoder: str, results: Path) -> str:
            "neighbour in | time per edit | cases |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     runs = [json.loads(p.read_text()) for p in sorted(results.glob(f"counterfact-report-larimar-{decoder}-*.json"))]
-    for r in sorted(runs, key=lambda r: (r["protocol"], r["n_edits"])):
+    for r in sorted(runs, key=lambda r: (r["protocol"], facts_in_memory(r))):
         sc = r.get("scope", {})
         t = r.get("edit_s_median")
-        lines.append(f"| {r['protocol']} | {r['n_edits']} | {fmt(r.get('ES'))} | {fmt(r.get('PS'))} | "
+        lines.append(f"| {r['protocol']} | {n_label(r)} | {fmt(r.get('ES'))} | {fmt(r.get('PS'))} | "
                      f"{fmt(r.get('NS'))} | {fmt(r.get('score'))} | {fmt(r.get('gen_rewrite'))} / "
                      f"{fmt(r.get('gen_paraphrase'))} | {fmt(sc.get('paraphrase'))} / {fmt(sc.get('neighbour'))} | "
                      f"{'–' if t is None else f'{t * 1e3:.1f} ms'} | {r.get('n_cases')} |")

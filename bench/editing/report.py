@@ -43,7 +43,7 @@ def label(r: dict) -> str:
     t, bias, llm = cfg.get("scope_threshold"), cfg.get("answer_bias"), r.get("llm_name") or DEFAULT_LLM_NAME
     return (r["system"] + (f", scope {t}" if t not in (None, DEFAULT_SCOPE_THRESHOLD) else "")
             + (f", answer bias {bias:g}" if bias else "")
-            + (", mention check" if cfg.get("scope_requires_mention") else "")
+            + (f", mention check ({cfg.get('mention_rule', 'any word')})" if cfg.get("scope_requires_mention") else "")
             + (f" ({llm})" if llm != DEFAULT_LLM_NAME else ""))
 
 
@@ -108,8 +108,9 @@ def dev_table(dev: Path) -> str:
             "gen. acc. rewrite / paraphrase / neighbour same", "paraphrase in scope", "neighbour in scope"]
     runs = [json.loads(p.read_text()) for p in sorted(dev.rglob("*.json"))]
     key = {s: i for i, s in enumerate(ORDER)}
-    runs.sort(key=lambda r: (key.get(r["system"], 99), r.get("service_config", {}).get("scope_threshold", 0)))
-    rows = [[r["system"], r.get("service_config", {}).get("scope_threshold", "–"), f"{r['n_edits']} / {r['n_cases']}",
+    runs.sort(key=lambda r: (key.get(r["system"], 99), r.get("service_config", {}).get("scope_requires_mention", False),
+                             r.get("service_config", {}).get("scope_threshold", 0)))
+    rows = [[label(r), r.get("service_config", {}).get("scope_threshold", "–"), f"{r['n_edits']} / {r['n_cases']}",
              *(fmt(r.get(k)) for k in ("ES", "PS", "NS", "score")),
              " / ".join(fmt(r.get(k)) for k in ("gen_rewrite", "gen_paraphrase", "gen_neighbour_same")),
              fmt(r.get("scope", {}).get("paraphrase")), fmt(r.get("scope", {}).get("neighbour"))] for r in runs]

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.generation.items import FORMS, SPLITS, Item, build, unrelated
+from bench.generation.items import FORMS, SPLITS, Item, build, same_subject, unrelated
+from bench.tables import fmt
+from bench.tables import table as md_table
 from models.device import describe_machine
 from models.loading import load_models
 from models.text import stem, words
@@ -75,6 +77,12 @@ def answers(editor: Editor, prompts: list[str], mode: str, batch: int) -> list[d
     return out
 
 
+def unchanged(editor: Editor, prompts: list[str], batch: int) -> list[dict[str, Any]]:
+    """Prompts whose answer must be the memory-off one: each answered with memory auto and off."""
+    on, off = answers(editor, prompts, "auto", batch), answers(editor, prompts, "off", batch)
+    return [{**a, "memory_off": b["answer"], "same": a["answer"] == b["answer"]} for a, b in zip(on, off, strict=True)]
+
+
 def judge(item: Item, form: str, a: dict[str, Any]) -> dict[str, Any]:
     ok = contains(a["answer"], item.object)
     cause = None if ok else ("out of scope" if not a["in_scope"] else
@@ -83,7 +91,8 @@ def judge(item: Item, form: str, a: dict[str, Any]) -> dict[str, Any]:
             "correct": ok, "fluent": fluent(a["prompt"], a["answer"]), "cause": cause}
 
 
-def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]],
+              same_subject_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     def pct(xs: list[bool]) -> float:
         return round(100.0 * sum(xs) / len(xs), 1) if xs else float("nan")
 
@@ -97,6 +106,10 @@ def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]]) 
     out["unrelated_unchanged"] = pct([u["same"] for u in unrelated_rows])
     out["unrelated_in_scope"] = pct([u["in_scope"] for u in unrelated_rows])
     out["unrelated_n"] = len(unrelated_rows)
+    if same_subject_rows is not None:  # results from before 2026-12-03 have none
+        out["same_subject_unchanged"] = pct([u["same"] for u in same_subject_rows])
+        out["same_subject_in_scope"] = pct([u["in_scope"] for u in same_subject_rows])
+        out["same_subject_n"] = len(same_subject_rows)
     return out
 
 
@@ -105,9 +118,25 @@ def rescore(path: Path) -> None:
     res = json.loads(path.read_text())
     for r in res["rows"]:
         r["fluent"] = fluent(r["prompt"], r["answer"])
-    res["summary"] = summarize(res["rows"], res["unrelated"])
+    res["summary"] = summarize(res["rows"], res["unrelated"], res.get("same_subject"))
     path.write_text(json.dumps(res, indent=1))
     log.info("%s rescored: %s", path.name, json.dumps(res["summary"]))
+
+
+def table(paths: list[Path]) -> str:
+    """The docs' generation table, one row per results file: correct % (novel / counterfactual) per form."""
+    head = ["run", "facts in memory", "question novel / counterf.", "paraphrase novel / counterf.",
+            "cloze novel / counterf.", "fluent", "unrelated unchanged", "same subject, other relation unchanged"]
+    rows = []
+    for path in paths:
+        res = json.loads(path.read_text())
+        s = res["summary"]
+        cells = [f"{fmt(s[f'novel/{f}']['correct'])} / {fmt(s[f'counterfactual/{f}']['correct'])}" for f in FORMS]
+        flu = [r["fluent"] for r in res["rows"]]
+        rows.append([path.stem, f"{res['facts_in_memory']:,}", *cells, fmt(100 * sum(flu) / len(flu)),
+                     f"{fmt(s['unrelated_unchanged'])} ({s['unrelated_n']})",
+                     f"{fmt(s['same_subject_unchanged'])} ({s['same_subject_n']})" if "same_subject_n" in s else "–"])
+    return md_table(head, rows)
 
 
 def main() -> None:
@@ -123,11 +152,15 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the results file's name")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--rescore", type=Path, nargs="+", help="judge these results files again, run nothing")
+    ap.add_argument("--table", type=Path, nargs="+", help="print the markdown table of these results files")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.rescore:
         for path in args.rescore:
             rescore(path)
+    if args.table:
+        print(table(args.table))
+    if args.rescore or args.table:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,17 +180,16 @@ def main() -> None:
     asked = [(it, form) for it in items for form in FORMS]
     got = answers(editor, [it.prompt(form) for it, form in asked], "auto", args.batch)
     rows = [judge(it, form, a) for (it, form), a in zip(asked, got, strict=True)]
-    others = unrelated(args.split)
-    on, off = answers(editor, others, "auto", args.batch), answers(editor, others, "off", args.batch)
-    unrelated_rows = [{**a, "memory_off": b["answer"], "same": a["answer"] == b["answer"]}
-                      for a, b in zip(on, off, strict=True)]
+    unrelated_rows = unchanged(editor, unrelated(args.split), args.batch)
+    same_subject_rows = unchanged(editor, same_subject(args.split), args.batch)
     res = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
            "scope_threshold": editor.scope.threshold,
            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
            "facts_in_memory": len(items) + args.filler, "filler": args.filler,
            "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
-           "summary": summarize(rows, unrelated_rows), "rows": rows, "unrelated": unrelated_rows}
+           "summary": summarize(rows, unrelated_rows, same_subject_rows), "rows": rows, "unrelated": unrelated_rows,
+           "same_subject": same_subject_rows}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{args.split}-{editor.decoder.name}" + (f"-{args.tag}" if args.tag else "")
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))

@@ -317,6 +317,27 @@ def _novel(rng: random.Random, per_relation: int, taken: set[str], split: str) -
     return items
 
 
+# relations that can be asked of the same kind of subject: a question of another relation about an item's subject
+KINDS = (("capital", "currency", "language"), ("headquarters", "founder", "ceo", "fiscal_year", "headcount"),
+         ("birthplace", "profession", "instrument", "sport", "spouse", "pet", "employer"))
+
+
+def same_subject(split: str) -> list[str]:
+    """Each item's subject asked about another relation no item of this split states for it ("Where was Nikola
+    Tesla born?" when memory says only what he does): the prompt names what a fact names, so only the
+    scope detector's cosine keeps it away from memory, and its answer must be the memory-off one."""
+    items, rel = build(split), WORDINGS[split]
+    stated = {(it.subject, it.relation) for it in items}
+    out = []
+    for it in items:
+        group = next(g for g in KINDS if it.relation in g)
+        after = group[group.index(it.relation) + 1 :] + group  # the next relation of its kind first
+        others = [r for r in after if r in rel and (it.subject, r) not in stated]
+        if others:
+            out.append(rel[others[0]].question.format(s=it.subject))
+    return out
+
+
 def unrelated(split: str) -> list[str]:
     """Prompts about nothing in memory: general ones, and the relations' questions about real subjects that no
     item of this split states (the hardest case: same relation, another subject)."""
