@@ -32,16 +32,27 @@ def names(sentence: str) -> set[str]:
     return {stem(w) for i, w in enumerate(words(sentence)) if _is_name(i, w)}
 
 
+# lower-case words inside a name ("Alexander von Zemlinsky"); not "of", which more often stands between two
+# entities ("the CEO of Apple") than inside one ("Bank of America")
+PARTICLES = frozenset("von van de da di du del der la le".split())
+# words a name may carry or drop and still be the same entity ("Apple Inc." is Apple)
+SUFFIXES = frozenset("inc ltd llc corp co plc gmbh ag jr sr".split())
+
+
 def name_runs(sentence: str) -> list[frozenset[str]]:
     """``names`` grouped into the runs of adjacent words they come in, one per entity named ("Michel Rocard",
-    "Ferrari 641", "Law & Order: LA")."""
+    "Ferrari 641", "Law & Order: LA"); a particle between two names joins them ("Ludwig van Beethoven"), and a
+    stopword or a suffix in a name ("The Wild Child", "Apple Inc.") is no part of what tells it apart."""
     runs: list[set[str]] = []
+    ws = words(sentence)
     previous = -2
-    for i, w in enumerate(words(sentence)):
+    for i, w in enumerate(ws):
         if _is_name(i, w):
-            if i == previous + 1:
+            joined = i == previous + 2 and ws[i - 1] in PARTICLES
+            if runs and (i == previous + 1 or joined):
                 runs[-1].add(stem(w))
             else:
                 runs.append({stem(w)})
             previous = i
-    return [frozenset(r) for r in runs]
+    runs = [{w for w in r if w not in STOPWORDS and w not in SUFFIXES} for r in runs]
+    return [frozenset(r) for r in runs if r]

@@ -57,6 +57,16 @@ def test_names_and_mentions() -> None:
     assert not mentions("Ferrari 641 is created by", "Ferrari 375 F1 is produced by Renault.")
     assert mentions("Who is the CEO of Apple, the company Tim Cook runs?", "The CEO of Apple is Ada Quill.")
     assert mentions("Category:Credit D'Qwell Jackson plays as", "D'Qwell Jackson plays in the position of goalie.")
+    # a sibling shares two words and is still another entity; a name holding the fact's (or held by it) is not
+    assert not mentions("Nokia Lumia 520, produced by", "Nokia Lumia 1520, developed by Toyota.")
+    assert mentions("Nokia Lumia 1520, produced by", "Nokia Lumia 1520, developed by Toyota.")
+    assert mentions("Where is Apple Inc. headquartered?", "Apple is headquartered in Milan.")
+    # stopwords and particles: "The" does not make "Wild Reeds" "The Wild Child"; "von" keeps a name whole
+    assert name_runs("The original language of The Wild Child is") == [{"wild", "child"}]
+    assert not mentions("The original language of The Wild Child is", "The original language of Wild Reeds is Spanish.")
+    assert not mentions("Alexander von Zemlinsky is from", "Alexander Zonjic was originally from Miami.")
+    assert not mentions("Policlinico Umberto I is located in", "Umberto Guidoni is native to Milan.")  # I is not "is"
+    assert mentions("Who is the CEO of Apple?", "Apple is led by Tim Cook.")  # "of" joins no names
 
 
 def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(make_client, tmp_path) -> None:  # noqa: ANN001

@@ -32,6 +32,11 @@ def test_scope_detector(models) -> None:  # noqa: ANN001
     assert multi.in_scope and multi.similarity > 0.7
     assert not esd.decide("anything", facts[:0]).in_scope
     assert split_sentences("One. Two? Three!") == ["One.", "Two?", "Three!"]
+    # a title or a suffix ends no sentence
+    king = "Martin Luther King Jr. speaks the language"
+    assert split_sentences(king) == [king]
+    assert split_sentences("Dr. Ada Quill founded Quill Co. in Oslo. Who runs it?") == [
+        "Dr. Ada Quill founded Quill Co. in Oslo.", "Who runs it?"]
 
 
 def test_gguf_is_converted_once_into_the_cache(models) -> None:  # noqa: ANN001

@@ -34,6 +34,7 @@ from bench.tables import fmt
 from bench.tables import table as md_table
 from models.device import describe_machine
 from models.loading import load_models
+from models.scope import MENTION_RULE
 from models.text import stem, words
 from service.app import build_editor
 from service.editor import Editor
@@ -186,7 +187,7 @@ def main() -> None:
            "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
            "scope_threshold": editor.scope.threshold,
            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
-           "facts_in_memory": len(items) + args.filler, "filler": args.filler,
+           "mention_rule": MENTION_RULE, "facts_in_memory": len(items) + args.filler, "filler": args.filler,
            "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
            "summary": summarize(rows, unrelated_rows, same_subject_rows), "rows": rows, "unrelated": unrelated_rows,
            "same_subject": same_subject_rows}
