@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from models.encoder import TextEncoder
 from models.paths import DEFAULT_ENCODER
-from models.scope import MENTION_RULE, mentions, split_sentences
+from models.scope import MENTION_RULE, mentions, named_in, split_sentences
 from service.settings import Settings
 from training.data import DEFAULT_DATA, counterfact
 
@@ -47,7 +47,7 @@ def main() -> None:
         for kind, prompt in (("rewrite", c.request.prompt), ("paraphrase", c.paraphrases[0])):
             sentences = split_sentences(prompt)
             best = int((enc.encode(sentences) @ enc.encode([c.fact])[0]).argmax()) if len(sentences) > 1 else 0
-            if not mentions(sentences[best], c.fact):
+            if not mentions(named_in(prompt, sentences[best]), c.fact):
                 misses[kind].append(prompt)
 
     cases = dev[: args.n]
@@ -61,7 +61,7 @@ def main() -> None:
             sims, idx = (enc.encode(sentences) @ F[:n].T).topk(k, dim=1)  # (S, k)
             row = int(sims[:, 0].argmax())
             near = [facts[i] for s, i in zip(sims[row].tolist(), idx[row].tolist(), strict=True) if 1 - s <= threshold]
-            found = [f for f in near if mentions(sentences[row], f)]
+            found = [f for f in near if mentions(named_in(c.neighbours[0], sentences[row]), f)]
             if found:
                 reached[n].append({"neighbour": c.neighbours[0], "facts": found})
     res = {"mention_rule": MENTION_RULE, "scope_threshold": threshold, "recalled_facts": k,

@@ -9,12 +9,25 @@ _WORDS = re.compile(r"[\w'-]+")
 STOPWORDS = frozenset("a an the of in on at to for by with and or is are was were be been its it his her their "
                       "this that as from has have had".split())
 # a sentence's first word is capitalised whatever it is; these are not names
-STARTERS = STOPWORDS | frozenset("what who whom whose where when which why how do does did can could will would "
-                                 "should tell give name please list describe explain i".split())
+# words that stand for something named before them ("What does Etta James play? They play")
+PRONOUNS = frozenset("he she it they him them his her its their this these those".split())
+STARTERS = STOPWORDS | PRONOUNS | frozenset("what who whom whose where when which why how do does did can could will "
+                                            "would should tell give name please list describe explain i we you "
+                                            "there here my our your".split())
 
 
 def words(text: str) -> list[str]:
     return _WORDS.findall(text)
+
+
+def _words_and_starts(text: str) -> list[tuple[str, bool]]:
+    """Each word, and whether it opens a sentence: "What does Etta James play? They play" has two openers,
+    and "They" is no name."""
+    out, end = [], 0
+    for m in _WORDS.finditer(text):
+        out.append((m.group(), end == 0 or any(c in ".!?" for c in text[end:m.start()])))
+        end = m.end()
+    return out
 
 
 def stem(word: str) -> str:
@@ -22,14 +35,15 @@ def stem(word: str) -> str:
     return word.lower().removesuffix("'s").removesuffix("s")
 
 
-def _is_name(i: int, w: str) -> bool:
-    return (w[0].isupper() and not (i == 0 and w.lower() in STARTERS)) or any(c.isdigit() for c in w)
+def _is_name(w: str, opens_sentence: bool) -> bool:
+    return (w[0].isupper() and not (opens_sentence and w.lower() in STARTERS)) or any(c.isdigit() for c in w)
 
 
 def names(sentence: str) -> set[str]:
-    """Stems of the capitalised words and numbers in a sentence, bar its first word when that is a question or
-    function word: what the sentence is about ("Where was Marie Curie born?" -> marie, curie)."""
-    return {stem(w) for i, w in enumerate(words(sentence)) if _is_name(i, w)}
+    """Stems of the capitalised words and numbers in a sentence, bar a sentence's first word when that is a
+    question, function word or pronoun: what the sentence is about ("Where was Marie Curie born?" -> marie,
+    curie)."""
+    return {stem(w) for w, opens in _words_and_starts(sentence) if _is_name(w, opens)}
 
 
 # lower-case words inside a name ("Alexander von Zemlinsky"); not "of", which more often stands between two
@@ -44,10 +58,11 @@ def name_runs(sentence: str) -> list[frozenset[str]]:
     "Ferrari 641", "Law & Order: LA"); a particle between two names joins them ("Ludwig van Beethoven"), and a
     stopword or a suffix in a name ("The Wild Child", "Apple Inc.") is no part of what tells it apart."""
     runs: list[set[str]] = []
-    ws = words(sentence)
+    tagged = _words_and_starts(sentence)
+    ws = [w for w, _ in tagged]
     previous = -2
-    for i, w in enumerate(ws):
-        if _is_name(i, w):
+    for i, (w, opens) in enumerate(tagged):  # a run may cross a full stop: "Dr. Ada Quill", "John L. Allen"
+        if _is_name(w, opens):
             joined = i == previous + 2 and ws[i - 1] in PARTICLES
             if runs and (i == previous + 1 or joined):
                 runs[-1].add(stem(w))

@@ -18,7 +18,7 @@ import torch
 from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore
-from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, mentions, split_sentences
+from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, mentions, named_in, split_sentences
 from service.lookup import top_k
 from service.memories import MemoryHandle, MemoryInfo, MemoryRegistry
 from service.settings import Settings
@@ -173,9 +173,9 @@ class Editor:
         texts = self.registry.store.facts(memory, [view.ids[i] for _, i in keep])
         # a fact forgotten since this view was taken has no text left: it is not recalled; in auto mode
         # neither is one about something else than the query names (scope_requires_mention)
-        sentence = split_sentences(prompt)[decision.sentence]
+        about = named_in(prompt, split_sentences(prompt)[decision.sentence])
         found = [(s, i, t) for (s, i), t in zip(keep, texts, strict=True) if t is not None
-                 and (mode != "auto" or not self.settings.scope_requires_mention or mentions(sentence, t.text))]
+                 and (mode != "auto" or not self.settings.scope_requires_mention or mentions(about, t.text))]
         facts = [RecalledFact(t.id, t.text, s) for s, _, t in found]
         timer.lap("read")
         if not facts:

@@ -10,7 +10,7 @@ from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, sa
 from models.decoders import answer_spans
 from models.llm import AnswerBias
 from models.loading import LoadedModels
-from models.scope import mentions
+from models.scope import mentions, named_in
 from models.text import name_runs, names
 
 BASE = "/v1/memories/demo"
@@ -67,6 +67,10 @@ def test_names_and_mentions() -> None:
     assert not mentions("Alexander von Zemlinsky is from", "Alexander Zonjic was originally from Miami.")
     assert not mentions("Policlinico Umberto I is located in", "Umberto Guidoni is native to Milan.")  # I is not "is"
     assert mentions("Who is the CEO of Apple?", "Apple is led by Tim Cook.")  # "of" joins no names
+    # a pronoun opening a later sentence is no name: "They" in both is not a shared entity
+    assert name_runs("What does Etta James play? They play") == [{"etta", "jame"}]
+    assert not mentions("What does Etta James play? They play", "What sport does Steve Nash play? They play football.")
+    assert mentions("What does Steve Nash play? They play", "What sport does Steve Nash play? They play football.")
 
 
 def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(make_client, tmp_path) -> None:  # noqa: ANN001
@@ -79,6 +83,21 @@ def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(m
         on, off = (c.post(f"{BASE}/query", json={**other, "memory_mode": m}).json() for m in ("auto", "off"))
         assert not on["in_scope"] and on["answer"] == off["answer"]
     with make_client(f"file://{tmp_path / 's'}", scope_requires_mention=False) as c:  # cosine alone
+        assert c.post(f"{BASE}/query", json=other).json()["in_scope"]
+
+
+def test_a_sentence_that_names_nothing_is_read_with_the_prompt_around_it(make_client, tmp_path) -> None:  # noqa: ANN001
+    # CounterFact's "What does X play? They play": the scope picks "They play", which alone names nothing
+    assert named_in("What does Etta James play? They play", "They play") == "What does Etta James play? They play"
+    assert named_in("Who is Ada? She is", "Who is Ada?") == "Who is Ada?"
+    fact = "What sport does Steve Nash play? They play football."
+    other = {"prompt": "What does Etta James play? They play", "max_new_tokens": 8}
+    with make_client(f"file://{tmp_path / 's'}") as c:
+        assert c.post(f"{BASE}/facts", json={"text": fact}).status_code == 201
+        assert not c.post(f"{BASE}/query", json=other).json()["in_scope"]
+        own = c.post(f"{BASE}/query", json={**other, "prompt": "What does Steve Nash play? They play"}).json()
+        assert own["in_scope"] and "football" in own["answer"]
+    with make_client(f"file://{tmp_path / 's'}", scope_requires_mention=False) as c:  # cosine alone lets it in
         assert c.post(f"{BASE}/query", json=other).json()["in_scope"]
 
 
