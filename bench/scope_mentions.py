@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from models.encoder import TextEncoder
-from models.paths import DEFAULT_ENCODER
 from models.scope import MENTION_RULE, mentions, named_in, split_sentences
+from service.app import decoder_choice
 from service.settings import Settings
 from training.data import DEFAULT_DATA, counterfact
 
@@ -32,11 +32,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--filler", type=int, default=9000)
-    ap.add_argument("--threshold", type=float, default=0.45, help="the hybrid decoder's (adapters/choices.json)")
+    ap.add_argument("--threshold", type=float, help="default: the service's, as its settings choose it")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scope_mentions.json")
     args = ap.parse_args()
-    threshold, k = args.threshold, Settings().recalled_facts
-    enc = TextEncoder(DEFAULT_ENCODER)
+    settings = Settings()
+    threshold = decoder_choice(settings).scope_threshold if args.threshold is None else args.threshold
+    k = settings.recalled_facts
+    enc = TextEncoder(settings.encoder)
 
     def encode(texts: list[str]) -> torch.Tensor:
         return torch.cat([enc.encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)])  # (n, C)

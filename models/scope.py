@@ -71,7 +71,8 @@ def named_in(prompt: str, sentence: str) -> str:
 
 
 def _not_a_sibling(entity: frozenset[str], named: list[frozenset[str]]) -> bool:
-    """No entity of the fact shares words with ``entity`` without one holding the other, unless one does."""
+    """Whether ``entity`` is no sibling of what the fact names: of the fact's entities sharing words with it,
+    none do, or one holds it or is held by it ("Apple" and "Apple Inc.", not "Nokia Lumia 520" and "... 1520")."""
     overlapping = [n for n in named if n & entity]
     return not overlapping or any(n <= entity or entity <= n for n in overlapping)
 

@@ -59,11 +59,10 @@ def name_runs(sentence: str) -> list[frozenset[str]]:
     stopword or a suffix in a name ("The Wild Child", "Apple Inc.") is no part of what tells it apart."""
     runs: list[set[str]] = []
     tagged = _words_and_starts(sentence)
-    ws = [w for w, _ in tagged]
     previous = -2
     for i, (w, opens) in enumerate(tagged):  # a run may cross a full stop: "Dr. Ada Quill", "John L. Allen"
         if _is_name(w, opens):
-            joined = i == previous + 2 and ws[i - 1] in PARTICLES
+            joined = i == previous + 2 and tagged[i - 1][0] in PARTICLES
             if runs and (i == previous + 1 or joined):
                 runs[-1].add(stem(w))
             else:
