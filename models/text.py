@@ -70,3 +70,25 @@ def name_runs(sentence: str) -> list[frozenset[str]]:
             previous = i
     runs = [{w for w in r if w not in STOPWORDS and w not in SUFFIXES} for r in runs]
     return [frozenset(r) for r in runs if r]
+
+
+def mask_names(sentence: str, mask: str = "X") -> str:
+    """The sentence with each run of name words (``name_runs``'s, a joining particle included) replaced by
+    ``mask``: what is left says which relation it states or asks ("What is the currency of X?" against "The
+    capital of X is X."), with nothing of whom it is about."""
+    matches = list(_WORDS.finditer(sentence))
+    named = [_is_name(w, opens) for w, opens in _words_and_starts(sentence)]
+    spans: list[list[int]] = []
+    for i, m in enumerate(matches):  # adjacent name words, separated by spaces only, make one run
+        particle = (m.group() in PARTICLES and 0 < i < len(matches) - 1 and named[i - 1] and named[i + 1])
+        if not (named[i] or particle):
+            continue
+        if spans and spans[-1][1] == matches[i - 1].end() and not sentence[spans[-1][1]:m.start()].strip():
+            spans[-1][1] = m.end()
+        else:
+            spans.append([m.start(), m.end()])
+    out, last = [], 0
+    for a, b in spans:
+        out += [sentence[last:a], mask]
+        last = b
+    return "".join(out) + sentence[last:]

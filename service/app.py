@@ -13,6 +13,7 @@ from memory_core import MemoryConfig
 from models.choice import DecoderChoice, choose_decoder
 from models.decoders import load_decoder
 from models.loading import LoadedModels, load_models
+from models.relation import RelationGate, find_gate, load_gate
 from service.deps import require_api_key
 from service.editor import Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
@@ -62,7 +63,23 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
     if choice.decoder == "latent":
         log.warning("decoder latent is experimental: the shipped adapter barely moves the LLM (README)")
     decoder = load_decoder(choice.decoder, choice.adapter, device, settings.answer_bias)
-    return Editor(settings, models.encoder, models.llm, decoder, registry, choice.scope_threshold)
+    return Editor(settings, models.encoder, models.llm, decoder, registry, choice.scope_threshold,
+                  relation_gate(settings, models))
+
+
+def relation_gate(settings: Settings, models: LoadedModels) -> RelationGate | None:
+    """The relation gate these settings ask for (LARIMAR_RELATION_GATE, _RELATION_THRESHOLD), or None: off, or
+    none trained for the encoder."""
+    if not settings.relation_gate:
+        return None
+    directory = find_gate(settings.encoder)
+    if directory is None:
+        log.warning("no relation gate trained for encoder %s: facts are judged by cosine and mentions alone",
+                    settings.encoder)
+        return None
+    gate = load_gate(directory, models.encoder, settings.relation_threshold)
+    log.info("relation gate %s, threshold %.2f", directory.name, gate.threshold)
+    return gate
 
 
 def _error(code: int) -> object:

@@ -18,6 +18,7 @@ import torch
 from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore
+from models.relation import RelationGate
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, mentions, named_in, split_sentences
 from service.lookup import top_k
 from service.memories import MemoryHandle, MemoryInfo, MemoryRegistry
@@ -77,13 +78,15 @@ class ScoreResult:
 
 class Editor:
     def __init__(self, settings: Settings, encoder: TextEncoder, llm: CausalLM, decoder: Decoder,
-                 registry: MemoryRegistry, scope_threshold: float = DEFAULT_SCOPE_THRESHOLD) -> None:
+                 registry: MemoryRegistry, scope_threshold: float = DEFAULT_SCOPE_THRESHOLD,
+                 relation: RelationGate | None = None) -> None:
         self.settings = settings
         self.encoder = encoder
         self.llm = llm
         self.decoder = decoder
         self.registry = registry
         self.scope = ScopeDetector(encoder, scope_threshold)
+        self.relation = relation  # None: recalled facts are not checked for the relation the query asks
 
     # --- validation ------------------------------------------------------------
 
@@ -176,6 +179,9 @@ class Editor:
         about = named_in(prompt, split_sentences(prompt)[decision.sentence])
         found = [(s, i, t) for (s, i), t in zip(keep, texts, strict=True) if t is not None
                  and (mode != "auto" or not self.settings.scope_requires_mention or mentions(about, t.text))]
+        if mode == "auto" and self.relation is not None:  # nor one stating another relation than it asks
+            found = [f for f, ok in zip(found, self.relation.agrees(about, [t.text for *_, t in found]), strict=True)
+                     if ok]
         facts = [RecalledFact(t.id, t.text, s) for s, _, t in found]
         timer.lap("read")
         if not facts:

@@ -107,6 +107,16 @@ class Settings(BaseSettings):
         True, description="In scope (memory auto) only facts that name something the query names: a capitalised "
         "word or a number of the query's best sentence. Queries that name nothing are judged by cosine alone."
     )
+    relation_gate: bool = Field(
+        True, description="In scope (memory auto) only facts that state the relation the query asks (models/"
+        "relation: name-masked sentences compared through a map trained on CounterFact training cases): \"What is "
+        "the currency of Brazil?\" no longer recalls \"The capital of Brazil is Shanghai.\". Off, or for an encoder "
+        "no gate was trained for, facts are judged by cosine and the mention check alone."
+    )
+    relation_threshold: float | None = Field(
+        None, ge=-1, le=1, description="Least relation cosine of a recalled fact; unset: the one chosen on "
+        "development data (the gate's config.json, bench.relation_gate)."
+    )
     answer_bias: float = Field(
         DEFAULT_ANSWER_BIAS, ge=0, le=20, description="Logit boost, while answering in scope, of the words the best "
         "recalled fact adds to the prompt (each until it is said); 0 turns it off. Out of scope it never applies."

@@ -10,8 +10,10 @@ from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, sa
 from models.decoders import answer_spans
 from models.llm import AnswerBias
 from models.loading import LoadedModels
+from models.paths import DEFAULT_ENCODER
+from models.relation import find_gate, load_gate
 from models.scope import mentions, named_in
-from models.text import name_runs, names
+from models.text import mask_names, name_runs, names
 
 BASE = "/v1/memories/demo"
 
@@ -83,6 +85,40 @@ def test_the_fact_object_is_in_the_answer_and_other_subjects_stay_out_of_scope(m
         on, off = (c.post(f"{BASE}/query", json={**other, "memory_mode": m}).json() for m in ("auto", "off"))
         assert not on["in_scope"] and on["answer"] == off["answer"]
     with make_client(f"file://{tmp_path / 's'}", scope_requires_mention=False) as c:  # cosine alone
+        assert c.post(f"{BASE}/query", json=other).json()["in_scope"]
+
+
+def test_mask_names_leaves_what_a_sentence_says_of_its_names() -> None:
+    assert mask_names("What is the currency of Brazil?") == "What is the currency of X?"
+    assert mask_names("The capital of Brazil is Shanghai.") == "The capital of X is X."
+    assert mask_names("Ludwig van Beethoven plays the cello.") == "X plays the cello."  # a particle joins
+    assert mask_names("Where is the van parked, Anna?") == "Where is the van parked, X?"  # alone it is a word
+    assert mask_names("In Paris, Texas, people pay with the") == "In X, X, people pay with the"
+    assert mask_names("what does veltria export?") == "what does veltria export?"  # names nothing
+
+
+def test_relation_gate_tells_the_relation_asked_whatever_the_names(models: LoadedModels) -> None:
+    directory = find_gate(DEFAULT_ENCODER)
+    assert directory is not None, "a relation gate is shipped for the default encoder"
+    gate = load_gate(directory, models.encoder)
+    fact = "Marie Curie works as a plumber."
+    asked = ["What does Marie Curie do for a living?", "What is the profession of Marie Curie?",
+             "By profession, Marie Curie is a", "Where was Marie Curie born?", "Who is Marie Curie married to?"]
+    sims = gate.similarity(fact, asked).tolist()
+    assert min(sims[:3]) > max(sims[3:]), sims
+    assert gate.agrees("Where was Marie Curie born?", [fact, "Marie Curie was born in Vienna."]) == [False, True]
+
+
+def test_a_question_of_another_relation_about_a_known_subject_gets_the_memory_off_answer(make_client,  # noqa: ANN001
+                                                                                          tmp_path) -> None:
+    other = {"prompt": "Where was Marie Curie born?", "max_new_tokens": 16}
+    with make_client(f"file://{tmp_path / 's'}") as c:
+        assert c.post(f"{BASE}/facts", json={"text": "Marie Curie works as a plumber."}).status_code == 201
+        on, off = (c.post(f"{BASE}/query", json={**other, "memory_mode": m}).json() for m in ("auto", "off"))
+        assert not on["in_scope"] and on["answer"] == off["answer"]
+        own = c.post(f"{BASE}/query", json={"prompt": "What does Marie Curie do for a living?"}).json()
+        assert own["in_scope"] and "plumber" in own["answer"]
+    with make_client(f"file://{tmp_path / 's'}", relation_gate=False) as c:  # cosine and mentions alone let it in
         assert c.post(f"{BASE}/query", json=other).json()["in_scope"]
 
 

@@ -162,6 +162,8 @@ def main() -> None:
                                          "answer_bias": system.settings.answer_bias,
                                          "scope_requires_mention": system.settings.scope_requires_mention,
                                          "mention_rule": MENTION_RULE,
+                                         "relation_gate": system.editor.relation.describe()
+                                         if system.editor.relation else None,
                                          } | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)

@@ -187,7 +187,9 @@ def main() -> None:
            "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
            "scope_threshold": editor.scope.threshold,
            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
-           "mention_rule": MENTION_RULE, "facts_in_memory": len(items) + args.filler, "filler": args.filler,
+           "mention_rule": MENTION_RULE,
+           "relation_gate": editor.relation.describe() if editor.relation else None,
+           "facts_in_memory": len(items) + args.filler, "filler": args.filler,
            "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
            "summary": summarize(rows, unrelated_rows, same_subject_rows), "rows": rows, "unrelated": unrelated_rows,
            "same_subject": same_subject_rows}

@@ -325,7 +325,12 @@ KINDS = (("capital", "currency", "language"), ("headquarters", "founder", "ceo",
 def same_subject(split: str) -> list[str]:
     """Each item's subject asked about another relation no item of this split states for it ("Where was Nikola
     Tesla born?" when memory says only what he does): the prompt names what a fact names, so only the
-    scope detector's cosine keeps it away from memory, and its answer must be the memory-off one."""
+    scope detector keeps it away from memory, and its answer must be the memory-off one."""
+    return [prompt for prompt, _ in same_subject_pairs(split)]
+
+
+def same_subject_pairs(split: str) -> list[tuple[str, Item]]:
+    """``same_subject``'s prompts, each with the item whose subject it asks about."""
     items, rel = build(split), WORDINGS[split]
     stated = {(it.subject, it.relation) for it in items}
     out = []
@@ -334,7 +339,7 @@ def same_subject(split: str) -> list[str]:
         after = group[group.index(it.relation) + 1 :] + group  # the next relation of its kind first
         others = [r for r in after if r in rel and (it.subject, r) not in stated]
         if others:
-            out.append(rel[others[0]].question.format(s=it.subject))
+            out.append((rel[others[0]].question.format(s=it.subject), it))
     return out
 
 
