@@ -8,14 +8,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from memory_core import MemoryConfig
 from models.choice import DecoderChoice, choose_decoder
 from models.decoders import load_decoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
-from service.deps import require_api_key
-from service.editor import Editor, InvalidInput, NotFound
+from service.deps import BodyTooLarge, require_api_key
+from service.editor import Conflict, Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
 from service.routes import facts, health, memories, query
@@ -89,14 +90,16 @@ def _error(code: int) -> object:
     return handler
 
 
-def body_limit(max_bytes: int) -> object:
-    """Refuse oversized bodies from their Content-Length, before anything reads or parses them."""
+def body_limit(max_bytes: int, max_import_bytes: int) -> object:
+    """Refuse oversized bodies from their Content-Length, before anything reads or parses them (an import
+    file may be larger than other bodies; its route also counts what it reads)."""
 
     async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's middleware signature
+        limit = max_import_bytes if request.url.path.endswith("/import") else max_bytes
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                                content={"detail": f"request body over {max_bytes} bytes"})
+                                content={"detail": f"request body over {limit} bytes"})
         return await call_next(request)
 
     return middleware
@@ -113,14 +116,18 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
         yield
         app.state.editor.close()
 
-    app = FastAPI(title="Larimar", version="0.1.0", lifespan=lifespan,
-                  description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
+    # /docs and /redoc serve Swagger UI and ReDoc from fastapi-offline's bundled assets, not a CDN: they work
+    # on a machine without internet
+    app = FastAPIOffline(title="Larimar", version="0.1.0", lifespan=lifespan,
+                         description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
     app.state.settings = settings
     app.state.metrics = Metrics(app)
-    app.middleware("http")(body_limit(settings.max_body_bytes))
+    app.middleware("http")(body_limit(settings.max_body_bytes, settings.max_import_bytes))
     app.middleware("http")(app.state.metrics.middleware)
     app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(BodyTooLarge, _error(status.HTTP_413_CONTENT_TOO_LARGE))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -31,5 +31,20 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(app_
         )
 
 
+class BodyTooLarge(ValueError):
+    """A body sent without Content-Length ran past its limit while read: 413."""
+
+
+async def import_body(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> bytes:
+    """The request body, read up to LARIMAR_MAX_IMPORT_BYTES (the middleware saw only a Content-Length)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > settings.max_import_bytes:
+            raise BodyTooLarge(f"import file over {settings.max_import_bytes} bytes")
+    return bytes(body)
+
+
 EditorDep = Annotated[Editor, Depends(get_editor)]
+ImportBody = Annotated[bytes, Depends(import_body)]
 MemoryName = Annotated[str, Path(pattern=MEMORY_NAME, description="[a-z0-9][a-z0-9_-]{0,63}")]

@@ -10,6 +10,8 @@ Everything it returns is plain values, so routes never reach into a memory.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,13 +23,14 @@ from models.llm import CausalLM, ContinuationScore
 from models.relation import RelationGate
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, mentions, named_in, split_sentences
 from service.lookup import top_k
-from service.memories import MemoryHandle, MemoryInfo, MemoryRegistry
+from service.memories import DuplicateFact, MemoryHandle, MemoryInfo, MemoryRegistry
 from service.settings import Settings
 from service.store import Fact
-from service.timing import Timer
+from service.timing import Timer, utc_now
 
 MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
 MAX_METADATA_CHARS = 4096
+EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
 
 
 class InvalidInput(ValueError):
@@ -36,6 +39,22 @@ class InvalidInput(ValueError):
 
 class NotFound(LookupError):
     """No such memory or fact: 404."""
+
+
+class Conflict(ValueError):
+    """The request clashes with what the memory holds (an imported fact id it already has): 409, nothing
+    changed."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One fact of an import file, as ``service.transfer`` parsed it."""
+
+    line: int
+    text: str
+    metadata: dict[str, Any] | None = None
+    id: str | None = None
+    created_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +144,45 @@ class Editor:
         timer.lap("encode")
         facts = self.registry.write(memory, checked, latents, timer)
         return WriteResult(facts, timer.total())
+
+    def export(self, memory: str, latents: bool = False) -> Iterator[dict[str, Any]]:
+        """Every fact of the memory in the order written, as export records (``service.transfer``); a chunk
+        at a time, so a memory of any size streams. Writes and forgets meanwhile may or may not be seen."""
+        self._handle(memory)  # now, not at the first record: a missing memory is a 404, not a broken stream
+        return self._exported(memory, latents)
+
+    def _exported(self, memory: str, latents: bool) -> Iterator[dict[str, Any]]:
+        for ids, Z in self.registry.store.latents(memory, EXPORT_CHUNK):  # Z: (n, C)
+            for fact, z in zip(self.registry.store.facts(memory, ids), Z, strict=True):
+                if fact is not None:  # forgotten since the chunk was read
+                    yield fact.as_dict() | ({"latent": z.tolist(), "encoder": self.settings.encoder} if latents else {})
+
+    def import_facts(self, memory: str, records: list[Imported], keep_ids: bool = True) -> int:
+        """Write exported facts, in their order, batch by batch; texts are encoded by this service's encoder
+        whatever wrote the file (a latent in it is never used). With ``keep_ids`` the facts keep their ids and
+        created times, and an id the memory already holds fails the whole import before any write."""
+        if not records:
+            raise InvalidInput("the file holds no facts")
+        checked = [(self._text(r.text, f"line {r.line}: text"), self._metadata(r.metadata)) for r in records]
+        kept = None
+        if keep_ids:
+            kept = [(r.id or uuid.uuid4().hex, r.created_at or utc_now()) for r in records]
+            ids = [i for i, _ in kept]
+            if len(set(ids)) < len(ids):
+                raise InvalidInput("the file holds a fact id twice")
+            h = self.registry.get(memory)
+            if h is not None and (taken := next((i for i in ids if i in h.row_of), None)):
+                raise Conflict(f"memory {memory!r} already holds fact {taken!r} (import with keep_ids=false "
+                               "to give the facts new ids)")
+        step = self.settings.max_batch_facts
+        for i in range(0, len(checked), step):
+            part = checked[i : i + step]
+            latents = self.encoder.encode([t for t, _ in part])  # (n, C)
+            try:
+                self.registry.write(memory, part, latents, kept=kept[i : i + step] if kept else None)
+            except DuplicateFact as e:  # written meanwhile by another request
+                raise Conflict(f"{e}; the first {i} facts of the file were imported") from e
+        return len(checked)
 
     def forget(self, memory: str, fact_id: str) -> None:
         if not self.registry.forget(memory, fact_id):

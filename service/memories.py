@@ -174,6 +174,10 @@ class MemoryHandle:
         return MemoryView(view.state, len(ids), out.buffer, out.dead_buffer, ids, len(ids))
 
 
+class DuplicateFact(ValueError):
+    """A fact written under an id the memory already holds (imports keep their ids)."""
+
+
 class MemoryRegistry:
     """All memories of this process, created on first write, restored from the store at start."""
 
@@ -250,15 +254,23 @@ class MemoryRegistry:
                     return
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
-              timer: Timer | None = None) -> list[Fact]:
-        """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step."""
+              timer: Timer | None = None, kept: list[tuple[str, str]] | None = None) -> list[Fact]:
+        """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step.
+
+        ``kept``: each fact's (id, created_at) from elsewhere (an import), instead of new ones; an id the memory
+        already holds raises ``DuplicateFact`` before anything is stored."""
         timer = timer or Timer()
         with self._holding(name, create=True) as h:
             assert h is not None
             timer.lap("lock")
             created = utc_now()
+            if kept is None:
+                kept = [(uuid.uuid4().hex, created) for _ in texts_meta]
+            elif taken := [i for i, _ in kept if i in h.row_of]:
+                self._drop_if_unborn(h)
+                raise DuplicateFact(f"memory {name!r} already holds fact {taken[0]!r}")
             latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
-            facts = [Fact(uuid.uuid4().hex, t, m, created, z) for (t, m), z in zip(texts_meta, latents, strict=True)]
+            facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
             try:
                 self.store.write(name, h.seq + 1, facts, asdict(h.mem.cfg))
             except Exception:

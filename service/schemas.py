@@ -43,6 +43,11 @@ class FactPage(BaseModel):
     offset: int
 
 
+class ImportOut(BaseModel):
+    memory: str
+    imported: int  # facts written
+
+
 class Forgotten(BaseModel):
     id: str
     forgotten: bool

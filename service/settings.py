@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     max_candidates: int = Field(32, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 before parsing.")
+    max_import_bytes: int = Field(256 << 20, ge=1024, description="Larger import files get 413 (POST .../import).")
 
     @field_validator("api_keys", mode="before")
     @classmethod

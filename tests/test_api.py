@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 
@@ -225,6 +227,77 @@ def test_malformed_json(client: TestClient) -> None:
     assert client.get("/v1/memories").json() == {"memories": []}
 
 
+# --- export / import ---------------------------------------------------------------
+
+
+def export_lines(client: TestClient, memory: str, **params: object) -> list[dict]:
+    r = client.get(f"/v1/memories/{memory}/export", params=params)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson"), r.text
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_export_then_import_elsewhere_gives_the_same_facts_and_answers(client: TestClient) -> None:
+    written = [write(client, t, memory="src", metadata={"n": i}) for i, t in
+               enumerate([LYON, "Ada Quill works as a pilot.", "Nokia was founded by Ada Lovelace."])]
+    gone = write(client, "Bo Rind plays the oboe.", memory="src")
+    assert client.delete(f"/v1/memories/src/facts/{gone['id']}").status_code == 200
+    lines = export_lines(client, "src")
+    keys = ("id", "text", "metadata", "created_at")
+    assert [{k: line[k] for k in keys} for line in lines] == [{k: f[k] for k in keys} for f in written]
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    r = client.post("/v1/memories/dst/import", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 200 and r.json() == {"memory": "dst", "imported": 3}, r.text
+    assert export_lines(client, "dst") == lines  # ids, texts, metadata and created times kept, in order
+    for prompt in ("What does Ada Quill do for a living?", "What is the capital of France?", "Who plays the oboe?"):
+        a, b = (client.post(f"/v1/memories/{m}/query", json={"prompt": prompt, "max_new_tokens": 12}).json()
+                for m in ("src", "dst"))
+        assert (a["answer"], a["in_scope"], [f["id"] for f in a["facts"]]) == \
+            (b["answer"], b["in_scope"], [f["id"] for f in b["facts"]]), prompt
+    # the same file again: its ids are taken, nothing is written; with new ids it is a second copy
+    again = client.post("/v1/memories/dst/import", content=body)
+    assert again.status_code == 409 and lines[0]["id"] in again.json()["detail"]
+    assert client.get("/v1/memories/dst").json()["facts"] == 3
+    copy = client.post("/v1/memories/dst/import", params={"keep_ids": "false"}, content=body)
+    assert copy.status_code == 200 and client.get("/v1/memories/dst").json()["facts"] == 6
+
+
+def test_export_with_latents_names_the_encoder_and_import_ignores_them(client: TestClient) -> None:
+    write(client, LYON, memory="src")
+    (line,) = export_lines(client, "src", latents="true")
+    assert len(line["latent"]) == editor(client).encoder.dim and line["encoder"] == editor(client).settings.encoder
+    line["latent"] = [0.0] * 7  # another encoder's width: re-encoded from the text all the same
+    r = client.post("/v1/memories/dst/import", content=json.dumps(line) + "\n")
+    assert r.status_code == 200
+    a, b = (editor(client).registry.get(m).view for m in ("src", "dst"))
+    assert torch.equal(a.latents[: a.n], b.latents[: b.n])
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "no facts"),
+    (b'{"text": "The capital of France is Lyon."}\n{"text": "x",', "line 2: not JSON"),
+    (b'{"text": "ok"}\n{"metadata": {}}', "line 2: text"),
+    (b'{"text": "ok", "colour": "red"}', "line 1: colour"),
+    (b'{"text": "ok", "created_at": "yesterday"}', "line 1: created_at"),
+    (b'{"text": "   "}', "line 1: text must not be empty"),
+    (b'{"text": "a", "id": "x"}\n{"text": "b", "id": "x"}', "fact id twice"),
+    (b"\xff\xfe", "not UTF-8"),
+])
+def test_a_bad_import_file_is_refused_whole_and_creates_nothing(client: TestClient, body: bytes,
+                                                                message: str) -> None:
+    r = client.post("/v1/memories/dst/import", content=body)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+    assert client.get("/v1/memories/dst").status_code == 404
+
+
+def test_export_of_a_missing_memory_is_404_and_a_too_large_import_413(make_client, tmp_path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 's'}", max_import_bytes=2048) as c:
+        assert c.get("/v1/memories/nope/export").status_code == 404
+        big = b'{"text": "The capital of France is Lyon."}\n' * 100
+        assert c.post("/v1/memories/dst/import", content=big).status_code == 413
+        chunked = c.post("/v1/memories/dst/import", content=iter([big[:1500], big[1500:]]))  # no Content-Length
+        assert chunked.status_code == 413 and c.get("/v1/memories/dst").status_code == 404
+
+
 # --- auth, health, metrics ---------------------------------------------------------------
 
 
@@ -249,6 +322,20 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert 'larimar_memory_facts{memory="demo"} 1.0' in text
     assert 'larimar_http_requests_total{method="POST",route="/v1/memories/{memory}/facts",status="201"} 1.0' in text
     assert 'route="/v1/memories/{memory}/facts/{fact_id}",status="404"' in text
+
+
+def test_docs_and_redoc_load_every_asset_from_the_service_itself(client: TestClient) -> None:
+    """/docs and /redoc must work on a machine without internet: every script, style and icon they load is
+    served by the service (fastapi-offline's bundled copies), none from a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+        assert assets and not [a for a in assets if "://" in a], assets  # nothing fetched from another host
+        for asset in assets:
+            r = client.get(asset)
+            assert r.status_code == 200 and len(r.content) > 1000, (page, asset)
+    assert client.get("/openapi.json").json()["info"]["title"] == "Larimar"
 
 
 def test_unreachable_store_means_unready_then_recovers(make_client, new_redis_server) -> None:  # noqa: ANN001

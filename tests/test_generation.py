@@ -159,3 +159,17 @@ def test_reworded_split_words_every_shared_relation_otherwise() -> None:
         for part in ("fact", "question", "paraphrase", "cloze"):
             assert getattr(RELATIONS[name], part) != getattr(REWORDED[name], part), (name, part)
     assert {i.wording for i in build("reworded")} == {"reworded"}
+
+
+def test_relation_gate_training_reads_templates_and_keeps_to_its_split() -> None:
+    from training.data import DEFAULT_DATA
+    from training.relation import labelled_cases, template
+
+    assert template("The mother tongue of Danielle Darrieux is", "Danielle Darrieux") == "The mother tongue of {} is"
+    noisy = "References\n\nCategory:Dog breeds\nThe official language of Japan is"
+    assert template(noisy, "Japan") == "The official language of {} is"  # CounterFact's noise prefix is cut
+    assert template("Danielle Darrieux, the", "Danielle Darrieux") is None  # says too little to label
+    cases = labelled_cases(DEFAULT_DATA, "train")
+    assert len(cases) > 5000 and len({c.relation for c in cases}) >= 30
+    assert min(c.case_id for c in cases) >= 10_000  # never a reported (< 2000) or development case
+    assert all(c.fact.startswith(c.prompt) for c in cases[:100])

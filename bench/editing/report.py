@@ -44,6 +44,7 @@ def label(r: dict) -> str:
     return (r["system"] + (f", scope {t}" if t not in (None, DEFAULT_SCOPE_THRESHOLD) else "")
             + (f", answer bias {bias:g}" if bias else "")
             + (f", mention check ({cfg.get('mention_rule', 'any word')})" if cfg.get("scope_requires_mention") else "")
+            + (f", relation gate {gate['threshold']:g}" if (gate := cfg.get("relation_gate")) else "")
             + (f" ({llm})" if llm != DEFAULT_LLM_NAME else ""))
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
-from service.deps import EditorDep, MemoryName
-from service.schemas import MemoryDeleted, MemoryList, MemoryOut, MemorySummary
+from service import transfer
+from service.deps import EditorDep, ImportBody, MemoryName
+from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 
@@ -37,3 +41,23 @@ def snapshot(memory: MemoryName, editor: EditorDep) -> MemoryOut:
 def purge(memory: MemoryName, editor: EditorDep) -> MemoryOut:
     """Erase forgotten facts from every file the store writes now, instead of after LARIMAR_PURGE_DELAY_S."""
     return MemoryOut(**asdict(editor.purge(memory)))
+
+
+@router.get("/{memory}/export", response_class=StreamingResponse,
+            responses={200: {"content": {transfer.MEDIA_TYPE: {}}, "description": "JSON Lines, one fact a line"}})
+def export(memory: MemoryName, editor: EditorDep,
+           latents: Annotated[bool, Query(description="add each fact's latent and the encoder")] = False,
+           ) -> StreamingResponse:
+    """Every fact, in the order written, as JSON Lines (service/transfer.py), streamed."""
+    return StreamingResponse(transfer.lines(editor.export(memory, latents)), media_type=transfer.MEDIA_TYPE,
+                             headers={"Content-Disposition": f'attachment; filename="{memory}.jsonl"'})
+
+
+@router.post("/{memory}/import", response_model=ImportOut,
+             openapi_extra={"requestBody": {"content": {transfer.MEDIA_TYPE: {}}, "required": True}})
+async def import_facts(memory: MemoryName, body: ImportBody, editor: EditorDep,
+                       keep_ids: Annotated[bool, Query(description="keep the file's ids and created times")] = True,
+                       ) -> ImportOut:
+    """Load an export file (JSON Lines) into this memory, creating it if need be; texts are re-encoded."""
+    n = await run_in_threadpool(editor.import_facts, memory, transfer.parse(body), keep_ids)
+    return ImportOut(memory=memory, imported=n)
