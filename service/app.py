@@ -15,7 +15,8 @@ from models.choice import DecoderChoice, choose_decoder
 from models.decoders import load_decoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
-from service.deps import BodyTooLarge, require_api_key
+from service.auth import load_keys
+from service.deps import BodyTooLarge, authorize
 from service.editor import Conflict, Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app = FastAPIOffline(title="Larimar", version="0.1.0", lifespan=lifespan,
                          description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
     app.state.settings = settings
+    app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
     app.state.metrics = Metrics(app)
     app.middleware("http")(body_limit(settings.max_body_bytes, settings.max_import_bytes))
     app.middleware("http")(app.state.metrics.middleware)
@@ -130,7 +132,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(BodyTooLarge, _error(status.HTTP_413_CONTENT_TOO_LARGE))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
     for r in (facts.router, query.router, memories.router):
         v1.include_router(r)
     app.include_router(v1)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
+from service.auth import ApiKey, Role, authenticate
 from service.editor import Editor
 from service.schemas import MEMORY_NAME
 from service.settings import Settings
@@ -20,15 +20,39 @@ def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def require_api_key(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> None:
-    """With LARIMAR_API_KEYS set, every /v1 call needs ``Authorization: Bearer <key>``."""
-    if not settings.api_keys:
-        return
+def needed_role(request: Request) -> Role:
+    """What a call needs: reading (GET, query, score), deleting a memory (admin), else writing."""
+    path = request.scope["route"].path  # the matched route's template, "/v1/memories/{memory}/query"
+    if request.method in ("GET", "HEAD") or path.endswith(("/query", "/score")):
+        return "read"
+    return "admin" if request.method == "DELETE" and path.endswith("/memories/{memory}") else "write"
+
+
+def authorize(request: Request) -> ApiKey | None:
+    """With keys configured, every /v1 call needs ``Authorization: Bearer <key>`` of a key whose role and
+    memories cover the call (service/auth.py); the key found is the request's ``state.api_key``."""
+    keys: list[ApiKey] = request.app.state.api_keys
+    if not keys:
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, k) for k in settings.api_keys):
+    key = authenticate(token, keys) if scheme.lower() == "bearer" else None
+    if key is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    memory = request.path_params.get("memory")
+    if memory is not None and not key.reaches(memory):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} does not reach memory {memory!r}")
+    need = needed_role(request)
+    if not key.allows(need):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} has role {key.role}; this needs {need}")
+    request.state.api_key = key
+    return key
+
+
+def caller(request: Request) -> ApiKey | None:
+    """The key of this call (None: no keys configured), once ``authorize`` has run."""
+    return getattr(request.state, "api_key", None)
 
 
 class BodyTooLarge(ValueError):
@@ -46,5 +70,6 @@ async def import_body(request: Request, settings: Annotated[Settings, Depends(ap
 
 
 EditorDep = Annotated[Editor, Depends(get_editor)]
+CallerDep = Annotated[ApiKey | None, Depends(caller)]
 ImportBody = Annotated[bytes, Depends(import_body)]
 MemoryName = Annotated[str, Path(pattern=MEMORY_NAME, description="[a-z0-9][a-z0-9_-]{0,63}")]

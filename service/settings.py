@@ -48,7 +48,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated bearer tokens; empty means no auth."
+        default_factory=list, description="Comma-separated bearer tokens, each admin over every memory; with "
+        "this and api_keys_file empty there is no auth."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="JSON list of scoped keys: {key | key_sha256, role: read|write|admin, memories: "
+        "[names or prefixes ending in *]} (service/auth.py)."
     )
     log_level: str = "info"
 

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -299,6 +300,86 @@ def test_export_of_a_missing_memory_is_404_and_a_too_large_import_413(make_clien
 
 
 # --- auth, health, metrics ---------------------------------------------------------------
+
+
+def scoped_keys(tmp_path: Path) -> Path:
+    import hashlib
+
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps([
+        {"name": "team-a-reader", "key": "read-a-0123", "role": "read", "memories": ["team-a-*"]},
+        {"name": "team-a-writer", "key_sha256": hashlib.sha256(b"write-a-0123").hexdigest(), "role": "write",
+         "memories": ["team-a-*", "shared"]},
+        {"name": "team-b-writer", "key": "write-b-0123", "role": "write", "memories": ["team-b-*"]},
+        {"name": "ops", "key": "admin-0123", "role": "admin", "memories": ["ops-*"]},
+    ]))
+    return path
+
+
+def test_scoped_keys_reach_only_their_memories_with_only_their_roles_rights(make_client, tmp_path,  # noqa: ANN001
+                                                                            caplog) -> None:  # noqa: ANN001
+    def as_(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    a_read, a_write, b_write, admin = as_("read-a-0123"), as_("write-a-0123"), as_("write-b-0123"), as_("admin-0123")
+    with make_client(f"file://{tmp_path / 's'}", api_keys_file=scoped_keys(tmp_path)) as c:
+        fact = c.post("/v1/memories/team-a-docs/facts", json={"text": LYON}, headers=a_write)
+        assert fact.status_code == 201
+        fid = fact.json()["id"]
+        assert c.post("/v1/memories/team-b-docs/facts", json={"text": "Ada Quill works as a pilot."},
+                      headers=b_write).status_code == 201
+        # read: everything that reads, in its own memories only; nothing that writes
+        assert c.get("/v1/memories/team-a-docs/facts", headers=a_read).json()["total"] == 1
+        assert c.post("/v1/memories/team-a-docs/query", json={"prompt": "What is the capital of France?",
+                                                               "max_new_tokens": 4}, headers=a_read).status_code == 200
+        assert c.get("/v1/memories/team-a-docs/export", headers=a_read).status_code == 200
+        denied = c.post("/v1/memories/team-a-docs/facts", json={"text": "x y z"}, headers=a_read)
+        assert denied.status_code == 403 and "team-a-reader has role read" in denied.json()["detail"]
+        assert c.delete(f"/v1/memories/team-a-docs/facts/{fid}", headers=a_read).status_code == 403
+        # another tenant's memory: not its facts, one fact, queries, scores, exports, imports or existence
+        other = "/v1/memories/team-b-docs"
+        for method, path, body in [("GET", f"{other}/facts", None), ("GET", f"{other}/facts/{fid}", None),
+                                   ("POST", f"{other}/query", {"prompt": "Who is Ada Quill?"}),
+                                   ("POST", f"{other}/score", {"prompt": "Ada Quill is a", "candidates": ["pilot"]}),
+                                   ("GET", f"{other}/export", None), ("GET", other, None),
+                                   ("POST", f"{other}/facts", {"text": "Bo Rind plays the oboe."})]:
+            for key in (a_read, a_write):
+                r = c.request(method, path, json=body, headers=key)
+                assert r.status_code == 403 and "does not reach memory 'team-b-docs'" in r.json()["detail"], path
+        assert c.post(f"{other}/import", content=b'{"text": "x y"}', headers=a_write).status_code == 403
+        assert c.get(f"{other}/facts", headers=b_write).json()["total"] == 1  # untouched by all of that
+        # listing shows a key its own memories only; an admin sees every memory
+        names = {k: [m["name"] for m in c.get("/v1/memories", headers=h).json()["memories"]]
+                 for k, h in [("a", a_read), ("b", b_write), ("admin", admin)]}
+        assert names == {"a": ["team-a-docs"], "b": ["team-b-docs"], "admin": ["team-a-docs", "team-b-docs"]}
+        # write: its memories, not deleting them; admin alone deletes (its own patterns)
+        assert c.post("/v1/memories/shared/facts", json={"text": "Nokia was founded by Ada Lovelace."},
+                      headers=a_write).status_code == 201
+        assert c.delete(f"/v1/memories/team-a-docs/facts/{fid}", headers=a_write).status_code == 200
+        assert c.delete("/v1/memories/shared", headers=a_write).status_code == 403
+        assert c.delete("/v1/memories/team-a-docs", headers=admin).status_code == 403  # not one of ops-*
+        assert c.post("/v1/memories/ops-x/facts", json={"text": LYON}, headers=admin).status_code == 201
+        assert c.delete("/v1/memories/ops-x", headers=admin).status_code == 200
+        # no key, a wrong one, another scheme: 401; health stays open
+        for h in ({}, as_("read-a-0124"), {"Authorization": "Basic read-a-0123"}):
+            assert c.get("/v1/memories/team-a-docs/facts", headers=h).status_code == 401
+        assert c.get("/healthz").status_code == 200
+    logged = caplog.text
+    assert not [k for k in ("read-a-0123", "write-a-0123", "write-b-0123", "admin-0123") if k in logged]
+
+
+@pytest.mark.parametrize("entries", [
+    [{"key": "short", "role": "read", "memories": ["a"]}], [{"key": "long-enough", "role": "owner", "memories": ["a"]}],
+    [{"key": "long-enough", "role": "read", "memories": []}], [{"role": "read", "memories": ["a"]}],
+    [{"key_sha256": "abc", "role": "read", "memories": ["a"]}], {"key": "long-enough"},
+])
+def test_a_malformed_keys_file_stops_the_start_naming_the_entry_not_the_key(make_client, tmp_path,  # noqa: ANN001
+                                                                          entries: object) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="keys.json") as e, make_client(f"file://{tmp_path / 's'}", api_keys_file=path):
+        pass
+    assert "long-enough" not in str(e.value)
 
 
 def test_api_keys(make_client, tmp_path) -> None:  # noqa: ANN001
