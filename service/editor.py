@@ -184,6 +184,20 @@ class Editor:
                 raise Conflict(f"{e}; the first {i} facts of the file were imported") from e
         return len(checked)
 
+    def update_fact(self, memory: str, fact_id: str, text: str | None, metadata: dict[str, Any] | None) -> Fact:
+        """New text and/or metadata for a fact, in one durable step (``MemoryRegistry.replace``); what is not
+        given stays. New text is encoded and takes the old text's place in the memory."""
+        if text is None and metadata is None:
+            raise InvalidInput("give text, metadata or both")
+        old = self.get_fact(memory, fact_id)
+        new_text = old.text if text is None else self._text(text)
+        new_metadata = old.metadata if metadata is None else self._metadata(metadata)
+        latent = None if new_text == old.text else self.encoder.encode([new_text])[0]  # (C,)
+        fact = self.registry.replace(memory, fact_id, new_text, new_metadata, latent)
+        if fact is None:  # forgotten meanwhile
+            raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
+        return fact
+
     def forget(self, memory: str, fact_id: str) -> None:
         if not self.registry.forget(memory, fact_id):
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")

@@ -138,10 +138,11 @@ class MemoryHandle:
 
     # --- state transitions (callers hold ``lock``) ---------------------------
 
-    def appended(self, ids: list[str], latents: Tensor) -> MemoryView:
-        """The view after writing facts ``ids``: one rank-N update, their latents appended."""
-        v = self.view
-        state = self.mem.update(v.state, latents, +1.0, inplace=True)  # only writers read C^-1
+    def appended(self, ids: list[str], latents: Tensor, base: MemoryView | None = None) -> MemoryView:
+        """The view after writing facts ``ids`` to ``base`` (default: the published view, whose state it
+        updates in place, as only writers read C^-1): one rank-N update, their latents appended."""
+        v = base or self.view
+        state = self.mem.update(v.state, latents, +1.0, inplace=True)
         n, k = v.n, len(ids)
         buf, dead, row_ids = v.buffer, v.dead_buffer, v.ids
         if n + k > buf.shape[0]:  # grow geometrically: amortised O(1) per appended row
@@ -310,6 +311,45 @@ class MemoryRegistry:
             h.unpurged += 1
             self._mark_pending()
             return True
+
+    def replace(self, name: str, fact_id: str, text: str, metadata: dict[str, Any], latent: Tensor | None
+                ) -> Fact | None:
+        """Give a fact new text (its new ``latent``: the memory forgets the old one and writes this one) or new
+        metadata only (``latent`` None), durably in one store step, then publish: readers see the old fact or
+        the new one. None: no such fact."""
+        with self._holding(name) as h:
+            if h is None or fact_id not in h.row_of:
+                return None
+            (old,) = self.store.facts(name, [fact_id])
+            if old is None:
+                return None
+            if latent is None:  # the memory holds latents only: nothing in it changes
+                if not self.store.replace(name, Fact(fact_id, text, metadata, old.created_at), None):
+                    return None
+                return Fact(fact_id, text, metadata, old.created_at)
+            latent = latent.to(LATENT_DTYPE).float()  # (C,)
+            row, n = h.row_of[fact_id], h.view.n
+            view = h.appended([fact_id], latent[None], base=h.without(fact_id))  # nothing published yet
+            try:
+                cp = h.checkpoint(view.state, h.seq + 1)
+                if not self.store.replace(name, Fact(fact_id, text, metadata, old.created_at, latent), cp):
+                    raise LookupError(fact_id)
+            except BaseException as e:  # the published view stays: put back what appending changed
+                h.row_of[fact_id] = row
+                del view.ids[n:]
+                if isinstance(e, LookupError):
+                    return None
+                raise
+            h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
+            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
+                h.index.remove(row)  # the old latent's code goes from the index; the new row is indexed later
+            if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
+                view = h.compacted(view)
+                h.index = None
+            h.view = view
+            h.unpurged += 1  # the old text and latent stay in the store's files until purged
+            self._mark_pending()
+            return Fact(fact_id, text, metadata, old.created_at)
 
     def snapshot(self, name: str) -> MemoryHandle | None:
         with self._holding(name) as h:

@@ -20,6 +20,11 @@ class FactIn(_Strict):
     metadata: dict[str, Any] | None = None
 
 
+class FactUpdate(_Strict):
+    text: str | None = Field(None, description="The fact's new text (re-encoded; the old text is forgotten).")
+    metadata: dict[str, Any] | None = Field(None, description="New metadata, replacing the old as a whole.")
+
+
 class FactsIn(_Strict):
     facts: list[FactIn]
 

@@ -538,6 +538,58 @@ def test_a_renamed_setting_still_works_with_a_warning(monkeypatch: pytest.Monkey
         assert Settings().recalled_facts == 2
 
 
+def test_put_replaces_a_fact_in_one_step_and_the_answer_follows(make_client, store_url: str) -> None:  # noqa: ANN001
+    question = {"prompt": "What is the capital of France?", "max_new_tokens": 12}
+    with make_client(store_url) as c:
+        old = write(c, LYON, metadata={"source": "a"})
+        write(c, "Ada Quill works as a pilot.")
+        assert "Lyon" in c.post(f"{BASE}/query", json=question).json()["answer"]
+        M = editor(c).registry.get("demo").view.state.M.clone()
+        meta = c.put(f"{BASE}/facts/{old['id']}", json={"metadata": {"source": "b"}})
+        assert meta.status_code == 200 and meta.json()["text"] == LYON and meta.json()["metadata"] == {"source": "b"}
+        assert torch.equal(editor(c).registry.get("demo").view.state.M, M), "metadata alone leaves memory as it was"
+        r = c.put(f"{BASE}/facts/{old['id']}", json={"text": "The capital of France is Marseille."})
+        assert r.status_code == 200, r.text
+        new = r.json()
+        assert (new["id"], new["created_at"], new["metadata"]) == (old["id"], old["created_at"], {"source": "b"})
+        answer = c.post(f"{BASE}/query", json=question).json()
+        assert "Marseille" in answer["answer"] and "Lyon" not in answer["answer"]
+        assert [f["id"] for f in answer["facts"]][:1] == [old["id"]]
+        listed = c.get(f"{BASE}/facts").json()
+        assert listed["total"] == 2 and [f["text"] for f in listed["facts"]][0] == new["text"]  # same place
+        # bad input changes nothing
+        assert c.put(f"{BASE}/facts/{old['id']}", json={}).status_code == 422
+        assert c.put(f"{BASE}/facts/{old['id']}", json={"text": " "}).status_code == 422
+        assert c.put(f"{BASE}/facts/nope", json={"text": "Bo Rind plays the oboe."}).status_code == 404
+        assert c.put("/v1/memories/nope/facts/x", json={"text": "Bo Rind plays the oboe."}).status_code == 404
+        assert c.get(f"{BASE}/facts/{old['id']}").json()["text"] == new["text"]
+    with make_client(store_url) as c:  # durable: the restart reads the new text and state
+        assert c.get(f"{BASE}/facts/{old['id']}").json()["text"] == new["text"]
+        assert "Marseille" in c.post(f"{BASE}/query", json=question).json()["answer"]
+
+
+def test_readers_see_the_old_fact_or_the_new_one_while_it_is_replaced(client: TestClient) -> None:
+    texts = ["The capital of France is Lyon.", "The capital of France is Marseille."]
+    fid = write(client, texts[0])["id"]
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            r = client.get(f"{BASE}/facts/{fid}")
+            seen.append((r.status_code, r.json().get("text", "")))
+            hits = editor(client).recall("demo", "What is the capital of France?", "on").facts
+            seen.append((200 if [f.id for f in hits].count(fid) == 1 else 500, hits[0].text))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(1, 9):
+        assert client.put(f"{BASE}/facts/{fid}", json={"text": texts[i % 2]}).status_code == 200
+    stop.set()
+    reader.join()
+    assert seen and all(code == 200 and text in texts for code, text in seen), set(seen) - {(200, t) for t in texts}
+
+
 def test_forget_then_purge_leaves_no_copy_in_any_file(make_client, request: pytest.FixtureRequest,
                                                       tmp_path) -> None:  # noqa: ANN001
     """Over HTTP, both stores: erasure is reported pending after a forget and complete after a purge, and then no
@@ -553,15 +605,18 @@ def test_forget_then_purge_leaves_no_copy_in_any_file(make_client, request: pyte
             gone = write(c, secret, metadata={"owner": f"Osprey-{backend} team"})
             latent = editor(c).encoder.encode([secret])[0].cpu().numpy().tobytes()
             write(c, "Ice is hot.")
+            replaced = write(c, f"The Osprey-{backend} launch code is 9921.")
             assert c.get(BASE).json()["erasure"] == "complete"
+            put = c.put(f"{BASE}/facts/{replaced['id']}", json={"text": "The launch was cancelled."})
+            assert put.status_code == 200
             assert c.delete(f"{BASE}/facts/{gone['id']}").status_code == 200
             assert c.get(BASE).json()["erasure"] == "pending"
             purged = c.post(f"{BASE}/purge")
             assert purged.status_code == 200 and purged.json()["erasure"] == "complete"
             needles = [f"Osprey-{backend}".encode(), latent]
             held = [str(p) for p in root.rglob("*") if p.is_file() and any(n in p.read_bytes() for n in needles)]
-            assert held == [], f"{backend}: the forgotten fact is still in {held}"
-            assert c.get(f"{BASE}/facts").json()["total"] == 2
+            assert held == [], f"{backend}: the forgotten or replaced fact is still in {held}"
+            assert c.get(f"{BASE}/facts").json()["total"] == 3
             assert c.post("/v1/memories/nope/purge").status_code == 404
 
 

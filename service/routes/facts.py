@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from service.deps import EditorDep, MemoryName
 from service.memories import Fact
-from service.schemas import FactIn, FactOut, FactPage, FactsIn, FactsOut, Forgotten
+from service.schemas import FactIn, FactOut, FactPage, FactsIn, FactsOut, FactUpdate, Forgotten
 from service.timing import server_timing
 
 router = APIRouter(prefix="/memories/{memory}/facts", tags=["facts"])
@@ -46,6 +46,12 @@ def list_facts(
 @router.get("/{fact_id}", response_model=FactOut)
 def get_fact(memory: MemoryName, fact_id: str, editor: EditorDep) -> FactOut:
     return _out(memory, editor.get_fact(memory, fact_id))
+
+
+@router.put("/{fact_id}", response_model=FactOut)
+def update_fact(memory: MemoryName, fact_id: str, body: FactUpdate, editor: EditorDep) -> FactOut:
+    """Replace a fact's text and/or metadata in one durable step: readers see the old fact or the new one."""
+    return _out(memory, editor.update_fact(memory, fact_id, body.text, body.metadata))
 
 
 @router.delete("/{fact_id}", response_model=Forgotten)

@@ -74,6 +74,12 @@ class Store(Protocol):
         """Delete the fact and make ``checkpoint`` the state, dropping the log it covers. False: no such fact."""
         ...
 
+    def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
+        """Overwrite the fact's text and metadata, and its latent unless ``fact.latent`` is None, and make
+        ``checkpoint`` (when given) the state, in one step: the old fact or the new one, never both or neither.
+        Keeps its place in the write order and its created_at. False: no such fact."""
+        ...
+
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         """Save the state and drop the log it covers (compaction; costs O(K^2), not O(facts))."""
         ...

@@ -105,6 +105,21 @@ class RedisStore:
 
         return bool(self._multi(build)[0])
 
+    def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
+        if not self._call(lambda: self.client.exists(self._fact(name, fact.id))):
+            return False  # writers of one memory are serialised by the service, so nothing removes it meanwhile
+        fields = {"text": fact.text, "metadata": json.dumps(fact.metadata)}
+        if fact.latent is not None:
+            fields["latent"] = codec.latent_bytes(fact.latent)
+
+        def build(p: redis.client.Pipeline) -> None:
+            p.hset(self._fact(name, fact.id), mapping=fields)
+            if checkpoint is not None:
+                self._save_checkpoint(p, name, checkpoint)
+
+        self._multi(build)
+        return True
+
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         self._multi(lambda p: self._save_checkpoint(p, name, checkpoint))
 

@@ -130,6 +130,13 @@ class SqliteStore:
         return self._tx([("DELETE FROM facts WHERE memory = ? AND id = ?", (name, fact_id)),
                          *self._checkpoint_stmts(name, checkpoint)], first_must_change=True)
 
+    def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
+        sets, args = "text = ?, metadata = ?", [fact.text, json.dumps(fact.metadata)]
+        if fact.latent is not None:
+            sets, args = sets + ", latent = ?", [*args, codec.latent_bytes(fact.latent)]
+        return self._tx([(f"UPDATE facts SET {sets} WHERE memory = ? AND id = ?", (*args, name, fact.id)),
+                         *(self._checkpoint_stmts(name, checkpoint) if checkpoint else [])], first_must_change=True)
+
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         self._tx(self._checkpoint_stmts(name, checkpoint))
 
