@@ -8,7 +8,8 @@ cases so that sentences of one relation meet whatever their wording ("The mother
 speaker of") and those of two relations part. A fact whose relation cosine to the query is below the threshold
 (chosen on development data, ``bench.relation_gate``) is not recalled.
 
-Notation: q the query's relation latent, r_i fact i's, both unit norm; the gate keeps fact i when q . r_i >= tau.
+Notation: q the query's relation latent, r_i fact i's, both unit norm; the gate keeps fact i when q . r_i >= tau
+(for a query read several ways, the best of them).
 
 A gate directory holds ``projection.safetensors`` (W) and ``config.json`` (the encoder it fits, tau and what
 chose it); one is shipped per encoder under ``models/relation``.
@@ -17,6 +18,7 @@ chose it); one is shipped per encoder under ``models/relation``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,11 +65,17 @@ class RelationGate:
         R = self.latents([query, *facts])  # (1 + k, C)
         return R[1:] @ R[0]  # (k,)
 
-    def agrees(self, query: str, facts: list[str]) -> list[bool]:
-        """Per fact, whether it states the relation the query asks (one encoder call for all)."""
+    def agrees(self, query: str | Sequence[str], facts: list[str]) -> list[bool]:
+        """Per fact, whether it states the relation the query asks (one encoder call for all). ``query`` may
+        be several readings of it (the scope detector's sentence and the whole prompt): a fact agreeing with
+        any is kept, as a sentence split wrongly ("... with A. P. Johnson House?" cut at the initials) can
+        leave a fragment that asks nothing."""
+        queries = [query] if isinstance(query, str) else list(dict.fromkeys(query))
         if not facts:
             return []
-        return (self.similarity(query, facts) >= self.threshold).tolist()
+        R = self.latents([*queries, *facts])  # (Q + k, C)
+        best = (R[len(queries):] @ R[: len(queries)].T).amax(1)  # (k,) q . r_i over the query's readings
+        return (best >= self.threshold).tolist()
 
     def describe(self) -> dict[str, object]:
         """What a benchmark result records of the gate that produced it."""

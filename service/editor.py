@@ -252,8 +252,8 @@ class Editor:
         found = [(s, i, t) for (s, i), t in zip(keep, texts, strict=True) if t is not None
                  and (mode != "auto" or not self.settings.scope_requires_mention or mentions(about, t.text))]
         if mode == "auto" and self.relation is not None:  # nor one stating another relation than it asks
-            found = [f for f, ok in zip(found, self.relation.agrees(about, [t.text for *_, t in found]), strict=True)
-                     if ok]
+            agree = self.relation.agrees([about, prompt], [t.text for *_, t in found])
+            found = [f for f, ok in zip(found, agree, strict=True) if ok]
         facts = [RecalledFact(t.id, t.text, s) for s, _, t in found]
         timer.lap("read")
         if not facts:

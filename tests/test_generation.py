@@ -107,6 +107,10 @@ def test_relation_gate_tells_the_relation_asked_whatever_the_names(models: Loade
     sims = gate.similarity(fact, asked).tolist()
     assert min(sims[:3]) > max(sims[3:]), sims
     assert gate.agrees("Where was Marie Curie born?", [fact, "Marie Curie was born in Vienna."]) == [False, True]
+    # a query read two ways (the scope's sentence, the whole prompt): a fact agreeing with either is kept
+    q = "Who was the architect involved with A. P. Johnson House?"
+    fact = f"{q} Franklin and Johnson."
+    assert gate.agrees("Johnson House?", [fact]) == [False] and gate.agrees(["Johnson House?", q], [fact]) == [True]
 
 
 def test_a_question_of_another_relation_about_a_known_subject_gets_the_memory_off_answer(make_client,  # noqa: ANN001
