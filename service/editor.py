@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from models.decoders import Decoder, Readout
 from models.encoder import TextEncoder
@@ -30,6 +31,7 @@ from service.timing import Timer, utc_now
 
 MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
 MAX_METADATA_CHARS = 4096
+CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
 EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
 
 
@@ -75,7 +77,9 @@ class Recall:
 @dataclass(frozen=True)
 class WriteResult:
     facts: list[Fact]
-    timings_ms: dict[str, float]  # validate, encode, lock, store_append, apply, [compaction,] total
+    timings_ms: dict[str, float]  # validate, encode, [conflicts,] lock, store_append, apply, [compaction,] total
+    conflicts: list[list[RecalledFact]] = field(default_factory=list)  # per fact: see Editor.conflicts
+    superseded: list[list[str]] = field(default_factory=list)  # per fact: the ids it replaced, now forgotten
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,11 @@ class Editor:
 
     # --- facts ---------------------------------------------------------------
 
-    def add_facts(self, memory: str, items: list[tuple[str, dict[str, Any] | None]]) -> WriteResult:
-        """Write facts as one memory update (a batch is one rank-N Woodbury step)."""
+    def add_facts(self, memory: str, items: list[tuple[str, dict[str, Any] | None]],
+                  supersedes: list[list[str]] | None = None) -> WriteResult:
+        """Write facts as one memory update (a batch is one rank-N Woodbury step), report each one's
+        ``conflicts``, then forget the facts each names in ``supersedes`` (after the write, so a failure in
+        between leaves old and new, never neither)."""
         timer = Timer()
         if not items:
             raise InvalidInput("facts must hold at least one fact")
@@ -139,11 +146,53 @@ class Editor:
             raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
         label = "facts[{}].text" if len(items) > 1 else "text"
         checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
+        supersedes = supersedes or [[] for _ in items]
+        for ids in supersedes:
+            for fact_id in ids:
+                self.get_fact(memory, fact_id)  # 404 before anything is written
         timer.lap("validate")
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
         timer.lap("encode")
+        conflicts = [[c for c in self.conflicts(memory, t, z) if c.id not in gone]
+                     for (t, _), z, gone in zip(checked, latents, supersedes, strict=True)]
+        timer.lap("conflicts")
         facts = self.registry.write(memory, checked, latents, timer)
-        return WriteResult(facts, timer.total())
+        for ids in supersedes:
+            for fact_id in ids:
+                self.registry.forget(memory, fact_id)  # False: forgotten meanwhile, which is what was asked
+        return WriteResult(facts, timer.total(), conflicts, supersedes)
+
+    def conflicts(self, memory: str, text: str, latent: Tensor) -> list[RecalledFact]:
+        """Facts the memory holds that look like the same statement with another answer: within the scope
+        threshold of ``text``, naming what it names (``mentions``) and, with a relation gate, stating its
+        relation, but worded otherwise ("The capital of France is Lyon." for "The capital of France is
+        Marseille."). Callers resolve them: keep both, or write with ``supersedes``."""
+        h = self.registry.get(memory)
+        if h is None or not h.view.live:
+            return []
+        view, index = h.view, h.index
+        sims, idx = top_k(latent[None], view.latents, min(CONFLICT_CANDIDATES, view.live), view.dead, index,
+                          view.ids)  # (1, k)
+        near = [(float(s), view.ids[i]) for s, i in zip(sims[0].tolist(), idx[0].tolist(), strict=True)
+                if 1.0 - s <= self.scope.threshold]
+        found = [(s, f) for (s, _), f in zip(near, self.registry.store.facts(memory, [i for _, i in near]),
+                                              strict=True)
+                 if f is not None and f.text.strip() != text.strip() and mentions(text, f.text)]
+        if found and self.relation is not None:  # the gate's encoder call only when something is that close
+            found = [sf for sf, ok in zip(found, self.relation.agrees(text, [f.text for _, f in found]), strict=True)
+                     if ok]
+        return [RecalledFact(f.id, f.text, s) for s, f in found]
+
+    def search(self, memory: str, q: str, limit: int) -> list[tuple[Fact, float]]:
+        """The facts nearest ``q`` by the encoder's cosine, best first (what ``GET .../facts?q=`` lists)."""
+        h = self._handle(memory)
+        view, index = h.view, h.index
+        if not view.live:
+            return []
+        z = self.encoder.encode([self._text(q, "q")])  # (1, C)
+        sims, idx = top_k(z, view.latents, min(limit, view.live), view.dead, index, view.ids)  # (1, k)
+        facts = self.registry.store.facts(memory, [view.ids[i] for i in idx[0].tolist()])
+        return [(f, float(s)) for f, s in zip(facts, sims[0].tolist(), strict=True) if f is not None]
 
     def export(self, memory: str, latents: bool = False) -> Iterator[dict[str, Any]]:
         """Every fact of the memory in the order written, as export records (``service.transfer``); a chunk

@@ -18,6 +18,9 @@ class _Strict(BaseModel):
 class FactIn(_Strict):
     text: str = Field(description="The fact, one or a few sentences.", examples=["The capital of France is Lyon."])
     metadata: dict[str, Any] | None = None
+    supersedes: list[str] | None = Field(
+        None, description="Ids of facts this one replaces: forgotten once it is written (404 if one is unknown)."
+    )
 
 
 class FactUpdate(_Strict):
@@ -35,10 +38,24 @@ class FactOut(BaseModel):
     text: str
     metadata: dict[str, Any]
     created_at: str
+    similarity: float | None = Field(None, description="Cosine to the search text (GET .../facts?q= only).")
+
+
+class ConflictOut(BaseModel):
+    id: str
+    text: str
+    similarity: float
+
+
+class WrittenFactOut(FactOut):
+    conflicts: list[ConflictOut] = Field(
+        default_factory=list, description="Facts already held that look like the same statement with another "
+        "answer (same subject and relation, other words); resolve by keeping both or writing with supersedes.")
+    superseded: list[str] = Field(default_factory=list, description="Ids forgotten because this fact replaced them.")
 
 
 class FactsOut(BaseModel):
-    facts: list[FactOut]
+    facts: list[WrittenFactOut]
 
 
 class FactPage(BaseModel):

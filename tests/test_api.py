@@ -48,7 +48,9 @@ def test_write_get_list_and_batch(client: TestClient) -> None:
     h = editor(client).registry.get("demo")
     assert h.seq == 2, "a batch is one memory update (one log entry)"
 
-    assert client.get(f"{BASE}/facts/{fact['id']}").json() == fact
+    assert fact["conflicts"] == [] and fact["superseded"] == []  # what only a write reports
+    assert client.get(f"{BASE}/facts/{fact['id']}").json() == {k: v for k, v in fact.items()
+                                                               if k not in ("conflicts", "superseded")}
     page = client.get(f"{BASE}/facts", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 3 and [f["text"] for f in page["facts"]] == ["Bananas are blue.", "Ice is hot."]
     assert client.get("/v1/memories").json() == {"memories": [{"name": "demo", "facts": 3}]}
@@ -226,6 +228,37 @@ def test_malformed_json(client: TestClient) -> None:
     r = client.post(f"{BASE}/facts", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     assert client.get("/v1/memories").json() == {"memories": []}
+
+
+def test_a_write_reports_facts_that_state_the_same_thing_otherwise_and_may_supersede_them(client: TestClient) -> None:
+    lyon = write(client, LYON)
+    write(client, "Ada Quill works as a pilot.")
+    r = write(client, "The capital of France is Marseille.")
+    assert [c["id"] for c in r["conflicts"]] == [lyon["id"]] and r["superseded"] == []
+    # same subject, another relation; another subject, same relation: no conflict
+    assert write(client, "The currency of France is the yen.")["conflicts"] == []
+    assert write(client, "The capital of Spain is Toledo.")["conflicts"] == []
+    assert write(client, "Ada Quill works as a surgeon.")["conflicts"][0]["text"] == "Ada Quill works as a pilot."
+    # supersedes: the new fact is written and the old one forgotten; an unknown id is a 404 and writes nothing
+    total = client.get(f"{BASE}/facts").json()["total"]
+    gone = client.post(f"{BASE}/facts", json={"text": "Ada Quill works as a baker.", "supersedes": ["nope"]})
+    assert gone.status_code == 404 and client.get(f"{BASE}/facts").json()["total"] == total
+    pilot = next(f for f in client.get(f"{BASE}/facts").json()["facts"] if f["text"] == "Ada Quill works as a pilot.")
+    r = write(client, "Ada Quill works as a baker.", supersedes=[pilot["id"]])
+    assert r["superseded"] == [pilot["id"]] and pilot["id"] not in [c["id"] for c in r["conflicts"]]
+    assert client.get(f"{BASE}/facts/{pilot['id']}").status_code == 404
+    assert client.get(f"{BASE}/facts").json()["total"] == total  # one in, one out
+
+
+def test_facts_can_be_searched_by_text(client: TestClient) -> None:
+    for t in (LYON, "Ada Quill works as a pilot.", "Bananas are blue.", "Ice is hot."):
+        write(client, t, metadata={"t": t[:3]})
+    page = client.get(f"{BASE}/facts", params={"q": "Which city is the capital of France?", "limit": 2}).json()
+    assert [f["text"] for f in page["facts"]][:1] == [LYON] and len(page["facts"]) == 2
+    assert page["facts"][0]["similarity"] >= page["facts"][1]["similarity"] and page["facts"][0]["metadata"]
+    assert "similarity" not in client.get(f"{BASE}/facts").json()["facts"][0]  # a plain page has none
+    assert client.get(f"{BASE}/facts", params={"q": " "}).status_code == 422
+    assert client.get("/v1/memories/nope/facts", params={"q": "x"}).status_code == 404
 
 
 # --- export / import ---------------------------------------------------------------
