@@ -279,16 +279,18 @@ def test_build_context_has_what_pip_install_dot_needs(dockerfile, pyproject):
     assert needed <= copied or "." in copied, f"not copied before pip install .: {sorted(needed - copied)}"
 
 
-def test_shipped_adapters_are_package_data(pyproject):
-    """``pip install .`` (the image) must carry the trained adapters, or the service falls back to context."""
+@pytest.mark.parametrize("folder", ["adapters", "relation"])
+def test_shipped_adapters_and_relation_gates_are_package_data(pyproject, folder: str):
+    """``pip install .`` (the image) must carry the trained adapters and relation gates, or the service falls
+    back to context decoding and runs without the gate."""
     import fnmatch
 
     patterns = pyproject["tool"]["setuptools"]["package-data"]["models"]
-    shipped = (ROOT / "models" / "adapters").rglob("*")
+    shipped = (ROOT / "models" / folder).rglob("*")
     files = [p.relative_to(ROOT / "models").as_posix() for p in shipped if p.is_file()]
-    assert any(f.endswith(".safetensors") for f in files), "no adapter is shipped"
+    assert any(f.endswith(".safetensors") for f in files), f"nothing trained is shipped in models/{folder}"
     missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
-    assert not missing, f"adapter files that pip install . would leave out: {missing}"
+    assert not missing, f"files that pip install . would leave out: {missing}"
 
 
 def test_models_are_prepared_offline_in_the_final_image(final_stage):
