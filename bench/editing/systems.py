@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
 import torch
+from larimar_client import Larimar
 from tqdm import tqdm
 
 from bench.baselines import WeightEditor
@@ -188,59 +188,52 @@ class WeightEdited(TextSystem):
 
 
 class Http:
-    """The running service over its REST routes: the same protocol, checkable from outside."""
+    """The running service over its REST routes, through the Python client: the same protocol, checkable
+    from outside."""
 
     name = "larimar-http"
 
-    def __init__(self, client: httpx.Client, memory_mode: str = "auto") -> None:
+    def __init__(self, client: Larimar, memory_mode: str = "auto") -> None:
         self.memory_mode = memory_mode  # "off" asks the same server for the unedited model's answers
         self.client = client
         self.memory, self.generation, self.fact_ids, self.filled = "bench-http-0", 0, {}, False
         if memory_mode == "off":  # the routes need an existing memory even when they do not read it
             self.memory = "bench-http-unedited"
-            self._post("/facts", {"text": "This memory only exists so the benchmark can query with memory off."})
+            client.write(self.memory, "This memory only exists so the benchmark can query with memory off.")
 
     @staticmethod
-    def connect(url: str, api_key: str | None = None, timeout: float = 120.0) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-
-    def _post(self, path: str, body: dict) -> dict:
-        r = self.client.post(f"/v1/memories/{self.memory}{path}", json=body)
-        r.raise_for_status()
-        return r.json()
+    def connect(url: str, api_key: str | None = None, timeout: float = 120.0) -> Larimar:
+        return Larimar(url, api_key=api_key, timeout=timeout)
 
     def edit(self, case: Case) -> None:
-        self.fact_ids[case.case_id] = self._post("/facts", {"text": case.fact})["id"]
+        self.fact_ids[case.case_id] = self.client.write(self.memory, case.fact).id
 
     def forget(self, case: Case) -> None:
-        self.client.delete(f"/v1/memories/{self.memory}/facts/{self.fact_ids.pop(case.case_id)}").raise_for_status()
+        self.client.forget(self.memory, self.fact_ids.pop(case.case_id))
 
     def reset(self) -> None:
         if self.fact_ids or self.filled:
-            self.client.delete(f"/v1/memories/{self.memory}").raise_for_status()
+            self.client.delete_memory(self.memory)
         self.generation += 1
         self.memory, self.fact_ids, self.filled = f"bench-http-{self.generation}", {}, False
 
     def fill(self, texts: Sequence[str], batch: int = 256) -> None:
         for part in tqdm(list(chunks(texts, batch)), desc="filler", unit="batch"):
-            self._post("/facts/batch", {"facts": [{"text": t} for t in part]})
+            self.client.write_batch(self.memory, part)
         self.filled = True
 
     def score(self, items: Sequence[ScoreItem]) -> list[Scored]:
         out = []
         for it in items:
-            body = self._post("/score", {"prompt": it.prompt, "candidates": it.candidates,
-                                         "memory_mode": self.memory_mode})
-            scores = [ContinuationScore(s["candidate"], s["logprob"], s["n_tokens"], tuple(s["predicted_token_ids"]),
-                                        round(s["token_accuracy"] * s["n_tokens"])) for s in body["scores"]]
-            out.append(Scored(scores, body["in_scope"], any(f["text"] == it.case.fact for f in body["facts"])))
+            r = self.client.score(self.memory, it.prompt, it.candidates, self.memory_mode)
+            scores = [ContinuationScore(s.candidate, s.logprob, s.n_tokens, tuple(s.predicted_token_ids),
+                                        round(s.token_accuracy * s.n_tokens)) for s in r.scores]
+            out.append(Scored(scores, r.in_scope, any(f.text == it.case.fact for f in r.facts)))
         return out
 
     def generate(self, items: Sequence[tuple[Case, str]], max_new_tokens: int) -> list[Answer]:
         out = []
         for case, prompt in items:
-            body = self._post("/query", {"prompt": prompt, "max_new_tokens": max_new_tokens,
-                                         "memory_mode": self.memory_mode})
-            out.append(Answer(body["answer"], body["in_scope"], any(f["text"] == case.fact for f in body["facts"])))
+            r = self.client.query(self.memory, prompt, max_new_tokens, self.memory_mode)
+            out.append(Answer(r.answer, r.in_scope, any(f.text == case.fact for f in r.facts)))
         return out
