@@ -20,14 +20,32 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from transformers.generation.streamers import BaseStreamer
 
 from models.latent import LatentAdapter
-from models.llm import AnswerBias, CausalLM, ContinuationScore, Generation, Span
+from models.llm import GREEDY, AnswerBias, CausalLM, ContinuationScore, Generation, Sampling, Span
 from models.text import STOPWORDS, stem, words
 
 DECODERS = ("context", "latent", "hybrid")
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
-GenerateRequest = tuple[str, "Readout | None"]  # prompt, readout
+GenerateRequest = tuple["str | Chat", "Readout | None"]  # prompt (or a conversation ending in it), readout
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A conversation: the turns before (``{"role", "content"}`` dicts, the chat template's) and the last user
+    turn, the prompt memory answers. A plain prompt is a conversation with nothing before it."""
+
+    history: tuple[dict[str, str], ...]
+    prompt: str
+
+
+def prompt_of(p: str | Chat) -> str:
+    return p.prompt if isinstance(p, Chat) else p
+
+
+def history_of(p: str | Chat) -> list[dict[str, str]]:
+    return list(p.history) if isinstance(p, Chat) else []
 
 
 @dataclass(frozen=True)
@@ -40,10 +58,13 @@ class Readout:
 class Decoder(Protocol):
     name: str  # one of DECODERS
 
+    def generation_text(self, llm: CausalLM, prompt: str | Chat, readout: Readout | None) -> str: ...
+
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]: ...
 
     def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
-                       min_new_tokens: int = 0) -> list[Generation]: ...
+                       min_new_tokens: int = 0, sampling: Sampling = GREEDY,
+                       streamer: BaseStreamer | None = None) -> list[Generation]: ...
 
 
 DEFAULT_ANSWER_BIAS = 12.0  # LARIMAR_ANSWER_BIAS: chosen on bench.generation dev (4, 8, 12: 12 best, fluency kept)
@@ -81,7 +102,7 @@ def answer_bias(llm: CausalLM, items: Sequence[GenerateRequest], strength: float
     """The bias for a batch: each row with a recalled fact is steered to what its best fact adds to its prompt."""
     if strength <= 0:
         return None
-    spans = [answer_spans(llm, p, r.facts[0]) if r is not None and r.facts else [] for p, r in items]
+    spans = [answer_spans(llm, prompt_of(p), r.facts[0]) if r is not None and r.facts else [] for p, r in items]
     return AnswerBias(spans, strength) if any(spans) else None
 
 
@@ -106,12 +127,14 @@ class ContextDecoder:
     def __init__(self, answer_bias: float = 0.0) -> None:
         self.answer_bias = answer_bias  # logit boost of the recalled fact's answer words (0: none)
 
-    def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
+    def generation_text(self, llm: CausalLM, prompt: str | Chat, readout: Readout | None) -> str:
+        """The facts go into the last user turn; earlier turns stay as they were."""
+        before, text = history_of(prompt), prompt_of(prompt)
         if readout is None or not readout.facts:
-            return llm.render([{"role": "user", "content": prompt}])
+            return llm.render([*before, {"role": "user", "content": text}])
         n = "fact" if len(readout.facts) == 1 else "facts"
-        content = f"{facts_block(readout.facts)}\nUsing the new {n}, answer: {prompt}"
-        return llm.render([{"role": "user", "content": content}])
+        content = f"{facts_block(readout.facts)}\nUsing the new {n}, answer: {text}"
+        return llm.render([*before, {"role": "user", "content": content}])
 
     def scoring_prefix(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         if readout is None or not readout.facts:
@@ -124,9 +147,11 @@ class ContextDecoder:
         return llm.score_batch([(self.scoring_prefix(llm, p, r), c) for p, c, r in items])
 
     def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
-                       min_new_tokens: int = 0) -> list[Generation]:
+                       min_new_tokens: int = 0, sampling: Sampling = GREEDY,
+                       streamer: BaseStreamer | None = None) -> list[Generation]:
         return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens,
-                                  min_new_tokens, bias=answer_bias(llm, items, self.answer_bias))
+                                  min_new_tokens, bias=answer_bias(llm, items, self.answer_bias), sampling=sampling,
+                                  streamer=streamer)
 
 
 class LatentDecoder:
@@ -159,7 +184,7 @@ class LatentDecoder:
         """What the prompt shows: the facts for hybrid, and nothing at all when there is no memory."""
         return readout if self.shows_facts and self.latent(readout) is not None else None
 
-    def generation_text(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
+    def generation_text(self, llm: CausalLM, prompt: str | Chat, readout: Readout | None) -> str:
         """The text the LLM reads for generation (the prefix comes on top of it)."""
         return self.text.generation_text(llm, prompt, self._text_readout(readout))
 
@@ -188,18 +213,20 @@ class LatentDecoder:
 
     @torch.inference_mode()
     def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
-                       min_new_tokens: int = 0) -> list[Generation]:
+                       min_new_tokens: int = 0, sampling: Sampling = GREEDY,
+                       streamer: BaseStreamer | None = None) -> list[Generation]:
         on, off, Z = self._split([r for _, r in items])
         out: list[Generation] = [Generation("", 0)] * len(items)
         texts = [self.generation_text(llm, p, r) for p, r in items]
         if off:  # the plain LLM, exactly as the context decoder runs it without a readout
-            res = llm.generate_batch([texts[i] for i in off], max_new_tokens, min_new_tokens)
+            res = llm.generate_batch([texts[i] for i in off], max_new_tokens, min_new_tokens, sampling=sampling,
+                                     streamer=streamer)
             for i, g in zip(off, res, strict=True):
                 out[i] = g
         if on:
             bias = answer_bias(llm, [items[i] for i in on], self.answer_bias)
             res = llm.generate_batch([texts[i] for i in on], max_new_tokens, min_new_tokens, prefix=self.adapter(Z),
-                                     bias=bias)
+                                     bias=bias, sampling=sampling, streamer=streamer)
             for i, g in zip(on, res, strict=True):
                 out[i] = g
         return out

@@ -27,7 +27,10 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from models.paths import resolve
 
@@ -56,8 +59,41 @@ class ContinuationScore:
 
 @dataclass(frozen=True)
 class Generation:
-    text: str  # the greedy answer, special tokens dropped, stripped
+    text: str  # the answer, special tokens dropped, cut before a stop string, stripped
     new_tokens: int  # tokens generated, the end-of-turn token included when it came
+    stopped: bool = True  # ended by the end-of-turn token or a stop string, not by running out of tokens
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is picked: greedy at temperature 0 (the benchmarks', and the default), else drawn
+    at ``temperature`` from the smallest set of tokens holding ``top_p`` of the probability; ``stop`` strings
+    end an answer (left out of it); ``seed`` makes a draw repeatable."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def warpers(self) -> LogitsProcessorList:
+        out = LogitsProcessorList()
+        if not self.greedy:
+            out.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_p < 1.0:
+                out.append(TopPLogitsWarper(self.top_p))
+        return out
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """The text before the first stop string, and whether there was one."""
+        ends = [i for i in (text.find(s) for s in self.stop if s) if i >= 0]
+        return (text[: min(ends)], True) if ends else (text, False)
+
+
+GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
@@ -239,44 +275,62 @@ class CausalLM:
 
     @torch.inference_mode()
     def generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int = 0,
-                       prefix: KVPrefix | None = None, bias: AnswerBias | None = None) -> list[Generation]:
-        """Greedy answers to rendered prompts in one left-padded batch: the same prompt always gives the same
-        answer, alone or among others. With a latent ``prefix`` the decoding loop is ``generate_prefixed``;
-        ``bias`` boosts tokens per row (``AnswerBias``).
+                       prefix: KVPrefix | None = None, bias: AnswerBias | None = None, sampling: Sampling = GREEDY,
+                       streamer: BaseStreamer | None = None) -> list[Generation]:
+        """Answers to rendered prompts in one left-padded batch; greedy by default, so the same prompt always
+        gives the same answer, alone or among others. With a latent ``prefix`` the decoding loop is
+        ``generate_prefixed``; ``bias`` boosts tokens per row (``AnswerBias``); a ``streamer`` (a batch of
+        one) gets the prompt's ids, then each new token as it is chosen.
         """
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         if prefix is not None:
-            return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens, bias)
+            return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens, bias, sampling, streamer)
         ids, mask = self._left_padded(texts)
+        extra = {"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer} if sampling.stop else {}
+        if not sampling.greedy:
+            extra |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": None}
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
-            do_sample=False,
+            do_sample=not sampling.greedy,
             pad_token_id=self.tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList([bias] if bias is not None else []),
+            streamer=streamer,
+            **extra,
         )
-        new = out[:, ids.shape[1] :]  # (B, n) rows that ended early are padded after their end token
+        return self._generations(out[:, ids.shape[1] :], max_new_tokens, sampling)  # rows that ended early are padded
+
+    def _generations(self, new: Tensor, max_new_tokens: int, sampling: Sampling) -> list[Generation]:
+        """(B, n) generated ids -> answers: text up to the end token (or a stop string), tokens counted to it."""
         ended = torch.isin(new, torch.tensor(self._eos_ids(), device=new.device))  # (B, n)
         first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])  # (B,)
-        texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [Generation(t.strip(), int(n)) for t, n in zip(texts_out, first_end.tolist(), strict=True)]
+        out = []
+        for row, n in zip(new, first_end.tolist(), strict=True):
+            text, cut = sampling.cut(self.tokenizer.decode(row[:n], skip_special_tokens=True))
+            out.append(Generation(text.strip(), int(n), cut or bool(ended[len(out)].any()) or n < max_new_tokens))
+        return out
 
     @torch.inference_mode()
     def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0,
-                          bias: AnswerBias | None = None) -> list[Generation]:
-        """Greedy decoding behind a latent prefix, whose embedding bias every generated token gets as well.
+                          bias: AnswerBias | None = None, sampling: Sampling = GREEDY,
+                          streamer: BaseStreamer | None = None) -> list[Generation]:
+        """Decoding behind a latent prefix, whose embedding bias every generated token gets as well.
 
         ``model.generate`` cannot add a bias to the tokens it feeds back, hence this loop.
         """
         ids, mask = self._left_padded(texts)
         B, P = ids.shape[0], prefix.length
         eos = torch.tensor(self._eos_ids(), device=self.device)
+        warpers = sampling.warpers()
+        if streamer is not None:
+            streamer.put(ids.cpu())
         out = self.forward(ids, mask, prefix)
         kv, pos = out.past_key_values, P + mask.sum(1, keepdim=True)  # (B, 1) next position of each row
         embed = self.model.get_input_embeddings()
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        n_new = torch.zeros(B, dtype=torch.long, device=self.device)
         new: list[Tensor] = []
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # (B, V)
@@ -284,10 +338,19 @@ class CausalLM:
                 logits = bias(new[-1][:, None] if new else ids, logits)  # it reads the last token only
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
-            nxt = torch.where(done, self.tokenizer.pad_token_id, logits.argmax(-1))  # (B,)
+            if sampling.greedy:
+                choice = logits.argmax(-1)  # (B,)
+            else:
+                probs = warpers(ids, logits).softmax(-1)  # (B, V)
+                choice = torch.multinomial(probs, 1)[:, 0]  # (B,)
+            nxt = torch.where(done, self.tokenizer.pad_token_id, choice)  # (B,)
             new.append(nxt)
-            n_new += (~done).long()
+            if streamer is not None:
+                streamer.put(nxt.cpu())
             done |= torch.isin(nxt, eos)
+            if sampling.stop:  # a stop string ends its row (the text is cut before it below)
+                so_far = self.tokenizer.batch_decode(torch.stack(new, 1), skip_special_tokens=True)
+                done |= torch.tensor([sampling.cut(t)[1] for t in so_far], device=self.device)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
@@ -296,9 +359,10 @@ class CausalLM:
             out = self.model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv,
                              use_cache=True)
             pos = pos + 1
+        if streamer is not None:
+            streamer.end()
         toks = torch.stack(new, 1) if new else ids.new_zeros(B, 0)  # (B, n)
-        texts_out = self.tokenizer.batch_decode(toks, skip_special_tokens=True)
-        return [Generation(t.strip(), int(n)) for t, n in zip(texts_out, n_new.tolist(), strict=True)]
+        return self._generations(toks, max_new_tokens, sampling)
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

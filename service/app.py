@@ -20,7 +20,7 @@ from service.deps import BodyTooLarge, authorize
 from service.editor import Conflict, Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
-from service.routes import facts, health, memories, query
+from service.routes import facts, health, memories, openai, query
 from service.settings import Settings, get_settings
 from service.store import StoreError, open_store
 
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
-    for r in (facts.router, query.router, memories.router):
+    for r in (facts.router, query.router, memories.router, openai.router):
         v1.include_router(r)
     app.include_router(v1)
     app.include_router(health.router)

@@ -23,7 +23,7 @@ def app_settings(request: Request) -> Settings:
 def needed_role(request: Request) -> Role:
     """What a call needs: reading (GET, query, score), deleting a memory (admin), else writing."""
     path = request.scope["route"].path  # the matched route's template, "/v1/memories/{memory}/query"
-    if request.method in ("GET", "HEAD") or path.endswith(("/query", "/score")):
+    if request.method in ("GET", "HEAD") or path.endswith(("/query", "/score", "/chat/completions")):
         return "read"
     return "admin" if request.method == "DELETE" and path.endswith("/memories/{memory}") else "write"
 

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from transformers.generation.streamers import BaseStreamer
 
-from models.decoders import Decoder, Readout
+from models.decoders import Chat, Decoder, Readout
 from models.encoder import TextEncoder
-from models.llm import CausalLM, ContinuationScore
+from models.llm import CausalLM, ContinuationScore, Sampling
 from models.relation import RelationGate
 from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, mentions, named_in, split_sentences
 from service.lookup import top_k
@@ -32,7 +33,9 @@ from service.timing import Timer, utc_now
 MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
 MAX_METADATA_CHARS = 4096
 CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
-EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
+EXPORT_CHUNK = 1024
+MAX_STOP = 4  # stop strings per chat request, as OpenAI allows
+ROLES = ("system", "user", "assistant")  # chat message roles  # facts read from the store at a time while exporting
 
 
 class InvalidInput(ValueError):
@@ -80,6 +83,18 @@ class WriteResult:
     timings_ms: dict[str, float]  # validate, encode, [conflicts,] lock, store_append, apply, [compaction,] total
     conflicts: list[list[RecalledFact]] = field(default_factory=list)  # per fact: see Editor.conflicts
     superseded: list[list[str]] = field(default_factory=list)  # per fact: the ids it replaced, now forgotten
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    answer: str
+    in_scope: bool
+    decoder: str
+    facts: list[RecalledFact]
+    timings_ms: dict[str, float]
+    prompt_tokens: int  # of the text the LLM read (facts shown included; a latent prefix is no tokens)
+    completion_tokens: int
+    finish_reason: str  # stop (end of turn or a stop string) or length (max_tokens reached)
 
 
 @dataclass(frozen=True)
@@ -310,17 +325,53 @@ class Editor:
         latents = view.latents[[i for _, i, _ in found]].float()  # (k, C) the written latents of those facts
         return Recall(True, Readout(z_r, tuple(f.text for f in facts), latents), facts, timer.marks)
 
+    def _max_new_tokens(self, max_new_tokens: int | None, what: str = "max_new_tokens") -> int:
+        n = self.settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not 1 <= n <= self.settings.max_new_tokens:
+            raise InvalidInput(f"{what} must be between 1 and {self.settings.max_new_tokens}")
+        return n
+
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> QueryResult:
         """One greedy answer: a batch of one through the decoder's batched path, as the benchmarks run it."""
         self._text(prompt, "prompt")
-        n = self.settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not 1 <= n <= self.settings.max_new_tokens:
-            raise InvalidInput(f"max_new_tokens must be between 1 and {self.settings.max_new_tokens}")
+        n = self._max_new_tokens(max_new_tokens)
         timer = Timer()
         recall = self.recall(memory, prompt, mode, timer)
         (answer,) = self.decoder.generate_batch(self.llm, [(prompt, recall.readout)], n)
         timer.lap("generate")
         return QueryResult(answer.text, recall.in_scope, self.decoder.name, recall.facts, timer.total())
+
+    def chat(self, memory: str | None, messages: list[dict[str, str]], max_new_tokens: int | None,
+             sampling: Sampling, mode: MemoryMode, streamer: BaseStreamer | None = None) -> ChatResult:
+        """One answer to a conversation. The scope detector and the readout read its last user turn (what is
+        asked now); the turns before it reach the LLM as they were. ``memory`` None: the plain LLM. A
+        ``streamer`` gets the answer's tokens as they come (``chat_stream``)."""
+        chat = self._conversation(messages)
+        n = self._max_new_tokens(max_new_tokens, "max_tokens")
+        if not (0.0 <= sampling.temperature <= 2.0 and 0.0 < sampling.top_p <= 1.0):
+            raise InvalidInput("temperature must be within [0, 2] and top_p within (0, 1]")
+        if len(sampling.stop) > MAX_STOP or any(not s for s in sampling.stop):
+            raise InvalidInput(f"stop holds at most {MAX_STOP} non-empty strings")
+        timer = Timer()
+        recall = self.recall(memory, chat.prompt, mode, timer) if memory else Recall(False, None, [])
+        prompt_tokens = len(self.llm.token_ids(self.decoder.generation_text(self.llm, chat, recall.readout)))
+        (answer,) = self.decoder.generate_batch(self.llm, [(chat, recall.readout)], n, sampling=sampling,
+                                                streamer=streamer)
+        timer.lap("generate")
+        return ChatResult(answer.text, recall.in_scope, self.decoder.name, recall.facts, timer.total(), prompt_tokens,
+                          answer.new_tokens, "stop" if answer.stopped else "length")
+
+    def _conversation(self, messages: list[dict[str, str]]) -> Chat:
+        if not messages:
+            raise InvalidInput("messages must hold at least one message")
+        for i, m in enumerate(messages):
+            if m.get("role") not in ROLES:
+                raise InvalidInput(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+            self._text(m.get("content") or "", f"messages[{i}].content")
+        if messages[-1]["role"] != "user":
+            raise InvalidInput("the last message must be the user's")
+        return Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1]),
+                    messages[-1]["content"])
 
     def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
         self._text(prompt, "prompt")

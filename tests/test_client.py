@@ -1,4 +1,5 @@
-"""The Python client (client/, ``pip install ./client``) against a real ``larimar serve`` process."""
+"""Real clients against a real ``larimar serve`` process: this project's Python client (client/, ``pip install
+./client``) and the OpenAI Python client on the OpenAI-compatible routes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from larimar_client import AsyncLarimar, Larimar, LarimarError
 
@@ -103,3 +105,66 @@ def test_the_client_installs_on_its_own() -> None:
                 for line in p.read_text().splitlines() if line.startswith(("import ", "from "))}
     assert imported <= {"__future__", "json", "collections", "dataclasses", "typing", "urllib", "httpx",
                         "larimar_client"}, imported
+
+
+def test_openai_client_chats_with_memory_streams_and_lists_models(base: str) -> None:
+    with Larimar(base, api_key=KEY) as lm:
+        lm.write("cl-chat", "The capital of France is Lyon.")
+    oa = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY)
+    assert {"larimar", "larimar/cl-chat"} <= {m.id for m in oa.models.list()}
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    r = oa.chat.completions.create(model="larimar/cl-chat", messages=ask, max_tokens=16, temperature=0)
+    extra = r.model_extra["larimar"]
+    assert "Lyon" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+    assert extra["in_scope"] and extra["facts"][0]["text"] == "The capital of France is Lyon."
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 16
+    # the memory as a body field; a conversation whose last turn asks; the plain model without memory
+    via_body = oa.chat.completions.create(model="larimar", messages=ask, max_tokens=16,
+                                          extra_body={"memory": "cl-chat"})
+    assert via_body.choices[0].message.content == r.choices[0].message.content
+    turns = [{"role": "system", "content": "You are a geography tutor."},
+             {"role": "user", "content": "I have a question about Europe."},
+             {"role": "assistant", "content": "Sure, go ahead."}, *ask]
+    assert "Lyon" in oa.chat.completions.create(model="larimar/cl-chat", messages=turns, max_tokens=16
+                                                ).choices[0].message.content
+    plain = oa.chat.completions.create(model="larimar", messages=ask, max_tokens=16)
+    assert "Lyon" not in plain.choices[0].message.content and not plain.model_extra["larimar"]["in_scope"]
+    # anything else gets the memory-off answer
+    other = [{"role": "user", "content": "How many legs does a spider have?"}]
+    on, off = (oa.chat.completions.create(model=m, messages=other, max_tokens=24)
+               for m in ("larimar/cl-chat", "larimar"))
+    assert on.choices[0].message.content == off.choices[0].message.content and not on.model_extra["larimar"]["in_scope"]
+    # streamed: pieces as they come, the same answer, then the finish reason and usage
+    chunks = list(oa.chat.completions.create(model="larimar/cl-chat", messages=ask, max_tokens=16, stream=True,
+                                             stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert text == r.choices[0].message.content and len(pieces) >= 2
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # stop strings end the answer, left out of it, streamed or not
+    cut = oa.chat.completions.create(model="larimar/cl-chat", messages=ask, max_tokens=16, stop=["y"])
+    assert cut.choices[0].message.content == "L" and cut.choices[0].finish_reason == "stop"
+    streamed_cut = oa.chat.completions.create(model="larimar/cl-chat", messages=ask, max_tokens=16, stop=["y"],
+                                              stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed_cut if c.choices) == "L"
+    # sampling: repeatable with a seed
+    a, b = (oa.chat.completions.create(model="larimar", messages=other, max_tokens=12, temperature=0.9, seed=7)
+            for _ in range(2))
+    assert a.choices[0].message.content == b.choices[0].message.content
+    # errors the client raises as its own exceptions
+    with pytest.raises(openai.NotFoundError):
+        oa.chat.completions.create(model="larimar/nope", messages=ask)
+    with pytest.raises(openai.NotFoundError):
+        oa.chat.completions.create(model="gpt-4o", messages=ask)
+    with pytest.raises(openai.UnprocessableEntityError):
+        oa.chat.completions.create(model="larimar/cl-chat", messages=[{"role": "assistant", "content": "Hi"}])
+    with pytest.raises(openai.NotFoundError):
+        list(oa.chat.completions.create(model="larimar/nope", messages=ask, stream=True))
+    reader = openai.OpenAI(base_url=f"{base}/v1", api_key="reader-key-0123")  # reaches cl-* only
+    assert reader.chat.completions.create(model="larimar/cl-chat", messages=ask, max_tokens=4).choices
+    with Larimar(base, api_key=KEY) as lm:
+        lm.write("other-team", "Ada Quill works as a pilot.")
+    with pytest.raises(openai.PermissionDeniedError):
+        reader.chat.completions.create(model="larimar/other-team", messages=ask)
+    assert "larimar/other-team" not in {m.id for m in reader.models.list()}

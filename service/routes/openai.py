@@ -1,0 +1,38 @@
+"""OpenAI-compatible routes: /v1/chat/completions (streamed or not) and /v1/models (service/openai_compat.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from service import openai_compat as oa
+from service.deps import CallerDep, EditorDep
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: oa.ChatRequest, editor: EditorDep, key: CallerDep) -> Any:
+    memory = body.target()
+    if memory is not None and key is not None and not key.reaches(memory):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} does not reach memory {memory!r}")
+    if not body.stream:
+        r = await run_in_threadpool(editor.chat, memory, body.turns(), body.max_new_tokens(), body.sampling(),
+                                    body.memory_mode)
+        return oa.completion(body, memory, r)
+    events = oa.stream(editor, body, memory)
+    first = await run_in_threadpool(next, events)  # errors (bad input, unknown memory) before any byte is sent
+    return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
+
+
+def _prepend(first: str, rest: Any) -> Any:
+    yield first
+    yield from rest
+
+
+@router.get("/models")
+def list_models(editor: EditorDep, key: CallerDep) -> dict[str, Any]:
+    return oa.models(editor, lambda name: key is None or key.sees_all or key.reaches(name))
