@@ -15,6 +15,7 @@ from models.choice import DecoderChoice, choose_decoder
 from models.decoders import load_decoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
+from service import mcp_tools
 from service.auth import load_keys
 from service.deps import BodyTooLarge, authorize
 from service.editor import Conflict, Editor, InvalidInput, NotFound
@@ -114,7 +115,8 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.editor = build_editor(settings, models or load_models(settings), background=True)
         log.info("larimar ready")
-        yield
+        async with mcp.session_manager.run():  # the MCP endpoint's sessions live as long as the app
+            yield
         app.state.editor.close()
 
     # /docs and /redoc serve Swagger UI and ReDoc from fastapi-offline's bundled assets, not a CDN: they work
@@ -137,4 +139,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
         v1.include_router(r)
     app.include_router(v1)
     app.include_router(health.router)
+    mcp = mcp_tools.build(app)  # Streamable HTTP at /mcp, the same keys (service/mcp_tools.py)
+    app.mount(mcp_tools.PATH, mcp_tools.require_key(app, mcp.streamable_http_app(streamable_http_path="/",
+                                                                                 host=settings.host)))
     return app

@@ -1,5 +1,5 @@
 """Real clients against a real ``larimar serve`` process: this project's Python client (client/, ``pip install
-./client``) and the OpenAI Python client on the OpenAI-compatible routes."""
+./client``), the OpenAI Python client on the OpenAI-compatible routes, and the MCP SDK's client on /mcp."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import httpx2
 import openai
 import pytest
 from larimar_client import AsyncLarimar, Larimar, LarimarError
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from bench.processes import ServiceProcess
 
@@ -168,3 +172,44 @@ def test_openai_client_chats_with_memory_streams_and_lists_models(base: str) -> 
     with pytest.raises(openai.PermissionDeniedError):
         reader.chat.completions.create(model="larimar/other-team", messages=ask)
     assert "larimar/other-team" not in {m.id for m in reader.models.list()}
+
+
+def test_mcp_client_lists_tools_writes_queries_searches_and_forgets(base: str) -> None:
+    async def session(key: str, calls: list[tuple[str, dict]]) -> list:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http, \
+                Client(streamable_http_client(f"{base}/mcp", http_client=http)) as mcp:
+            out: list = [sorted(t.name for t in (await mcp.list_tools()).tools)]
+            for name, args in calls:
+                out.append(await mcp.call_tool(name, args))
+            return out
+
+    fact = {"memory": "cl-mcp", "text": "Bo Rind plays the oboe."}
+    tools, wrote, asked, found, listed = asyncio.run(session(KEY, [
+        ("write_fact", fact), ("query", {"memory": "cl-mcp", "prompt": "Which instrument does Bo Rind play?",
+                                         "max_new_tokens": 8}),
+        ("search_facts", {"memory": "cl-mcp", "q": "oboe player"}), ("list_memories", {})]))
+    assert tools == ["forget_fact", "list_memories", "query", "search_facts", "write_fact"]
+    assert not wrote.is_error and wrote.structured_content["text"] == fact["text"]
+    fid = wrote.structured_content["id"]
+    assert asked.structured_content["in_scope"] and "oboe" in asked.structured_content["answer"]
+    assert found.structured_content["facts"][0]["id"] == fid
+    assert "cl-mcp" in {m["name"] for m in listed.structured_content["memories"]}
+    with Larimar(base, api_key=KEY) as lm:
+        assert lm.fact("cl-mcp", fid).text == fact["text"]  # the same store the REST routes read
+    # the reader key: reads its memories, may not write, does not reach others; refusals carry their reason
+    _, denied, other, read = asyncio.run(session("reader-key-0123", [
+        ("write_fact", fact), ("search_facts", {"memory": "other-team"}), ("search_facts", {"memory": "cl-mcp"})]))
+    assert denied.is_error and "role read" in denied.content[0].text
+    assert other.is_error and "does not reach memory 'other-team'" in other.content[0].text
+    assert not read.is_error and read.structured_content["total"] == 1
+    _, gone, again, missing = asyncio.run(session(KEY, [
+        ("forget_fact", {"memory": "cl-mcp", "fact_id": fid}), ("forget_fact", {"memory": "cl-mcp", "fact_id": fid}),
+        ("query", {"memory": "nope", "prompt": "Hi"})]))
+    assert gone.structured_content == {"id": fid, "forgotten": True}
+    assert again.is_error and "is not in memory" in again.content[0].text
+    assert missing.is_error and "does not exist" in missing.content[0].text
+    # no key, or a wrong one: refused before MCP
+    for headers in ({}, {"Authorization": "Bearer wrong-key-0123"}):
+        r = httpx.post(f"{base}/mcp/", headers=headers | {"Accept": "application/json, text/event-stream"},
+                       json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401

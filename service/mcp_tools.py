@@ -1,0 +1,122 @@
+"""The MCP server: the editor's facts and answers as tools for agents, on Streamable HTTP at ``/mcp``.
+
+Built with the official SDK (``mcp``), mounted in the same app, honouring the same API keys: with keys
+configured, a call without a valid ``Authorization: Bearer`` key gets 401 before MCP sees it, and each tool
+checks that the key reaches the memory it names and has the role the tool needs (service/auth.py). Tools
+return the REST routes' JSON shapes; no memory logic lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.auth import ApiKey, Role, authenticate
+from service.editor import Conflict, Editor, InvalidInput, MemoryMode, NotFound
+
+PATH = "/mcp"
+
+
+def _key(app: FastAPI, headers: Any) -> ApiKey | None:
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    return authenticate(token, app.state.api_keys) if scheme.lower() == "bearer" else None
+
+
+def build(app: FastAPI) -> MCPServer:
+    """The tools, over ``app``'s editor and keys (read when a tool runs: the editor is built at start-up)."""
+    mcp = MCPServer("larimar", instructions="Knowledge editing for an LLM: write facts into a named memory, "
+                    "forget them, search them, and ask the edited LLM.")
+
+    def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A tool whose refusals (bad input, unknown memory or fact, a key's limits) reach the agent as their
+        message; the SDK would hide any other exception's."""
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (InvalidInput, NotFound, Conflict, PermissionError) as e:
+                raise ToolError(f"{type(e).__name__}: {e}") from e
+
+        return mcp.tool()(run)
+
+    def editor_for(ctx: Context, memory: str | None, need: Role) -> Editor:
+        """The editor, once the caller's key (when keys are configured) may do ``need`` to ``memory``."""
+        if app.state.api_keys:
+            request = ctx.request_context.request
+            key = _key(app, request.headers if request is not None else {})
+            if key is None:
+                raise PermissionError("missing or wrong API key")
+            if memory is not None and not key.reaches(memory):
+                raise PermissionError(f"API key {key.name} does not reach memory {memory!r}")
+            if not key.allows(need):
+                raise PermissionError(f"API key {key.name} has role {key.role}; this needs {need}")
+        return app.state.editor
+
+    @tool
+    def write_fact(memory: str, text: str, ctx: Context, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Teach the LLM a fact: write it into a memory (created by its first write). Returns the fact with its
+        id, and facts already held that state the same thing otherwise (conflicts)."""
+        w = editor_for(ctx, memory, "write").add_facts(memory, [(text, metadata)])
+        return w.facts[0].as_dict() | {"conflicts": [asdict(c) for c in w.conflicts[0]]}
+
+    @tool
+    def forget_fact(memory: str, fact_id: str, ctx: Context) -> dict[str, Any]:
+        """Forget a fact by id: the memory unlearns it and its record is deleted."""
+        editor_for(ctx, memory, "write").forget(memory, fact_id)
+        return {"id": fact_id, "forgotten": True}
+
+    @tool
+    def query(memory: str, prompt: str, ctx: Context, max_new_tokens: int | None = None,
+              memory_mode: MemoryMode = "auto") -> dict[str, Any]:
+        """Ask the edited LLM. in_scope says whether memory was read; facts are the ones it used."""
+        r = editor_for(ctx, memory, "read").query(memory, prompt, max_new_tokens, memory_mode)
+        return {"answer": r.answer, "in_scope": r.in_scope, "decoder": r.decoder,
+                "facts": [asdict(f) for f in r.facts]}
+
+    @tool
+    def search_facts(memory: str, ctx: Context, q: str | None = None, limit: int = 20,
+                     offset: int = 0) -> dict[str, Any]:
+        """The facts of a memory nearest a text (q), or a page of them in the order written."""
+        editor = editor_for(ctx, memory, "read")
+        if q is not None:
+            hits = editor.search(memory, q, limit)
+            return {"facts": [f.as_dict() | {"similarity": s} for f, s in hits], "total": len(hits)}
+        facts, total = editor.list_facts(memory, limit, offset)
+        return {"facts": [f.as_dict() for f in facts], "total": total}
+
+    @tool
+    def list_memories(ctx: Context) -> dict[str, Any]:
+        """The memories this caller may read, with their fact counts."""
+        editor = editor_for(ctx, None, "read")
+        request = ctx.request_context.request
+        key = _key(app, request.headers) if app.state.api_keys and request is not None else None
+        return {"memories": [{"name": m.name, "facts": m.facts} for m in editor.memories()
+                             if key is None or key.sees_all or key.reaches(m.name)]}
+
+    return mcp
+
+
+def require_key(app: FastAPI, inner: ASGIApp) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """401 before MCP for a call without a valid key, when keys are configured (as for /v1)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and app.state.api_keys:
+            headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+            if _key(app, headers) is None:
+                response = JSONResponse({"detail": "missing or wrong API key"}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await inner(scope, receive, send)
+
+    return guarded
