@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from memory_core import MemoryConfig
@@ -26,6 +28,7 @@ from service.settings import Settings, get_settings
 from service.store import StoreError, open_store
 
 log = logging.getLogger("larimar")
+CONSOLE = Path(__file__).resolve().parent / "console"
 
 
 def decoder_choice(settings: Settings) -> DecoderChoice:
@@ -139,6 +142,8 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
         v1.include_router(r)
     app.include_router(v1)
     app.include_router(health.router)
+    # the web console: static files, no build step (service/console/)
+    app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
     mcp = mcp_tools.build(app)  # Streamable HTTP at /mcp, the same keys (service/mcp_tools.py)
     app.mount(mcp_tools.PATH, mcp_tools.require_key(app, mcp.streamable_http_app(streamable_http_path="/",
                                                                                  host=settings.host)))

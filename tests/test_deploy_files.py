@@ -293,6 +293,17 @@ def test_shipped_adapters_and_relation_gates_are_package_data(pyproject, folder:
     assert not missing, f"files that pip install . would leave out: {missing}"
 
 
+def test_the_console_is_package_data(pyproject):
+    """The image serves /console from the installed package: its static files must travel with it."""
+    import fnmatch
+
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["service"]
+    files = [p.relative_to(ROOT / "service").as_posix() for p in (ROOT / "service" / "console").rglob("*")
+             if p.is_file()]
+    assert "console/index.html" in files
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), files
+
+
 def test_models_are_prepared_offline_in_the_final_image(final_stage):
     ins = final_stage.instructions
     prepare = _only([i for i in ins if i.cmd == "RUN" and "larimar prepare" in i.args], "larimar prepare")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
+import pytest
 import torch
 
 from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, same_subject, unrelated
@@ -14,6 +15,7 @@ from models.paths import DEFAULT_ENCODER
 from models.relation import find_gate, load_gate
 from models.scope import mentions, named_in
 from models.text import mask_names, name_runs, names
+from training.data import DEFAULT_DATA
 
 BASE = "/v1/memories/demo"
 
@@ -165,8 +167,8 @@ def test_reworded_split_words_every_shared_relation_otherwise() -> None:
     assert {i.wording for i in build("reworded")} == {"reworded"}
 
 
+@pytest.mark.skipif(not DEFAULT_DATA.exists(), reason=f"benchmark data not found at {DEFAULT_DATA}")
 def test_relation_gate_training_reads_templates_and_keeps_to_its_split() -> None:
-    from training.data import DEFAULT_DATA
     from training.relation import labelled_cases, template
 
     assert template("The mother tongue of Danielle Darrieux is", "Danielle Darrieux") == "The mother tongue of {} is"
