@@ -7,6 +7,7 @@ machine's own (a Redis on 6379, say) is ever touched.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -124,3 +126,18 @@ class ServiceProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def serving(root: Path, keys: list[dict[str, object]], timeout: float = 180.0) -> Iterator[str]:
+    """``larimar serve`` with a file store under ``root`` and these scoped API keys (LARIMAR_API_KEYS_FILE);
+    yields its base URL once ready, stops it gracefully after."""
+    path = root / "keys.json"
+    path.write_text(json.dumps(keys))
+    proc = ServiceProcess(root / "server.log", LARIMAR_STORE_URL=f"file://{root / 'store'}",
+                          LARIMAR_API_KEYS_FILE=str(path))
+    try:
+        proc.start(timeout=timeout)
+        yield proc.base
+    finally:
+        proc.stop()

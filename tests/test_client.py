@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,24 +15,17 @@ from larimar_client import AsyncLarimar, Larimar, LarimarError
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from bench.processes import ServiceProcess
+from bench.processes import serving
 
 KEY = "client-test-key-0123"
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("client")
-    keys = root / "keys.json"
-    keys.write_text(json.dumps([{"key": KEY, "role": "admin", "memories": ["*"]},
-                                {"key": "reader-key-0123", "role": "read", "memories": ["cl-*"]}]))
-    proc = ServiceProcess(root / "server.log", LARIMAR_STORE_URL=f"file://{root / 'store'}",
-                          LARIMAR_API_KEYS_FILE=str(keys))
-    try:
-        proc.start(timeout=180)
-        yield proc.base
-    finally:
-        proc.stop()
+    keys = [{"key": KEY, "role": "admin", "memories": ["*"]},
+            {"key": "reader-key-0123", "role": "read", "memories": ["cl-*"]}]
+    with serving(tmp_path_factory.mktemp("client"), keys) as url:
+        yield url
 
 
 def test_sync_client_covers_every_route(base: str) -> None:

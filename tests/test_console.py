@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.processes import ServiceProcess
+from bench.processes import serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/bootstrap.sh installs it)")
@@ -20,16 +19,8 @@ KEY = "console-key-0123"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("console")
-    keys = root / "keys.json"
-    keys.write_text(json.dumps([{"key": KEY, "role": "write", "memories": ["team-*"]}]))
-    proc = ServiceProcess(root / "server.log", LARIMAR_STORE_URL=f"file://{root / 'store'}",
-                          LARIMAR_API_KEYS_FILE=str(keys))
-    try:
-        proc.start(timeout=180)
-        yield proc.base
-    finally:
-        proc.stop()
+    with serving(tmp_path_factory.mktemp("console"), [{"key": KEY, "role": "write", "memories": ["team-*"]}]) as url:
+        yield url
 
 
 def test_console_adds_pages_searches_asks_and_forgets_in_a_browser(base: str) -> None:
