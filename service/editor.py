@@ -172,9 +172,8 @@ class Editor:
                      for (t, _), z, gone in zip(checked, latents, supersedes, strict=True)]
         timer.lap("conflicts")
         facts = self.registry.write(memory, checked, latents, timer)
-        for ids in supersedes:
-            for fact_id in ids:
-                self.registry.forget(memory, fact_id)  # False: forgotten meanwhile, which is what was asked
+        if gone := [i for ids in supersedes for i in ids]:  # one step; False: forgotten meanwhile, as was asked
+            self.registry.forget(memory, *gone)
         return WriteResult(facts, timer.total(), conflicts, supersedes)
 
     def conflicts(self, memory: str, text: str, latent: Tensor) -> list[RecalledFact]:
@@ -262,9 +261,15 @@ class Editor:
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
         return fact
 
-    def forget(self, memory: str, fact_id: str) -> None:
-        if not self.registry.forget(memory, fact_id):
-            raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
+    def forget(self, memory: str, *fact_ids: str) -> None:
+        """Forget facts in one step (one downdate, one durable store transaction): all, or none with a 404
+        naming one that is not in the memory."""
+        if not 1 <= len(fact_ids) <= self.settings.max_batch_facts:
+            raise InvalidInput(f"ids must hold 1 to {self.settings.max_batch_facts} fact ids")
+        if not self.registry.forget(memory, *fact_ids):
+            held = self.registry.store.facts(memory, list(fact_ids))
+            gone = next((i for i, f in zip(fact_ids, held, strict=True) if f is None), fact_ids[0])
+            raise NotFound(f"fact {gone!r} is not in memory {memory!r}")
 
     def list_facts(self, memory: str, limit: int, offset: int) -> tuple[list[Fact], int]:
         """A page from the store; the total is the memory's own count (counting rows in the store is O(N))."""

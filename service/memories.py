@@ -155,14 +155,15 @@ class MemoryHandle:
         self.row_of.update({i: n + j for j, i in enumerate(ids)})
         return MemoryView(state, n + k, buf, dead, row_ids, v.live + k)
 
-    def without(self, fact_id: str) -> MemoryView:
-        """The view after forgetting one fact (alpha = -1 with its recomputed key); its row is marked dead."""
+    def without(self, *fact_ids: str) -> MemoryView:
+        """The view after forgetting facts (alpha = -1 with their recomputed keys, one rank-N downdate, as a
+        batch write is one rank-N update); their rows are marked dead."""
         v = self.view
-        i = self.row_of[fact_id]
-        state = self.mem.update(v.state, v.buffer[i : i + 1], -1.0, inplace=False)  # old view stays valid on failure
+        rows = [self.row_of[i] for i in fact_ids]
+        state = self.mem.update(v.state, v.buffer[rows], -1.0, inplace=False)  # old view stays valid on failure
         dead = v.dead_buffer.clone()  # (capacity,) readers of the old view keep theirs
-        dead[i] = True
-        return MemoryView(state, v.n, v.buffer, dead, v.ids, v.live - 1)
+        dead[rows] = True
+        return MemoryView(state, v.n, v.buffer, dead, v.ids, v.live - len(rows))
 
     def compacted(self, view: MemoryView) -> MemoryView:
         """The same facts in fresh buffers without the dead rows (rebuilds ``row_of``)."""
@@ -292,23 +293,27 @@ class MemoryRegistry:
             if h.seq == 0 and not h.view.n and h.last_snapshot is None:
                 self._handles.pop(h.name, None)
 
-    def forget(self, name: str, fact_id: str) -> bool:
+    def forget(self, name: str, *fact_ids: str) -> bool:
+        """Forget these facts in one step (one downdate, one store transaction): all of them, or, when one is
+        not in the memory, none (False)."""
         with self._holding(name) as h:
-            if h is None or fact_id not in h.row_of:
+            fact_ids = tuple(dict.fromkeys(fact_ids))
+            if h is None or not fact_ids or any(i not in h.row_of for i in fact_ids):
                 return False
-            view = h.without(fact_id)
+            view = h.without(*fact_ids)
             cp = h.checkpoint(view.state, h.seq + 1)
-            if not self.store.forget(name, fact_id, cp):  # raises StoreError: nothing changed
+            if not self.store.forget(name, list(fact_ids), cp):  # raises StoreError: nothing changed
                 return False
-            row = h.row_of.pop(fact_id)
+            rows = [h.row_of.pop(i) for i in fact_ids]
             h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
-            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
-                h.index.remove(row)  # its code goes from the index too, not only from the view
+            for row in rows:
+                if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
+                    h.index.remove(row)  # its code goes from the index too, not only from the view
             if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
                 view = h.compacted(view)
                 h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
             h.view = view
-            h.unpurged += 1
+            h.unpurged += len(fact_ids)
             self._mark_pending()
             return True
 

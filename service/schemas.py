@@ -70,6 +70,16 @@ class ImportOut(BaseModel):
     imported: int  # facts written
 
 
+class ForgetIn(_Strict):
+    ids: list[str] = Field(description="The facts to forget, all in one step (404 and nothing forgotten if one "
+                           "is not in the memory).")
+
+
+class ForgottenMany(BaseModel):
+    ids: list[str]
+    forgotten: bool
+
+
 class Forgotten(BaseModel):
     id: str
     forgotten: bool

@@ -623,6 +623,30 @@ def test_readers_see_the_old_fact_or_the_new_one_while_it_is_replaced(client: Te
     assert seen and all(code == 200 and text in texts for code, text in seen), set(seen) - {(200, t) for t in texts}
 
 
+def test_several_facts_are_forgotten_in_one_step_as_if_one_by_one(make_client, store_url: str) -> None:  # noqa: ANN001
+    texts = [LYON, "Bananas are blue.", "Ice is hot.", "Ada Quill works as a pilot.", "Bo Rind plays the oboe."]
+    with make_client(store_url) as c:
+        one = [write(c, t, memory="one")["id"] for t in texts]
+        many = [write(c, t, memory="many")["id"] for t in texts]
+        for i in one[1:4]:
+            assert c.delete(f"/v1/memories/one/facts/{i}").status_code == 200
+        seq = editor(c).registry.get("many").seq
+        r = c.post("/v1/memories/many/facts/forget", json={"ids": [many[1], "nope", many[2]]})
+        assert r.status_code == 404 and "'nope'" in r.json()["detail"]  # all or none
+        assert c.get("/v1/memories/many").json()["facts"] == 5 and editor(c).registry.get("many").seq == seq
+        r = c.post("/v1/memories/many/facts/forget", json={"ids": many[1:4]})
+        assert r.status_code == 200 and r.json() == {"ids": many[1:4], "forgotten": True}
+        assert editor(c).registry.get("many").seq == seq + 1, "one step: one downdate, one checkpoint"
+        a, b = (editor(c).registry.get(m).view.state for m in ("one", "many"))
+        assert torch.allclose(a.M, b.M, atol=1e-5) and torch.allclose(a.C_inv, b.C_inv, atol=1e-5)
+        assert [f["text"] for f in c.get("/v1/memories/many/facts").json()["facts"]] == [texts[0], texts[4]]
+        assert c.post("/v1/memories/many/facts/forget", json={"ids": []}).status_code == 422
+        M = b.M.clone()
+    with make_client(store_url) as c:  # durable
+        assert c.get("/v1/memories/many").json()["facts"] == 2
+        assert torch.equal(editor(c).registry.get("many").view.state.M, M)
+
+
 def test_forget_then_purge_leaves_no_copy_in_any_file(make_client, request: pytest.FixtureRequest,
                                                       tmp_path) -> None:  # noqa: ANN001
     """Over HTTP, both stores: erasure is reported pending after a forget and complete after a purge, and then no

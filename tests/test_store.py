@@ -55,12 +55,19 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     store.checkpoint("m1", Checkpoint(2, b"state-2", "t2"))
     assert store.load("m1").log == [] and store.load("m1").checkpoint == Checkpoint(2, b"state-2", "t2")
     store.write("m1", 3, [fact(3)], CFG)
-    assert store.forget("m1", "id1", Checkpoint(4, b"state-4", "t4"))
+    assert store.forget("m1", ["id1"], Checkpoint(4, b"state-4", "t4"))
     after = store.load("m1")
     assert after.checkpoint == Checkpoint(4, b"state-4", "t4") and after.log == [], "a forget checkpoints"
-    assert not store.forget("m1", "id1", Checkpoint(5, b"x", "t5")), "a second forget finds nothing"
+    assert not store.forget("m1", ["id1"], Checkpoint(5, b"x", "t5")), "a second forget finds nothing"
     assert store.load("m1").checkpoint.seq == 4, "and changes nothing"
     assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
+    assert not store.forget("m1", ["id0", "nope"], Checkpoint(5, b"x", "t5")), "several: all or none"
+    assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
+    assert store.load("m1").checkpoint.seq == 4
+    assert store.forget("m1", ["id0", "id3"], Checkpoint(5, b"state-5", "t5"))
+    assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id2"]
+    assert store.load("m1").checkpoint == Checkpoint(5, b"state-5", "t5")
+    store.write("m1", 6, [fact(3)], CFG)
     store.delete("m1")
     assert store.names() == ["m2"] and store.load("m1").checkpoint is None
     assert (store.page("m1", 10, 0), store.count("m1")) == ([], 0)
@@ -114,7 +121,7 @@ def test_purge_leaves_no_copy_in_any_file(backend: str, tmp_path: Path) -> None:
         if backend == "redis":
             store.purge()  # an RDB and an AOF base that hold the secret, not only the AOF's increments
         assert files_holding(root, needles), "the test must see the fact on disk before it is forgotten"
-        assert store.forget("m", "secret", Checkpoint(3, b"state", "t"))
+        assert store.forget("m", ["secret"], Checkpoint(3, b"state", "t"))
         store.purge()
         assert files_holding(root, needles) == []
         assert store.facts("m", ["id7"])[0].text == "fact number 7", "the other facts stay"

@@ -18,7 +18,9 @@ from service.schemas import (
     FactsIn,
     FactsOut,
     FactUpdate,
+    ForgetIn,
     Forgotten,
+    ForgottenMany,
     WrittenFactOut,
 )
 from service.timing import server_timing
@@ -48,6 +50,13 @@ def write_fact(memory: MemoryName, body: FactIn, editor: EditorDep, response: Re
 def write_facts(memory: MemoryName, body: FactsIn, editor: EditorDep, response: Response) -> FactsOut:
     w = editor.add_facts(memory, [(f.text, f.metadata) for f in body.facts], [f.supersedes or [] for f in body.facts])
     return FactsOut(facts=_written(memory, w, response))
+
+
+@router.post("/forget", response_model=ForgottenMany)
+def forget_facts(memory: MemoryName, body: ForgetIn, editor: EditorDep) -> ForgottenMany:
+    """Forget several facts in one step: one memory downdate and one durable store transaction."""
+    editor.forget(memory, *body.ids)
+    return ForgottenMany(ids=body.ids, forgotten=True)
 
 
 @router.get("", response_model=FactPage, response_model_exclude_none=True)

@@ -70,8 +70,9 @@ class Store(Protocol):
         """Add the facts and log the write as operation ``seq``; ``config`` is kept at the memory's first write."""
         ...
 
-    def forget(self, name: str, fact_id: str, checkpoint: Checkpoint) -> bool:
-        """Delete the fact and make ``checkpoint`` the state, dropping the log it covers. False: no such fact."""
+    def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
+        """Delete the facts and make ``checkpoint`` the state, dropping the log it covers, in one step. False
+        (and nothing changed): one of them is not there."""
         ...
 
     def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:

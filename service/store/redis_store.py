@@ -94,13 +94,14 @@ class RedisStore:
         p.hset(self._k(name, "checkpoint"), mapping={"seq": cp.seq, "state": cp.state, "saved_at": cp.saved_at})
         p.xtrim(self._k(name, "oplog"), minid=f"{cp.seq + 1}-0")
 
-    def forget(self, name: str, fact_id: str, checkpoint: Checkpoint) -> bool:
-        if not self._call(lambda: self.client.exists(self._fact(name, fact_id))):
-            return False  # writers of one memory are serialised by the service, so nothing re-adds it meanwhile
+    def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
+        keys = [self._fact(name, i) for i in fact_ids]
+        if self._call(lambda: self.client.exists(*keys)) < len(keys):
+            return False  # writers of one memory are serialised by the service, so nothing re-adds one meanwhile
 
         def build(p: redis.client.Pipeline) -> None:
-            p.delete(self._fact(name, fact_id))
-            p.zrem(self._k(name, "order"), fact_id)
+            p.delete(*keys)
+            p.zrem(self._k(name, "order"), *fact_ids)
             self._save_checkpoint(p, name, checkpoint)
 
         return bool(self._multi(build)[0])

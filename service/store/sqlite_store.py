@@ -77,14 +77,15 @@ class SqliteStore:
 
     # --- plumbing -----------------------------------------------------------------
 
-    def _tx(self, statements: list[tuple[str, tuple]], first_must_change: bool = False) -> bool:
-        """Run statements in one transaction. With ``first_must_change``, a first statement that changes no row
-        rolls everything back and returns False."""
+    def _tx(self, statements: list[tuple[str, tuple]], first_must_change: int = 0) -> bool:
+        """Run statements in one transaction. With ``first_must_change`` = n, a first statement that changes
+        fewer than n rows rolls everything back and returns False."""
         with self._wlock:
             try:
                 self._w.execute("BEGIN IMMEDIATE")
                 for i, (sql, args) in enumerate(statements):
-                    if self._w.execute(sql, args).rowcount == 0 and i == 0 and first_must_change:
+                    changed = self._w.execute(sql, args).rowcount
+                    if i == 0 and changed < first_must_change:
                         self._w.execute("ROLLBACK")
                         return False
                 self._w.execute("COMMIT")
@@ -126,16 +127,17 @@ class SqliteStore:
         return [("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (name, cp.seq, cp.state, cp.saved_at)),
                 ("DELETE FROM log WHERE memory = ? AND seq <= ?", (name, cp.seq))]
 
-    def forget(self, name: str, fact_id: str, checkpoint: Checkpoint) -> bool:
-        return self._tx([("DELETE FROM facts WHERE memory = ? AND id = ?", (name, fact_id)),
-                         *self._checkpoint_stmts(name, checkpoint)], first_must_change=True)
+    def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
+        marks = ",".join("?" * len(fact_ids))
+        return self._tx([(f"DELETE FROM facts WHERE memory = ? AND id IN ({marks})", (name, *fact_ids)),
+                         *self._checkpoint_stmts(name, checkpoint)], first_must_change=len(fact_ids))
 
     def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
         sets, args = "text = ?, metadata = ?", [fact.text, json.dumps(fact.metadata)]
         if fact.latent is not None:
             sets, args = sets + ", latent = ?", [*args, codec.latent_bytes(fact.latent)]
         return self._tx([(f"UPDATE facts SET {sets} WHERE memory = ? AND id = ?", (*args, name, fact.id)),
-                         *(self._checkpoint_stmts(name, checkpoint) if checkpoint else [])], first_must_change=True)
+                         *(self._checkpoint_stmts(name, checkpoint) if checkpoint else [])], first_must_change=1)
 
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         self._tx(self._checkpoint_stmts(name, checkpoint))
