@@ -44,6 +44,19 @@ class ApiKey:
     def sees_all(self) -> bool:
         return self.role == "admin"
 
+    def refusal(self, memory: str | None, need: Role) -> str | None:
+        """Why this key may not do ``need`` to ``memory`` (None: it may); the reason names the key's label."""
+        if memory is not None and not self.reaches(memory):
+            return f"API key {self.name} does not reach memory {memory!r}"
+        if not self.allows(need):
+            return f"API key {self.name} has role {self.role}; this needs {need}"
+        return None
+
+
+def listed(key: ApiKey | None, memory: str) -> bool:
+    """Whether a listing shown to ``key`` holds ``memory`` (every one for an admin key, or with no keys)."""
+    return key is None or key.sees_all or key.reaches(memory)
+
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
@@ -81,6 +94,12 @@ def load_keys(plain: list[str], file: Path | None) -> list[ApiKey]:
                 raise ValueError(f"{where}: key_sha256 must be 64 hex digits")
         keys.append(ApiKey(str(e.get("name") or where), digest, e["role"], tuple(memories)))
     return keys
+
+
+def from_header(authorization: str | None, keys: list[ApiKey]) -> ApiKey | None:
+    """The key an ``Authorization: Bearer <key>`` header names, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return authenticate(token, keys) if scheme.lower() == "bearer" else None
 
 
 def authenticate(token: str, keys: list[ApiKey]) -> ApiKey | None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
-from service.auth import ApiKey, Role, authenticate
+from service.auth import ApiKey, Role, from_header
 from service.editor import Editor
 from service.schemas import MEMORY_NAME
 from service.settings import Settings
@@ -34,20 +34,20 @@ def authorize(request: Request) -> ApiKey | None:
     keys: list[ApiKey] = request.app.state.api_keys
     if not keys:
         return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    key = authenticate(token, keys) if scheme.lower() == "bearer" else None
+    key = from_header(request.headers.get("authorization"), keys)
     if key is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    memory = request.path_params.get("memory")
-    if memory is not None and not key.reaches(memory):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} does not reach memory {memory!r}")
-    need = needed_role(request)
-    if not key.allows(need):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} has role {key.role}; this needs {need}")
+    require(key, request.path_params.get("memory"), needed_role(request))
     request.state.api_key = key
     return key
+
+
+def require(key: ApiKey | None, memory: str | None, need: Role) -> None:
+    """403 with the reason when ``key`` may not do ``need`` to ``memory`` (None: no keys configured)."""
+    if key is not None and (why := key.refusal(memory, need)):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, why)
 
 
 def caller(request: Request) -> ApiKey | None:

@@ -20,15 +20,16 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import ApiKey, Role, authenticate
+from service.auth import ApiKey, Role, from_header, listed
 from service.editor import Conflict, Editor, InvalidInput, MemoryMode, NotFound
 
 PATH = "/mcp"
 
 
-def _key(app: FastAPI, headers: Any) -> ApiKey | None:
-    scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    return authenticate(token, app.state.api_keys) if scheme.lower() == "bearer" else None
+def _key(app: FastAPI, ctx: Context) -> ApiKey | None:
+    """The key of the HTTP request carrying this tool call."""
+    request = ctx.request_context.request
+    return from_header(request.headers.get("authorization") if request is not None else None, app.state.api_keys)
 
 
 def build(app: FastAPI) -> MCPServer:
@@ -52,14 +53,11 @@ def build(app: FastAPI) -> MCPServer:
     def editor_for(ctx: Context, memory: str | None, need: Role) -> Editor:
         """The editor, once the caller's key (when keys are configured) may do ``need`` to ``memory``."""
         if app.state.api_keys:
-            request = ctx.request_context.request
-            key = _key(app, request.headers if request is not None else {})
+            key = _key(app, ctx)
             if key is None:
                 raise PermissionError("missing or wrong API key")
-            if memory is not None and not key.reaches(memory):
-                raise PermissionError(f"API key {key.name} does not reach memory {memory!r}")
-            if not key.allows(need):
-                raise PermissionError(f"API key {key.name} has role {key.role}; this needs {need}")
+            if why := key.refusal(memory, need):
+                raise PermissionError(why)
         return app.state.editor
 
     @tool
@@ -98,10 +96,8 @@ def build(app: FastAPI) -> MCPServer:
     def list_memories(ctx: Context) -> dict[str, Any]:
         """The memories this caller may read, with their fact counts."""
         editor = editor_for(ctx, None, "read")
-        request = ctx.request_context.request
-        key = _key(app, request.headers) if app.state.api_keys and request is not None else None
-        return {"memories": [{"name": m.name, "facts": m.facts} for m in editor.memories()
-                             if key is None or key.sees_all or key.reaches(m.name)]}
+        key = _key(app, ctx) if app.state.api_keys else None
+        return {"memories": [{"name": m.name, "facts": m.facts} for m in editor.memories() if listed(key, m.name)]}
 
     return mcp
 
@@ -111,8 +107,9 @@ def require_key(app: FastAPI, inner: ASGIApp) -> Callable[[Scope, Receive, Send]
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and app.state.api_keys:
-            headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-            if _key(app, headers) is None:
+            authorization = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
+                                 None)
+            if from_header(authorization, app.state.api_keys) is None:
                 response = JSONResponse({"detail": "missing or wrong API key"}, status_code=401,
                                         headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)

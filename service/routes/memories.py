@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from service import transfer
+from service.auth import listed
 from service.deps import CallerDep, EditorDep, ImportBody, MemoryName
 from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary
 
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/memories", tags=["memories"])
 def list_memories(editor: EditorDep, key: CallerDep) -> MemoryList:
     """The memories this call's API key reaches (every one for an admin key, or with no keys configured)."""
     return MemoryList(memories=[MemorySummary(name=m.name, facts=m.facts) for m in editor.memories()
-                                if key is None or key.sees_all or key.reaches(m.name)])
+                                if listed(key, m.name)])
 
 
 @router.get("/{memory}", response_model=MemoryOut)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from service import openai_compat as oa
-from service.deps import CallerDep, EditorDep
+from service.auth import listed
+from service.deps import CallerDep, EditorDep, require
 
 router = APIRouter(tags=["openai"])
 
@@ -17,8 +18,7 @@ router = APIRouter(tags=["openai"])
 @router.post("/chat/completions")
 async def chat_completions(body: oa.ChatRequest, editor: EditorDep, key: CallerDep) -> Any:
     memory = body.target()
-    if memory is not None and key is not None and not key.reaches(memory):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"API key {key.name} does not reach memory {memory!r}")
+    require(key, memory, "read")
     if not body.stream:
         r = await run_in_threadpool(editor.chat, memory, body.turns(), body.max_new_tokens(), body.sampling(),
                                     body.memory_mode)
@@ -35,4 +35,4 @@ def _prepend(first: str, rest: Any) -> Any:
 
 @router.get("/models")
 def list_models(editor: EditorDep, key: CallerDep) -> dict[str, Any]:
-    return oa.models(editor, lambda name: key is None or key.sees_all or key.reaches(name))
+    return oa.models(editor, lambda name: listed(key, name))
