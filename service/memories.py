@@ -304,18 +304,22 @@ class MemoryRegistry:
             cp = h.checkpoint(view.state, h.seq + 1)
             if not self.store.forget(name, list(fact_ids), cp):  # raises StoreError: nothing changed
                 return False
-            rows = [h.row_of.pop(i) for i in fact_ids]
-            h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
-            for row in rows:
-                if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
-                    h.index.remove(row)  # its code goes from the index too, not only from the view
-            if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
-                view = h.compacted(view)
-                h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
-            h.view = view
-            h.unpurged += len(fact_ids)
-            self._mark_pending()
+            self._publish_removal(h, view, cp, [h.row_of.pop(i) for i in fact_ids])
             return True
+
+    def _publish_removal(self, h: MemoryHandle, view: MemoryView, cp: Checkpoint, rows: list[int]) -> None:
+        """After a forget or a replace is stored with checkpoint ``cp``: drop the dead ``rows`` from the index,
+        compact when dead rows pile up, publish ``view``, and mark the store's files for purging."""
+        h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
+        for row in rows:
+            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
+                h.index.remove(row)  # its code goes from the index too, not only from the view
+        if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
+            view = h.compacted(view)
+            h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
+        h.view = view
+        h.unpurged += len(rows)  # old texts and latents stay in the store's files until purged
+        self._mark_pending()
 
     def replace(self, name: str, fact_id: str, text: str, metadata: dict[str, Any], latent: Tensor | None
                 ) -> Fact | None:
@@ -345,15 +349,7 @@ class MemoryRegistry:
                 if isinstance(e, LookupError):
                     return None
                 raise
-            h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
-            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
-                h.index.remove(row)  # the old latent's code goes from the index; the new row is indexed later
-            if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
-                view = h.compacted(view)
-                h.index = None
-            h.view = view
-            h.unpurged += 1  # the old text and latent stay in the store's files until purged
-            self._mark_pending()
+            self._publish_removal(h, view, cp, [row])  # the new row is indexed later, like any write
             return Fact(fact_id, text, metadata, old.created_at)
 
     def snapshot(self, name: str) -> MemoryHandle | None:
