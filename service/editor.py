@@ -33,9 +33,9 @@ from service.timing import Timer, utc_now
 MemoryMode = Literal["auto", "on", "off"]  # read memory when the scope detector says so, always, or never
 MAX_METADATA_CHARS = 4096
 CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
-EXPORT_CHUNK = 1024
+EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
 MAX_STOP = 4  # stop strings per chat request, as OpenAI allows
-ROLES = ("system", "user", "assistant")  # chat message roles  # facts read from the store at a time while exporting
+ROLES = ("system", "user", "assistant")  # chat message roles
 
 
 class InvalidInput(ValueError):
@@ -162,51 +162,58 @@ class Editor:
         label = "facts[{}].text" if len(items) > 1 else "text"
         checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
         supersedes = supersedes or [[] for _ in items]
-        for ids in supersedes:
-            for fact_id in ids:
-                self.get_fact(memory, fact_id)  # 404 before anything is written
+        if named := [i for ids in supersedes for i in ids]:  # 404 before anything is written
+            self._handle(memory)
+            if gone := next((i for i, f in zip(named, self.registry.store.facts(memory, named), strict=True)
+                             if f is None), None):
+                raise NotFound(f"fact {gone!r} is not in memory {memory!r}")
         timer.lap("validate")
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
         timer.lap("encode")
-        conflicts = [[c for c in self.conflicts(memory, t, z) if c.id not in gone]
-                     for (t, _), z, gone in zip(checked, latents, supersedes, strict=True)]
+        conflicts = [[c for c in found if c.id not in gone] for found, gone in
+                     zip(self.conflicts(memory, [t for t, _ in checked], latents), supersedes, strict=True)]
         timer.lap("conflicts")
         facts = self.registry.write(memory, checked, latents, timer)
         if gone := [i for ids in supersedes for i in ids]:  # one step; False: forgotten meanwhile, as was asked
             self.registry.forget(memory, *gone)
         return WriteResult(facts, timer.total(), conflicts, supersedes)
 
-    def conflicts(self, memory: str, text: str, latent: Tensor) -> list[RecalledFact]:
-        """Facts the memory holds that look like the same statement with another answer: within the scope
-        threshold of ``text``, naming what it names (``mentions``) and, with a relation gate, stating its
-        relation, but worded otherwise ("The capital of France is Lyon." for "The capital of France is
-        Marseille."). Callers resolve them: keep both, or write with ``supersedes``."""
+    def conflicts(self, memory: str, texts: list[str], latents: Tensor) -> list[list[RecalledFact]]:
+        """Per new fact, the facts the memory holds that look like the same statement with another answer:
+        within the scope threshold of it, naming what it names (``mentions``) and, with a relation gate,
+        stating its relation, but worded otherwise ("The capital of France is Lyon." for "The capital of
+        France is Marseille."). Callers resolve them: keep both, or write with ``supersedes``."""
         h = self.registry.get(memory)
         if h is None or not h.view.live:
-            return []
-        view, index = h.view, h.index
-        sims, idx = top_k(latent[None], view.latents, min(CONFLICT_CANDIDATES, view.live), view.dead, index,
-                          view.ids)  # (1, k)
-        near = [(float(s), view.ids[i]) for s, i in zip(sims[0].tolist(), idx[0].tolist(), strict=True)
-                if 1.0 - s <= self.scope.threshold]
-        found = [(s, f) for (s, _), f in zip(near, self.registry.store.facts(memory, [i for _, i in near]),
-                                              strict=True)
-                 if f is not None and f.text.strip() != text.strip() and mentions(text, f.text)]
-        if found and self.relation is not None:  # the gate's encoder call only when something is that close
-            found = [sf for sf, ok in zip(found, self.relation.agrees(text, [f.text for _, f in found]), strict=True)
-                     if ok]
-        return [RecalledFact(f.id, f.text, s) for s, f in found]
+            return [[] for _ in texts]
+        out = []
+        for text, near in zip(texts, self._nearest(memory, h, latents, CONFLICT_CANDIDATES), strict=True):
+            found = [(f, s) for f, s in near if 1.0 - s <= self.scope.threshold
+                     and f.text.strip() != text.strip() and mentions(text, f.text)]
+            if found and self.relation is not None:  # the gate's encoder call only when something is that close
+                agree = self.relation.agrees(text, [f.text for f, _ in found])
+                found = [fs for fs, ok in zip(found, agree, strict=True) if ok]
+            out.append([RecalledFact(f.id, f.text, s) for f, s in found])
+        return out
 
     def search(self, memory: str, q: str, limit: int) -> list[tuple[Fact, float]]:
         """The facts nearest ``q`` by the encoder's cosine, best first (what ``GET .../facts?q=`` lists)."""
         h = self._handle(memory)
-        view, index = h.view, h.index
-        if not view.live:
+        if not h.view.live:
             return []
-        z = self.encoder.encode([self._text(q, "q")])  # (1, C)
-        sims, idx = top_k(z, view.latents, min(limit, view.live), view.dead, index, view.ids)  # (1, k)
-        facts = self.registry.store.facts(memory, [view.ids[i] for i in idx[0].tolist()])
-        return [(f, float(s)) for f, s in zip(facts, sims[0].tolist(), strict=True) if f is not None]
+        (hits,) = self._nearest(memory, h, self.encoder.encode([self._text(q, "q")]), limit)
+        return hits
+
+    def _nearest(self, memory: str, h: MemoryHandle, Z: Tensor, k: int) -> list[list[tuple[Fact, float]]]:
+        """Per row of ``Z`` (Q, C), the k live facts nearest it with their cosines, best first; one lookup and
+        one store read for all rows (a fact forgotten meanwhile is left out)."""
+        view, index = h.view, h.index
+        sims, idx = top_k(Z, view.latents, min(k, view.live), view.dead, index, view.ids)  # (Q, k)
+        ids = [[view.ids[i] for i in row] for row in idx.tolist()]
+        flat = [i for row in ids for i in row]
+        held = dict(zip(flat, self.registry.store.facts(memory, flat), strict=True))
+        return [[(held[i], s) for i, s in zip(row, srow, strict=True) if held[i] is not None]
+                for row, srow in zip(ids, sims.tolist(), strict=True)]
 
     def export(self, memory: str, latents: bool = False) -> Iterator[dict[str, Any]]:
         """Every fact of the memory in the order written, as export records (``service.transfer``); a chunk
