@@ -308,9 +308,9 @@ class CausalLM:
         ended = torch.isin(new, torch.tensor(self._eos_ids(), device=new.device))  # (B, n)
         first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])  # (B,)
         out = []
-        for row, n in zip(new, first_end.tolist(), strict=True):
+        for row, n, has_end in zip(new, first_end.tolist(), ended.any(1).tolist(), strict=True):
             text, cut = sampling.cut(self.tokenizer.decode(row[:n], skip_special_tokens=True))
-            out.append(Generation(text.strip(), int(n), cut or bool(ended[len(out)].any()) or n < max_new_tokens))
+            out.append(Generation(text.strip(), int(n), cut or has_end or n < max_new_tokens))
         return out
 
     @torch.inference_mode()
