@@ -40,13 +40,4 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
-# The console's browser test drives Debian's Chromium (Playwright launches it; it downloads no browser).
-if ! command -v chromium >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
-  else
-    echo "warning: chromium is not installed; the console test needs it (apt-get install chromium)" >&2
-  fi
-fi
-
 echo "$want" > "$stamp"
