@@ -70,6 +70,36 @@ def generate(M: Tensor, n: int, generator: torch.Generator | None = None) -> Ten
 
 
 # ---------------------------------------------------------------------------
+# Section 6: long inputs, read through a hierarchy of memories
+# ---------------------------------------------------------------------------
+
+
+def hierarchical_read(Zq: Tensor, Z: Tensor, segment: int) -> Tensor:
+    """Split the pieces Z into segments, write each into its own memory, read every memory with the query,
+    write those readouts into the next level's memories, and so on until one memory remains: its readout.
+
+    With noise 0 a one-shot memory of n <= C latents, read with a query, returns the query's orthogonal
+    projection onto the span of those latents: W M = Zq M^+ M, and M^+ M projects onto the row space of
+    M = W0^+ Z, which is Z's (W0^+ has full column rank). So each memory is its segment's orthonormal basis
+    Q (a QR of the segment, as ``write_episode`` + ``read`` would give to round-off, at a fraction of the
+    cost: no K x C pseudo-inverse per segment), and a read is Q Q^T zq.
+    """
+    # Zq: (q, C) queries, Z: (N, C) pieces in order; segment <= C
+    if not 1 <= segment <= Z.shape[1]:
+        raise ValueError(f"segment must be within [1, C={Z.shape[1]}], not {segment}")
+    Zq = Zq.to(torch.float64)  # (q, C)
+    level = Z.to(torch.float64)[None].expand(Zq.shape[0], -1, -1)  # (q, N, C) each query reads its own copy
+    while True:
+        readouts = []
+        for start in range(0, level.shape[1], segment):
+            Q, _ = torch.linalg.qr(level[:, start : start + segment].transpose(1, 2))  # (q, C, n) basis
+            readouts.append((Q @ (Q.transpose(1, 2) @ Zq[:, :, None]))[:, :, 0])  # (q, C) projection
+        level = torch.stack(readouts, dim=1)  # (q, segments, C)
+        if level.shape[1] == 1:
+            return level[:, 0].to(Z.dtype if Z.is_floating_point() else torch.float32)  # (q, C)
+
+
+# ---------------------------------------------------------------------------
 # Sequential write and forget (eqs. 2-6)
 # ---------------------------------------------------------------------------
 

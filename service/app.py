@@ -20,10 +20,11 @@ from models.relation import RelationGate, find_gate, load_gate
 from service import mcp_tools
 from service.auth import load_keys
 from service.deps import BodyTooLarge, authorize
+from service.documents import Documents
 from service.editor import Conflict, Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
-from service.routes import facts, health, memories, openai, query
+from service.routes import documents, facts, health, memories, openai, query
 from service.settings import Settings, get_settings
 from service.store import StoreError, open_store
 
@@ -95,12 +96,14 @@ def _error(code: int) -> object:
     return handler
 
 
-def body_limit(max_bytes: int, max_import_bytes: int) -> object:
+def body_limit(max_bytes: int, max_import_bytes: int, max_document_bytes: int) -> object:
     """Refuse oversized bodies from their Content-Length, before anything reads or parses them (an import
-    file may be larger than other bodies; its route also counts what it reads)."""
+    file or a document may be larger than other bodies; the import route also counts what it reads)."""
 
     async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's middleware signature
-        limit = max_import_bytes if request.url.path.endswith("/import") else max_bytes
+        path = request.url.path
+        limit = max_import_bytes if path.endswith("/import") else max_document_bytes if path.endswith(
+            "/documents") else max_bytes
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE,
@@ -117,9 +120,11 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.editor = build_editor(settings, models or load_models(settings), background=True)
+        app.state.documents = Documents(app.state.editor)
         log.info("larimar ready")
         async with mcp.session_manager.run():  # the MCP endpoint's sessions live as long as the app
             yield
+        app.state.documents.close()
         app.state.editor.close()
 
     # /docs and /redoc serve Swagger UI and ReDoc from fastapi-offline's bundled assets, not a CDN: they work
@@ -129,7 +134,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.state.settings = settings
     app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
     app.state.metrics = Metrics(app)
-    app.middleware("http")(body_limit(settings.max_body_bytes, settings.max_import_bytes))
+    app.middleware("http")(body_limit(settings.max_body_bytes, settings.max_import_bytes, settings.max_document_bytes))
     app.middleware("http")(app.state.metrics.middleware)
     app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
@@ -138,7 +143,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
-    for r in (facts.router, query.router, memories.router, openai.router):
+    for r in (facts.router, documents.router, query.router, memories.router, openai.router):
         v1.include_router(r)
     app.include_router(v1)
     app.include_router(health.router)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers.generation.streamers import BaseStreamer
 
+from memory_core import hierarchical_read
 from models.decoders import Chat, Decoder, Readout
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore, Sampling
@@ -62,11 +63,19 @@ class Imported:
     created_at: str | None = None
 
 
+SOURCE_KEYS = ("document", "title", "piece", "start", "end")  # a document's piece: where its text came from
+
+
 @dataclass(frozen=True)
 class RecalledFact:
     id: str
     text: str
     similarity: float  # cosine between the memory readout and this fact's latent
+    source: dict[str, Any] | None = None  # a document's piece: SOURCE_KEYS, so answers can cite the span
+
+
+def source_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    return {k: metadata.get(k) for k in SOURCE_KEYS} if "document" in metadata else None
 
 
 @dataclass
@@ -135,7 +144,7 @@ class Editor:
             raise InvalidInput(f"{what} has {len(text)} characters; the limit is {self.settings.max_text_chars}")
         return text
 
-    def _metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    def checked_metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
         metadata = metadata or {}
         if len(json.dumps(metadata)) > MAX_METADATA_CHARS:
             raise InvalidInput(f"metadata is over {MAX_METADATA_CHARS} characters of JSON")
@@ -160,7 +169,7 @@ class Editor:
         if len(items) > self.settings.max_batch_facts:
             raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
         label = "facts[{}].text" if len(items) > 1 else "text"
-        checked = [(self._text(t, label.format(i)), self._metadata(m)) for i, (t, m) in enumerate(items)]
+        checked = [(self._text(t, label.format(i)), self.checked_metadata(m)) for i, (t, m) in enumerate(items)]
         supersedes = supersedes or [[] for _ in items]
         if named := [i for ids in supersedes for i in ids]:  # 404 before anything is written
             self._handle(memory)
@@ -233,7 +242,7 @@ class Editor:
         created times, and an id the memory already holds fails the whole import before any write."""
         if not records:
             raise InvalidInput("the file holds no facts")
-        checked = [(self._text(r.text, f"line {r.line}: text"), self._metadata(r.metadata)) for r in records]
+        checked = [(self._text(r.text, f"line {r.line}: text"), self.checked_metadata(r.metadata)) for r in records]
         kept = None
         if keep_ids:
             kept = [(r.id or uuid.uuid4().hex, r.created_at or utc_now()) for r in records]
@@ -261,7 +270,7 @@ class Editor:
             raise InvalidInput("give text, metadata or both")
         old = self.get_fact(memory, fact_id)
         new_text = old.text if text is None else self._text(text)
-        new_metadata = old.metadata if metadata is None else self._metadata(metadata)
+        new_metadata = old.metadata if metadata is None else self.checked_metadata(metadata)
         latent = None if new_text == old.text else self.encoder.encode([new_text])[0]  # (C,)
         fact = self.registry.replace(memory, fact_id, new_text, new_metadata, latent)
         if fact is None:  # forgotten meanwhile
@@ -307,7 +316,10 @@ class Editor:
         S = Zq.shape[0]
         # every sentence's readout before the scope picks one, so that one search serves the scope
         # detector (sentences -> facts) and the readout -> facts step
-        Z_r = h.mem.read(view.state, Zq)  # (S, C)
+        if self.settings.memory_read == "hierarchical":  # section 6: segment memories -> top memory
+            Z_r = hierarchical_read(Zq, view.live_latents().float(), self.settings.read_segment)  # (S, C)
+        else:
+            Z_r = h.mem.read(view.state, Zq)  # (S, C)
         sims, idx = top_k(torch.cat([Zq, Z_r]), view.latents, self.settings.recalled_facts, view.dead, index,
                           view.ids)  # (2S, k)
         decision = self.scope.decide_from(Zq, sims[:S, 0])
@@ -330,7 +342,7 @@ class Editor:
         if mode == "auto" and self.relation is not None:  # nor one stating another relation than it asks
             agree = self.relation.agrees([about, prompt], [t.text for *_, t in found])
             found = [f for f, ok in zip(found, agree, strict=True) if ok]
-        facts = [RecalledFact(t.id, t.text, s) for s, _, t in found]
+        facts = [RecalledFact(t.id, t.text, s, source_of(t.metadata)) for s, _, t in found]
         timer.lap("read")
         if not facts:
             return Recall(False, None, [], timer.marks)

@@ -319,7 +319,7 @@ class MemoryRegistry:
             h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
         h.view = view
         h.unpurged += len(rows)  # old texts and latents stay in the store's files until purged
-        self._mark_pending()
+        self.erasure_pending()
 
     def replace(self, name: str, fact_id: str, text: str, metadata: dict[str, Any], latent: Tensor | None
                 ) -> Fact | None:
@@ -365,7 +365,7 @@ class MemoryRegistry:
             self.store.delete(name)
             with self._lock:
                 del self._handles[name]
-            self._mark_pending()
+            self.erasure_pending()
             return True
 
     def _checkpoint(self, h: MemoryHandle) -> None:
@@ -383,7 +383,8 @@ class MemoryRegistry:
 
     # --- erasure -------------------------------------------------------------
 
-    def _mark_pending(self) -> None:
+    def erasure_pending(self) -> None:
+        """Something was deleted from the store: purge its files ``purge_delay_s`` from the first such mark."""
         with self._lock:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
@@ -398,7 +399,7 @@ class MemoryRegistry:
             try:
                 self.store.purge()
             except Exception:
-                self._mark_pending()
+                self.erasure_pending()
                 raise
             with self._lock:
                 for h in self._handles.values():

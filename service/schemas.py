@@ -98,10 +98,50 @@ class QueryIn(_Strict):
     memory_mode: MemoryMode = MEMORY_MODE
 
 
+class SourceOut(BaseModel):
+    document: str
+    title: str | None
+    piece: int
+    start: int = Field(description="offset of the piece's first character in the document's text")
+    end: int = Field(description="one past its last")
+
+
 class RecalledFactOut(BaseModel):
     id: str
     text: str
     similarity: float
+    source: SourceOut | None = Field(None, description="set when the fact is a document's piece")
+
+
+class DocumentIn(_Strict):
+    text: str = Field(description="The document, any length up to LARIMAR_MAX_DOCUMENT_CHARS.")
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class DocumentOut(BaseModel):
+    id: str
+    memory: str
+    title: str | None
+    status: str = Field(description="ingesting, ready, failed (error says why; DELETE removes what was written) "
+                        "or deleting")
+    chars: int
+    pieces: int = Field(description="how many pieces the text was cut into; piece i is fact <id>-<i>")
+    written: int = Field(description="pieces in the memory so far (progress while ingesting)")
+    chunking: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    error: str | None = None
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+
+
+class DocumentDeleted(BaseModel):
+    id: str
+    deleted: bool
 
 
 DECODER_DOC = "the decoder that brought memory to the LLM: context (facts as text), latent (trained prefix), hybrid"

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.chunking import Chunking
 from models.decoders import DEFAULT_ANSWER_BIAS
 from models.device import resolve_device
 from models.paths import DEFAULT_ENCODER, DEFAULT_LLM
@@ -127,6 +128,19 @@ class Settings(BaseSettings):
         "recalled fact adds to the prompt (each until it is said); 0 turns it off. Out of scope it never applies."
     )
 
+    # --- documents (long inputs)
+    document_chunking: Chunking = Field(
+        "sentences", description="How a document is cut into pieces: sentences (one each) or chunks (sentences "
+        "packed up to document_piece_tokens); chosen by bench.documents.")
+    document_piece_tokens: int = Field(128, ge=8, le=512, description="Most encoder tokens in a piece (a longer "
+                                       "sentence is cut at word boundaries; the encoder reads 256).")
+    document_inline_pieces: int = Field(256, ge=0, description="Documents of at most this many pieces are "
+                                        "ingested within the call (201); larger ones in the background (202).")
+    memory_read: Literal["flat", "hierarchical"] = Field(
+        "flat", description="flat: one readout of the memory; hierarchical (paper section 6): facts in write order "
+        "into memories of read_segment, their readouts into the next level, up to one; chosen by bench.documents.")
+    read_segment: int = Field(64, ge=1, le=384, description="Facts per memory of a hierarchical read (at most C).")
+
     # --- input limits (4xx beyond them)
     max_text_chars: int = Field(2000, ge=1)
     max_batch_facts: int = Field(256, ge=1)
@@ -134,6 +148,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 before parsing.")
     max_import_bytes: int = Field(256 << 20, ge=1024, description="Larger import files get 413 (POST .../import).")
+    max_document_chars: int = Field(4_000_000, ge=1, description="Longest document text (about a million tokens).")
+    max_document_bytes: int = Field(32 << 20, ge=1024, description="Larger document bodies get 413 (POST "
+                                    ".../documents).")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -1,6 +1,8 @@
 """The storage contract: per memory, a repository of facts, a state checkpoint and an ordered operation log.
 
 - A *fact* (id, text, metadata, created time, latent) is stored and deleted on its own record.
+- A *document* record (JSON: id, title, status, piece count, ...; its text only while it is being ingested)
+  names pieces that are facts; it is kept and dropped on its own.
 - The *checkpoint* is the episodic state (M, C^-1, the sequence number it covers): O(K^2) bytes, whatever
   the number of facts.
 - The *log* holds, in sequence order, the writes since the checkpoint, each naming its facts by id, so the
@@ -112,6 +114,27 @@ class Store(Protocol):
     def migrate(self, default_config: dict[str, Any]) -> list[str]:
         """Memories found in the layout before per-fact records, moved into this one (their names).
         ``default_config`` is the configuration of one that never had a snapshot."""
+        ...
+
+    # --- documents: a record each (their pieces are facts, written and forgotten as facts are) ---------
+
+    def put_document(self, name: str, record: dict[str, Any]) -> None:
+        """Create or overwrite the record ``record["id"]`` of memory ``name`` (durable on return)."""
+        ...
+
+    def documents(self, name: str) -> list[dict[str, Any]]:
+        """The memory's document records, oldest first."""
+        ...
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any] | None: ...
+
+    def delete_document(self, name: str, doc_id: str) -> bool:
+        """Drop the record (its pieces are forgotten before, as facts). False: no such record."""
+        ...
+
+    def unfinished_documents(self) -> list[tuple[str, dict[str, Any]]]:
+        """(memory, record) of every document whose status is ``ingesting`` or ``deleting``: work a restart
+        resumes."""
         ...
 
     # --- erasure ----------------------------------------------------------------

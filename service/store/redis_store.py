@@ -7,6 +7,8 @@ Keys, for memory ``m`` under prefix ``p``:
     p:m:m:order             sorted set of fact ids, scored by write order (p:m:m:pos counts)
     p:m:m:checkpoint        hash: seq, state, saved_at
     p:m:m:oplog             stream, one entry per write since the checkpoint, id <seq>-1, field ids
+    p:m:m:documents         hash: document id -> its record (JSON)
+    p:documents             set of memory names that have document records
 Every change is one MULTI transaction. Durability is the server's: run Redis with ``appendonly yes`` and
 ``appendfsync always`` (docker/redis.conf). A deleted fact's commands stay in the AOF and in RDB files until
 they are rewritten: ``purge`` runs BGREWRITEAOF (and BGSAVE where RDB snapshots are on) and waits for them.
@@ -30,7 +32,7 @@ from service.store.base import Checkpoint, Fact, Stored, StoreError
 from service.store.sqlite_store import import_old
 
 log = logging.getLogger(__name__)
-NEW_PARTS = ("config", "order", "pos", "checkpoint", "oplog")
+NEW_PARTS = ("config", "order", "pos", "checkpoint", "oplog", "documents")
 OLD_PARTS = ("snapshot", "log")  # the layout before per-fact records
 
 
@@ -48,6 +50,10 @@ class RedisStore:
     @property
     def _index(self) -> str:
         return f"{self.prefix}:memories"
+
+    @property
+    def _with_documents(self) -> str:
+        return f"{self.prefix}:documents"
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -126,7 +132,8 @@ class RedisStore:
 
     def delete(self, name: str) -> None:
         ids = self._ids(name)
-        self._multi(lambda p: (p.srem(self._index, name), self._drop(p, name, ids, NEW_PARTS + OLD_PARTS)))
+        self._multi(lambda p: (p.srem(self._index, name), p.srem(self._with_documents, name),
+                               self._drop(p, name, ids, NEW_PARTS + OLD_PARTS)))
 
     def _ids(self, name: str) -> list[str]:
         return [i.decode() for i in self._call(lambda: self.client.zrange(self._k(name, "order"), 0, -1))]
@@ -187,6 +194,27 @@ class RedisStore:
 
     def count(self, name: str) -> int:
         return int(self._call(lambda: self.client.zcard(self._k(name, "order"))))
+
+    # --- documents ---------------------------------------------------------------------
+
+    def put_document(self, name: str, record: dict[str, Any]) -> None:
+        self._multi(lambda p: (p.sadd(self._with_documents, name),
+                               p.hset(self._k(name, "documents"), record["id"], json.dumps(record))))
+
+    def documents(self, name: str) -> list[dict[str, Any]]:
+        records = [json.loads(r) for r in self._call(lambda: self.client.hvals(self._k(name, "documents")))]
+        return sorted(records, key=lambda r: (r["created_at"], r["id"]))
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any] | None:
+        raw = self._call(lambda: self.client.hget(self._k(name, "documents"), doc_id))
+        return None if raw is None else json.loads(raw)
+
+    def delete_document(self, name: str, doc_id: str) -> bool:
+        return bool(self._multi(lambda p: p.hdel(self._k(name, "documents"), doc_id))[0])
+
+    def unfinished_documents(self) -> list[tuple[str, dict[str, Any]]]:
+        names = sorted(n.decode() for n in self._call(lambda: self.client.smembers(self._with_documents)))
+        return [(n, r) for n in names for r in self.documents(n) if r["status"] in ("ingesting", "deleting")]
 
     # --- erasure ------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (memory TEXT PRIMARY KEY, seq INTEGER NOT
     saved_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS log (memory TEXT NOT NULL, seq INTEGER NOT NULL, ids TEXT NOT NULL,
     PRIMARY KEY (memory, seq));
+CREATE TABLE IF NOT EXISTS documents (pos INTEGER PRIMARY KEY, memory TEXT NOT NULL, id TEXT NOT NULL,
+    status TEXT NOT NULL, record TEXT NOT NULL, UNIQUE (memory, id));
 """
 
 
@@ -143,7 +145,8 @@ class SqliteStore:
         self._tx(self._checkpoint_stmts(name, checkpoint))
 
     def delete(self, name: str) -> None:
-        self._tx([(f"DELETE FROM {table} WHERE memory = ?", (name,)) for table in ("facts", "checkpoints", "log")]
+        self._tx([(f"DELETE FROM {table} WHERE memory = ?", (name,)) for table in ("facts", "checkpoints", "log",
+                                                                                "documents")]
                  + [("DELETE FROM memories WHERE name = ?", (name,))])
 
     # --- reads -------------------------------------------------------------------------
@@ -181,6 +184,28 @@ class SqliteStore:
         rows = self._read("SELECT id, text, metadata, created_at FROM facts WHERE memory = ? ORDER BY pos "
                           "LIMIT ? OFFSET ?", (name, limit, offset))
         return [Fact(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    # --- documents -----------------------------------------------------------------------
+
+    def put_document(self, name: str, record: dict[str, Any]) -> None:
+        self._tx([("INSERT INTO documents (memory, id, status, record) VALUES (?, ?, ?, ?) ON CONFLICT "
+                   "(memory, id) DO UPDATE SET status = excluded.status, record = excluded.record",
+                   (name, record["id"], record["status"], json.dumps(record)))])
+
+    def documents(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(r) for (r,) in self._read("SELECT record FROM documents WHERE memory = ? ORDER BY pos",
+                                                     (name,))]
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT record FROM documents WHERE memory = ? AND id = ?", (name, doc_id))
+        return json.loads(rows[0][0]) if rows else None
+
+    def delete_document(self, name: str, doc_id: str) -> bool:
+        return self._tx([("DELETE FROM documents WHERE memory = ? AND id = ?", (name, doc_id))], first_must_change=1)
+
+    def unfinished_documents(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._read("SELECT memory, record FROM documents WHERE status IN ('ingesting', 'deleting') ORDER BY pos")
+        return [(m, json.loads(r)) for m, r in rows]
 
     # --- erasure -------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""A long text -> pieces the encoder reads whole, each with its character offsets in the text.
+
+Two ways, chosen by ``bench.documents`` (docs/benchmarks.md, "Long inputs"):
+
+- ``sentences``: one piece per sentence. A fact stated in one sentence gets a latent of its own, which the
+  query lands next to; a sentence past the encoder's window is cut at word boundaries into windows.
+- ``chunks``: sentences packed, in order, into pieces of at most ``max_tokens`` encoder tokens (fewer
+  pieces, each latent an average over more text).
+
+Offsets are into the text as given (``text[start:end] == piece.text``), so a recalled piece cites the exact
+span it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Chunking = Literal["sentences", "chunks"]
+CountTokens = Callable[[list[str]], list[int]]  # texts -> how many tokens the encoder reads of each
+
+# a sentence ends at . ! or ? (and a closing quote or bracket) before space, or before a capital with no
+# space at all (joined text: "accelerating.We wouldn't"); a blank line ends one too (headings, lists)
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|(?<=[a-z][.!?])(?=[A-Z][a-z])|\n\s*\n")
+_ABBREVIATION = re.compile(r"(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|St|Inc|Ltd|Co|Corp|vs|etc|e\.g|i\.e)\.$")
+_WORD = re.compile(r"\S+")
+MIN_WORDS = 4  # a shorter sentence ("[1]", "Thanks.") joins the next: alone it is a latent about nothing
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    start: int  # offset of its first character in the document
+    end: int  # one past its last
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence, stripped of surrounding white space; short ones joined to the next."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in [*_BOUNDARY.finditer(text), None]:
+        end = m.start() if m is not None else len(text)
+        if m is not None and m.group(0)[:1] in "\"'”’)]":  # a closing quote belongs to its sentence
+            end += len(m.group(0)) - len(m.group(0).lstrip("\"'”’)]"))
+        seg = text[pos:end]
+        s, e = pos + len(seg) - len(seg.lstrip()), pos + len(seg.rstrip())
+        if e > s:
+            if spans and _ABBREVIATION.search(text[spans[-1][0] : spans[-1][1]]):
+                spans[-1] = (spans[-1][0], e)  # "Dr. Smith" is not two sentences
+            else:
+                spans.append((s, e))
+        pos = m.end() if m is not None else len(text)
+    merged: list[tuple[int, int]] = []
+    carry: int | None = None  # start of short sentences waiting for the next
+    for s, e in spans:
+        s = s if carry is None else carry
+        if len(_WORD.findall(text[s:e])) < MIN_WORDS:
+            carry = s
+            continue
+        carry = None
+        merged.append((s, e))
+    if carry is not None:  # short sentences at the end: onto the last piece, or alone if there is none
+        merged = [*merged[:-1], (merged[-1][0], spans[-1][1])] if merged else [(carry, spans[-1][1])]
+    return merged
+
+
+def _windows(text: str, start: int, end: int, max_tokens: int, count: CountTokens) -> list[tuple[int, int]]:
+    """A span past ``max_tokens`` cut at word boundaries into consecutive spans that fit."""
+    words = [(start + m.start(), start + m.end()) for m in _WORD.finditer(text[start:end])]
+    per_word = count([text[s:e] for s, e in words])
+    out, first, used = [], 0, 0
+    for i, n in enumerate(per_word):
+        if used + n > max_tokens and i > first:
+            out.append((words[first][0], words[i - 1][1]))
+            first, used = i, 0
+        used += n
+    out.append((words[first][0], words[-1][1]))
+    return out
+
+
+def split_document(text: str, chunking: Chunking, max_tokens: int, count: CountTokens) -> list[Piece]:
+    """The pieces of ``text``, in order, none over ``max_tokens`` by ``count`` (the encoder's tokenizer)."""
+    spans = sentence_spans(text)
+    sizes = count([text[s:e] for s, e in spans]) if spans else []
+    fitted: list[tuple[int, int, int]] = []  # (start, end, tokens), each within max_tokens
+    for (s, e), n in zip(spans, sizes, strict=True):
+        if n <= max_tokens:
+            fitted.append((s, e, n))
+        else:
+            cut = _windows(text, s, e, max_tokens, count)
+            fitted += [(a, b, m) for (a, b), m in zip(cut, count([text[a:b] for a, b in cut]), strict=True)]
+    if chunking == "chunks":
+        packed: list[tuple[int, int, int]] = []
+        for s, e, n in fitted:
+            if packed and packed[-1][2] + n <= max_tokens:
+                packed[-1] = (packed[-1][0], e, packed[-1][2] + n)
+            else:
+                packed.append((s, e, n))
+        fitted = packed
+    return [Piece(text[s:e], s, e) for s, e, _ in fitted]

@@ -1,0 +1,217 @@
+"""Documents: a long text written into a memory as pieces, which are facts with a source.
+
+A document is split (``models.chunking``) into pieces; piece ``i`` of document ``d`` is the fact ``d-i``
+with metadata ``{document, title, piece, start, end}``, so queries read pieces and facts alike and an answer
+cites the spans it used. The document's own record (status, counts, its metadata) is kept by the store.
+
+Guarantees:
+- Accepted is never lost: the record, with the text, is durable before the call returns (201 or 202). A
+  document of at most ``document_inline_pieces`` pieces is ingested within the call (201, ready); a larger
+  one by the background worker (202, then ``written`` counts up). A restart resumes an unfinished one from
+  its record, skipping the pieces already written (their ids are fixed), and the text leaves the record once
+  every piece is written (the next purge takes it from the store's files, as for a forget).
+- Delete forgets every piece (a cancelled ingest first stops between batches), then drops the record; a crash
+  in between is finished on restart (status ``deleting``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from models.chunking import Piece, split_document
+from service.editor import Editor, InvalidInput, NotFound
+from service.timing import utc_now
+
+log = logging.getLogger(__name__)
+MAX_TITLE_CHARS = 256
+
+
+def piece_id(doc_id: str, i: int) -> str:
+    return f"{doc_id}-{i}"
+
+
+@dataclass(frozen=True)
+class Job:
+    memory: str
+    doc_id: str
+
+
+class Documents:
+    """Ingest, list and delete the documents of every memory; one worker thread ingests large ones in order."""
+
+    def __init__(self, editor: Editor) -> None:
+        self.editor = editor
+        self.settings = editor.settings
+        self.registry = editor.registry
+        self.store = editor.registry.store
+        self._queue: queue.Queue[tuple[Job, list[Piece] | None]] = queue.Queue()  # None: split it from the record
+        self._written: dict[Job, int] = {}  # pieces written so far, of documents being ingested
+        self._cancelled: set[Job] = set()
+        self._idle = threading.Condition()  # notified whenever a job ends
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="larimar-documents", daemon=True)
+        self._worker.start()
+
+    # --- the calls ---------------------------------------------------------------------
+
+    def add(self, memory: str, text: str, title: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """Split and record the document (durably, text included), then ingest it now (small) or queue it."""
+        if not text.strip():
+            raise InvalidInput("text must not be empty")
+        if len(text) > self.settings.max_document_chars:
+            raise InvalidInput(f"text has {len(text)} characters; the limit is {self.settings.max_document_chars}")
+        if title is not None and not 1 <= len(title) <= MAX_TITLE_CHARS:
+            raise InvalidInput(f"title must have 1 to {MAX_TITLE_CHARS} characters")
+        metadata = self.editor.checked_metadata(metadata)
+        self.registry.require_restored()
+        pieces = self.pieces(text)
+        now = utc_now()
+        record = {"id": uuid.uuid4().hex, "title": title, "status": "ingesting", "chars": len(text),
+                  "pieces": len(pieces), "written": 0, "chunking": self.settings.document_chunking,
+                  "metadata": metadata, "created_at": now, "updated_at": now, "error": None, "text": text}
+        self.store.put_document(memory, record)
+        job = Job(memory, record["id"])
+        self._written[job] = 0
+        if len(pieces) <= self.settings.document_inline_pieces:
+            self._ingest(job, record, pieces, inline=True)
+        else:
+            self._queue.put((job, pieces))
+        return self.get(memory, record["id"])
+
+    def get(self, memory: str, doc_id: str) -> dict[str, Any]:
+        record = self.store.document(memory, doc_id)
+        if record is None:
+            raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
+        return self._shown(memory, record)
+
+    def documents(self, memory: str) -> list[dict[str, Any]]:
+        self.registry.require_restored()
+        return [self._shown(memory, r) for r in self.store.documents(memory)]
+
+    def delete(self, memory: str, doc_id: str) -> None:
+        """Stop its ingest if one runs, forget every piece written, drop the record."""
+        record = self.store.document(memory, doc_id)
+        if record is None:
+            raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
+        job = Job(memory, doc_id)
+        with self._idle:
+            if job in self._written:  # queued or running: the worker stops it between batches
+                self._cancelled.add(job)
+                while job in self._written:
+                    self._idle.wait(0.5)
+        record = {k: v for k, v in record.items() if k != "text"} | {"status": "deleting", "updated_at": utc_now()}
+        self.store.put_document(memory, record)
+        self._forget_pieces(memory, record)
+        self.store.delete_document(memory, doc_id)
+        self.registry.erasure_pending()  # the record's text, and the pieces', go from the files at the next purge
+
+    # --- the work ----------------------------------------------------------------------
+
+    def pieces(self, text: str) -> list[Piece]:
+        tokenizer = self.editor.encoder.tokenizer
+
+        def count(texts: list[str]) -> list[int]:
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+        return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens, count)
+
+    def _ingest(self, job: Job, record: dict[str, Any], pieces: list[Piece], inline: bool = False) -> None:
+        """Write the pieces not yet in the memory, a batch (one memory update, one store write) at a time. A
+        failure is recorded (status ``failed``); ``inline`` (within the call) it is raised too."""
+        try:
+            h = self.registry.get(job.memory)
+            held = h.row_of if h is not None else {}
+            step = self.settings.max_batch_facts
+            for start in range(0, len(pieces), step):
+                if job in self._cancelled:
+                    return
+                batch = [(i, p) for i, p in enumerate(pieces[start : start + step], start)
+                         if piece_id(job.doc_id, i) not in held]
+                if batch:
+                    items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
+                                       "start": p.start, "end": p.end}) for i, p in batch]
+                    latents = self.editor.encoder.encode([p.text for _, p in batch])  # (n, C)
+                    kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
+                    self.registry.write(job.memory, items, latents, kept=kept)
+                    held = self.registry.get(job.memory).row_of
+                self._written[job] = min(len(pieces), start + step)
+            done = {k: v for k, v in record.items() if k != "text"}
+            self.store.put_document(job.memory, done | {"status": "ready", "written": len(pieces),
+                                                        "updated_at": utc_now()})
+            self.registry.erasure_pending()  # the record held the text until now
+        except Exception as e:  # noqa: BLE001 - the record says what failed; DELETE removes what was written
+            log.exception("ingesting document %s into memory %r failed", job.doc_id, job.memory)
+            failed = {k: v for k, v in record.items() if k != "text"}
+            try:
+                self.store.put_document(job.memory, failed | {"status": "failed", "error": str(e),
+                                                              "written": self._written.get(job, 0),
+                                                              "updated_at": utc_now()})
+                self.registry.erasure_pending()
+            except Exception:  # noqa: BLE001 - the store is down: the record stays "ingesting", resumed on restart
+                log.exception("could not record the failure of document %s", job.doc_id)
+            if inline:
+                raise
+        finally:
+            with self._idle:
+                self._written.pop(job, None)
+                self._cancelled.discard(job)
+                self._idle.notify_all()
+
+    def _forget_pieces(self, memory: str, record: dict[str, Any]) -> None:
+        """Every piece of the document the memory still holds, ``max_batch_facts`` per step (a step is one
+        downdate and one store transaction; a piece forgotten on its own meanwhile is skipped)."""
+        h = self.registry.get(memory)
+        if h is None:
+            return
+        ids = [piece_id(record["id"], i) for i in range(record["pieces"])]
+        step = self.settings.max_batch_facts
+        for start in range(0, len(ids), step):
+            for _ in range(3):
+                held = [i for i in ids[start : start + step] if i in h.row_of]
+                if not held or self.registry.forget(memory, *held):
+                    break
+
+    def _run(self) -> None:
+        """Resume what a restart interrupted, then ingest queued documents one at a time."""
+        while not self.registry.restored:
+            if self._stop.wait(0.2):
+                return
+        for memory, record in self.store.unfinished_documents():
+            job = Job(memory, record["id"])
+            if record["status"] == "deleting":
+                self._forget_pieces(memory, record)
+                self.store.delete_document(memory, record["id"])
+                self.registry.erasure_pending()
+            elif job not in self._written:
+                log.info("resuming document %s of memory %r", record["id"], memory)
+                self._written[job] = 0
+                self._queue.put((job, None))
+        while not self._stop.is_set():
+            try:
+                job, pieces = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            record = self.store.document(job.memory, job.doc_id)
+            if record is None or "text" not in record or job in self._cancelled:
+                with self._idle:
+                    self._written.pop(job, None)
+                    self._cancelled.discard(job)
+                    self._idle.notify_all()
+                continue
+            self._ingest(job, record, pieces if pieces is not None else self.pieces(record["text"]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=10)
+
+    def _shown(self, memory: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The record as the API shows it: never the text; ``written`` live while it is being ingested."""
+        out = {k: v for k, v in record.items() if k != "text"} | {"memory": memory}
+        if out["status"] == "ingesting":
+            out["written"] = self._written.get(Job(memory, record["id"]), out["written"])
+        return out
