@@ -93,6 +93,26 @@ def build(app: FastAPI) -> MCPServer:
         return {"facts": [f.as_dict() for f in facts], "total": total}
 
     @tool
+    def add_document(memory: str, text: str, ctx: Context, title: str | None = None) -> dict[str, Any]:
+        """Write a long text (notes, a report, a book) into a memory as pieces, one per sentence, that answers
+        cite. Returns the document: status ready, or ingesting for a large one (document_status follows it)."""
+        editor_for(ctx, memory, "write")
+        return app.state.documents.add(memory, text, title, None)
+
+    @tool
+    def document_status(memory: str, document_id: str, ctx: Context) -> dict[str, Any]:
+        """A document's status (ingesting, ready, failed) and how many of its pieces are written."""
+        editor_for(ctx, memory, "read")
+        return app.state.documents.get(memory, document_id)
+
+    @tool
+    def forget_document(memory: str, document_id: str, ctx: Context) -> dict[str, Any]:
+        """Forget every piece of a document, then the document."""
+        editor_for(ctx, memory, "write")
+        app.state.documents.delete(memory, document_id)
+        return {"id": document_id, "deleted": True}
+
+    @tool
     def list_memories(ctx: Context) -> dict[str, Any]:
         """The memories this caller may read, with their fact counts."""
         editor = editor_for(ctx, None, "read")

@@ -92,6 +92,34 @@ def test_async_client_does_the_same(base: str) -> None:
     asyncio.run(run())
 
 
+def test_clients_write_follow_query_and_delete_documents(base: str) -> None:
+    lines = [f"Room {i} of the east wing was repainted in shade number {i * 7} last spring." for i in range(300)]
+    lines.insert(150, "The Velstrand Bridge was painted bright orange by Ottilie Brask in 1931.")
+    text = " ".join(lines)
+    with Larimar(base, api_key=KEY) as lm:
+        doc = lm.add_document("cl-docs", text, title="Wing notes", wait=True)
+        assert doc.status == "ready" and doc.written == doc.pieces == 301 and doc.title == "Wing notes"
+        assert [d.id for d in lm.documents("cl-docs")] == [doc.id] and lm.document("cl-docs", doc.id).chars == len(text)
+        answer = lm.query("cl-docs", "Who painted the Velstrand Bridge?", max_new_tokens=12)
+        src = answer.facts[0].source
+        assert "Brask" in answer.answer and src is not None and src["document"] == doc.id
+        assert text[src["start"] : src["end"]] == answer.facts[0].text
+        lm.delete_document("cl-docs", doc.id)
+        assert lm.documents("cl-docs") == [] and lm.memory("cl-docs").facts == 0
+        with pytest.raises(LarimarError) as e:
+            lm.add_document("cl-docs", " ")
+        assert e.value.status == 422
+
+    async def run() -> None:
+        async with AsyncLarimar(base, api_key=KEY) as lm:
+            doc = await lm.add_document("cl-docs", text, wait=True)
+            assert doc.status == "ready" and (await lm.document("cl-docs", doc.id)).written == 301
+            await lm.delete_document("cl-docs", doc.id)
+            assert await lm.documents("cl-docs") == []
+
+    asyncio.run(run())
+
+
 def test_the_client_installs_on_its_own() -> None:
     """``pip install ./client`` needs httpx alone: the client imports nothing of the service."""
     root = Path(__file__).resolve().parents[1] / "client"
@@ -99,8 +127,8 @@ def test_the_client_installs_on_its_own() -> None:
     assert 'dependencies = ["httpx>=0.27"]' in pyproject
     imported = {line.split()[1].split(".")[0] for p in (root / "larimar_client").glob("*.py")
                 for line in p.read_text().splitlines() if line.startswith(("import ", "from "))}
-    assert imported <= {"__future__", "json", "collections", "dataclasses", "typing", "urllib", "httpx",
-                        "larimar_client"}, imported
+    assert imported <= {"__future__", "asyncio", "json", "collections", "dataclasses", "time", "typing", "urllib",
+                        "httpx", "larimar_client"}, imported
 
 
 def test_openai_client_chats_with_memory_streams_and_lists_models(base: str) -> None:
@@ -180,7 +208,8 @@ def test_mcp_client_lists_tools_writes_queries_searches_and_forgets(base: str) -
         ("write_fact", fact), ("query", {"memory": "cl-mcp", "prompt": "Which instrument does Bo Rind play?",
                                          "max_new_tokens": 8}),
         ("search_facts", {"memory": "cl-mcp", "q": "oboe player"}), ("list_memories", {})]))
-    assert tools == ["forget_fact", "list_memories", "query", "search_facts", "write_fact"]
+    assert tools == ["add_document", "document_status", "forget_document", "forget_fact", "list_memories", "query",
+                     "search_facts", "write_fact"]
     assert not wrote.is_error and wrote.structured_content["text"] == fact["text"]
     fid = wrote.structured_content["id"]
     assert asked.structured_content["in_scope"] and "oboe" in asked.structured_content["answer"]
@@ -200,6 +229,22 @@ def test_mcp_client_lists_tools_writes_queries_searches_and_forgets(base: str) -
     assert gone.structured_content == {"id": fid, "forgotten": True}
     assert again.is_error and "is not in memory" in again.content[0].text
     assert missing.is_error and "does not exist" in missing.content[0].text
+    # documents: written, cited by an answer, forgotten
+    note = "Minutes of the spring meeting. The Quarrington Rowing Club chose a blue heron named Percival as its mascot."
+    _, doc = asyncio.run(session(KEY, [("add_document", {"memory": "cl-mcp-doc", "text": note, "title": "Minutes"})]))
+    doc_id = doc.structured_content["id"]
+    assert doc.structured_content["status"] == "ready" and doc.structured_content["pieces"] == 2
+    _, status, cited, dropped, denied_doc = asyncio.run(session(KEY, [
+        ("document_status", {"memory": "cl-mcp-doc", "document_id": doc_id}),
+        ("query", {"memory": "cl-mcp-doc", "prompt": "What is the mascot of the Quarrington Rowing Club?"}),
+        ("forget_document", {"memory": "cl-mcp-doc", "document_id": doc_id}),
+        ("document_status", {"memory": "cl-mcp-doc", "document_id": doc_id})]))
+    assert status.structured_content["written"] == 2
+    assert cited.structured_content["facts"][0]["source"]["document"] == doc_id
+    assert dropped.structured_content == {"id": doc_id, "deleted": True}
+    assert denied_doc.is_error and "is not in memory" in denied_doc.content[0].text
+    _, refused = asyncio.run(session("reader-key-0123", [("add_document", {"memory": "cl-x", "text": note})]))
+    assert refused.is_error and "role read" in refused.content[0].text
     # no key, or a wrong one: refused before MCP
     for headers in ({}, {"Authorization": "Bearer wrong-key-0123"}):
         r = httpx.post(f"{base}/mcp/", headers=headers | {"Accept": "application/json, text/event-stream"},

@@ -12,6 +12,7 @@ from larimar_client.client import AsyncLarimar, Larimar
 from larimar_client.types import (
     Answer,
     CandidateScore,
+    Document,
     Fact,
     FactPage,
     LarimarError,
@@ -21,5 +22,5 @@ from larimar_client.types import (
     Scores,
 )
 
-__all__ = ["Answer", "AsyncLarimar", "CandidateScore", "Fact", "FactPage", "Larimar", "LarimarError", "MemoryInfo",
-           "MemorySummary", "RecalledFact", "Scores"]
+__all__ = ["Answer", "AsyncLarimar", "CandidateScore", "Document", "Fact", "FactPage", "Larimar", "LarimarError",
+           "MemoryInfo", "MemorySummary", "RecalledFact", "Scores"]

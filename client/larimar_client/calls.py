@@ -14,6 +14,7 @@ import httpx
 from larimar_client.types import (
     Answer,
     CandidateScore,
+    Document,
     Fact,
     FactPage,
     LarimarError,
@@ -147,3 +148,20 @@ def import_(memory: str, records: bytes | Iterable[dict[str, Any]], keep_ids: bo
                 params={"keep_ids": str(keep_ids).lower()}, headers={"Content-Type": JSONL})
 
 
+
+
+def add_document(memory: str, text: str, title: str | None, metadata: dict[str, Any] | None) -> Call[Document]:
+    body = {k: v for k, v in (("text", text), ("title", title), ("metadata", metadata)) if v is not None}
+    return Call("POST", f"{_m(memory)}/documents", lambda d: build(Document, d), json=body)
+
+
+def documents(memory: str) -> Call[list[Document]]:
+    return Call("GET", f"{_m(memory)}/documents", lambda d: [build(Document, x) for x in d["documents"]])
+
+
+def document(memory: str, doc_id: str) -> Call[Document]:
+    return Call("GET", f"{_m(memory)}/documents/{quote(doc_id, safe='')}", lambda d: build(Document, d))
+
+
+def delete_document(memory: str, doc_id: str) -> Call[None]:
+    return Call("DELETE", f"{_m(memory)}/documents/{quote(doc_id, safe='')}", lambda d: None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -10,7 +12,7 @@ import httpx
 
 from larimar_client import calls
 from larimar_client.calls import Call, check
-from larimar_client.types import Answer, Fact, FactPage, MemoryInfo, MemorySummary, Scores
+from larimar_client.types import Answer, Document, Fact, FactPage, MemoryInfo, MemorySummary, Scores
 
 T = TypeVar("T")
 MemoryMode = str  # "auto" (the scope detector decides), "on", "off"
@@ -107,6 +109,25 @@ class Larimar:
         """Load export records (or an export file's bytes); returns how many facts were written."""
         return self._send(calls.import_(memory, records, keep_ids))
 
+    def add_document(self, memory: str, text: str, title: str | None = None, metadata: dict[str, Any] | None = None,
+                     wait: bool = False, poll_s: float = 0.5) -> Document:
+        """Write a long text as pieces; ``wait``: return once it is no longer ingesting (ready or failed)."""
+        doc = self._send(calls.add_document(memory, text, title, metadata))
+        while wait and doc.status == "ingesting":
+            time.sleep(poll_s)
+            doc = self.document(memory, doc.id)
+        return doc
+
+    def documents(self, memory: str) -> list[Document]:
+        return self._send(calls.documents(memory))
+
+    def document(self, memory: str, doc_id: str) -> Document:
+        return self._send(calls.document(memory, doc_id))
+
+    def delete_document(self, memory: str, doc_id: str) -> None:
+        """Forget every piece of the document, then the document."""
+        self._send(calls.delete_document(memory, doc_id))
+
 
 class AsyncLarimar:
     """The same client for asyncio: every method is awaited (``export`` is an async iterator)."""
@@ -192,3 +213,21 @@ class AsyncLarimar:
 
     async def import_(self, memory: str, records: bytes | Iterable[dict[str, Any]], keep_ids: bool = True) -> int:
         return await self._send(calls.import_(memory, records, keep_ids))
+
+    async def add_document(self, memory: str, text: str, title: str | None = None,
+                           metadata: dict[str, Any] | None = None, wait: bool = False, poll_s: float = 0.5
+                           ) -> Document:
+        doc = await self._send(calls.add_document(memory, text, title, metadata))
+        while wait and doc.status == "ingesting":
+            await asyncio.sleep(poll_s)
+            doc = await self.document(memory, doc.id)
+        return doc
+
+    async def documents(self, memory: str) -> list[Document]:
+        return await self._send(calls.documents(memory))
+
+    async def document(self, memory: str, doc_id: str) -> Document:
+        return await self._send(calls.document(memory, doc_id))
+
+    async def delete_document(self, memory: str, doc_id: str) -> None:
+        await self._send(calls.delete_document(memory, doc_id))

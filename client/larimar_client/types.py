@@ -27,6 +27,23 @@ class RecalledFact:
     id: str
     text: str
     similarity: float
+    source: dict[str, Any] | None = None  # a document's piece: document, title, piece, start, end
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    memory: str
+    title: str | None
+    status: str  # ingesting, ready, failed (see error) or deleting
+    chars: int
+    pieces: int  # piece i is the fact "<id>-<i>"
+    written: int  # pieces in the memory so far
+    chunking: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    error: str | None = None
 
 
 @dataclass(frozen=True)
