@@ -25,6 +25,7 @@ from typing import Any
 
 from models.chunking import Piece, split_document
 from service.editor import Editor, InvalidInput, NotFound
+from service.memories import NoMemory
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Documents:
         try:
             h = self.registry.get(job.memory)
             held = h.row_of if h is not None else {}
+            create = h is None  # the first batch makes the memory; later ones stop if it was deleted meanwhile
             step = self.settings.max_batch_facts
             for block in range(0, len(pieces), ENCODE_BLOCK):
                 if job in self._cancelled or self._stop.is_set():  # deleted, or shutting down (resumed on restart)
@@ -143,7 +145,8 @@ class Documents:
                     items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
                                        "start": p.start, "end": p.end}) for i, p in batch]
                     kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
-                    self.registry.write(job.memory, items, latents[start : start + step], kept=kept)
+                    self.registry.write(job.memory, items, latents[start : start + step], kept=kept, create=create)
+                    create = False
                     self._written[job] = batch[-1][0] + 1
                 held = self.registry.get(job.memory).row_of if todo else held
                 self._written[job] = min(len(pieces), block + ENCODE_BLOCK)
@@ -151,6 +154,8 @@ class Documents:
             self.store.put_document(job.memory, done | {"status": "ready", "written": len(pieces),
                                                         "updated_at": utc_now()})
             self.registry.erasure_pending()  # the record held the text until now
+        except NoMemory:  # the memory was deleted, and the document with it: nothing left to record
+            log.info("memory %r was deleted while document %s was ingested", job.memory, job.doc_id)
         except Exception as e:  # noqa: BLE001 - the record says what failed; DELETE removes what was written
             log.exception("ingesting document %s into memory %r failed", job.doc_id, job.memory)
             failed = {k: v for k, v in record.items() if k != "text"}

@@ -176,6 +176,10 @@ class MemoryHandle:
         return MemoryView(view.state, len(ids), out.buffer, out.dead_buffer, ids, len(ids))
 
 
+class NoMemory(LookupError):
+    """A write that may not create its memory found none (deleted meanwhile)."""
+
+
 class DuplicateFact(ValueError):
     """A fact written under an id the memory already holds (imports keep their ids)."""
 
@@ -256,14 +260,17 @@ class MemoryRegistry:
                     return
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
-              timer: Timer | None = None, kept: list[tuple[str, str]] | None = None) -> list[Fact]:
+              timer: Timer | None = None, kept: list[tuple[str, str]] | None = None, create: bool = True
+              ) -> list[Fact]:
         """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step.
 
         ``kept``: each fact's (id, created_at) from elsewhere (an import), instead of new ones; an id the memory
-        already holds raises ``DuplicateFact`` before anything is stored."""
+        already holds raises ``DuplicateFact`` before anything is stored. Without ``create`` a memory that does
+        not exist (deleted meanwhile) raises ``NoMemory`` instead of being made anew."""
         timer = timer or Timer()
-        with self._holding(name, create=True) as h:
-            assert h is not None
+        with self._holding(name, create=create) as h:
+            if h is None:
+                raise NoMemory(f"memory {name!r} does not exist")
             timer.lap("lock")
             created = utc_now()
             if kept is None:

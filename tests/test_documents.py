@@ -189,3 +189,22 @@ def test_a_document_deleted_while_ingesting_stops_and_leaves_no_piece(make_clien
         assert c.delete(f"{BASE}/documents/{doc['id']}").status_code == 200
         assert c.get(f"{BASE}/documents").json()["documents"] == []
         assert c.get(BASE).json()["facts"] == 0
+
+
+def test_deleting_the_memory_stops_its_ingest_for_good(make_client, tmp_path: Path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 'store'}", max_batch_facts=32) as c:
+        doc = c.post(f"{BASE}/documents", json={"text": document(1500, seed=3)}).json()
+        while c.get(f"{BASE}/documents/{doc['id']}").json()["written"] == 0:
+            time.sleep(0.01)
+        assert c.delete(BASE).status_code == 200
+        time.sleep(1.0)  # the worker meets the deleted memory at its next batch, and stops
+        assert c.get(BASE).status_code == 404, "the ingest did not make the memory anew"
+        assert c.get(f"{BASE}/documents").json() == {"documents": []}
+
+
+def test_the_hierarchical_read_serves_queries_too(make_client, tmp_path: Path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 'store'}", memory_read="hierarchical", read_segment=16) as c:
+        doc = c.post(f"{BASE}/documents", json={"text": document(200, seed=4)}).json()
+        assert doc["status"] == "ready"
+        ans = c.post(f"{BASE}/query", json={"prompt": QUESTION, "max_new_tokens": 16}).json()
+        assert ans["in_scope"] and "paprika" in ans["answer"].lower() and ans["facts"][0]["text"] == NEEDLE
