@@ -3,6 +3,7 @@ citations, deleted piece by piece with nothing left in the store's files, resume
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -157,9 +158,9 @@ def test_small_documents_are_ready_on_return_and_bad_input_changes_nothing(make_
         assert c.get("/v1/memories/fresh/documents").json() == {"documents": []}
 
 
-def test_an_ingest_cut_by_a_restart_is_resumed_without_duplicates(make_client, tmp_path: Path
+def test_an_ingest_cut_by_a_restart_is_resumed_without_duplicates(make_client, store_url: str
                                                                   ) -> None:  # noqa: ANN001
-    url = f"file://{tmp_path / 'store'}"
+    url = store_url
     text = document(1500, seed=1)
     with make_client(url, max_batch_facts=32) as c:
         doc = c.post(f"{BASE}/documents", json={"text": text}).json()
@@ -208,3 +209,22 @@ def test_the_hierarchical_read_serves_queries_too(make_client, tmp_path: Path) -
         assert doc["status"] == "ready"
         ans = c.post(f"{BASE}/query", json={"prompt": QUESTION, "max_new_tokens": 16}).json()
         assert ans["in_scope"] and "paprika" in ans["answer"].lower() and ans["facts"][0]["text"] == NEEDLE
+
+
+def test_keys_need_write_to_add_or_delete_documents_and_read_to_see_them(make_client, tmp_path: Path
+                                                                        ) -> None:  # noqa: ANN001
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([{"name": "writer", "key": "writer-key-0123", "role": "write", "memories": ["docs"]},
+                                {"name": "reader", "key": "reader-key-0123", "role": "read", "memories": ["docs"]}]))
+    with make_client(f"file://{tmp_path / 'store'}", api_keys_file=keys) as c:
+        writer, reader = ({"Authorization": f"Bearer {k}-key-0123"} for k in ("writer", "reader"))
+        body = {"text": document(20)}
+        assert c.post(f"{BASE}/documents", json=body).status_code == 401
+        refused = c.post(f"{BASE}/documents", json=body, headers=reader)
+        assert refused.status_code == 403 and "reader" in refused.text
+        assert c.post("/v1/memories/other/documents", json=body, headers=writer).status_code == 403
+        doc = c.post(f"{BASE}/documents", json=body, headers=writer).json()
+        assert [d["id"] for d in c.get(f"{BASE}/documents", headers=reader).json()["documents"]] == [doc["id"]]
+        assert c.get(f"{BASE}/documents/{doc['id']}", headers=reader).json()["status"] == "ready"
+        assert c.delete(f"{BASE}/documents/{doc['id']}", headers=reader).status_code == 403
+        assert c.delete(f"{BASE}/documents/{doc['id']}", headers=writer).status_code == 200
