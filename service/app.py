@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memory_core import MemoryConfig
 from models.choice import DecoderChoice, choose_decoder
@@ -19,7 +20,7 @@ from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
 from service import mcp_tools
 from service.auth import load_keys
-from service.deps import BodyTooLarge, authorize
+from service.deps import authorize
 from service.documents import Documents
 from service.editor import Conflict, Editor, InvalidInput, NotFound
 from service.memories import MemoryRegistry
@@ -96,21 +97,41 @@ def _error(code: int) -> object:
     return handler
 
 
-def body_limit(max_bytes: int, max_import_bytes: int, max_document_bytes: int) -> object:
-    """Refuse oversized bodies from their Content-Length, before anything reads or parses them (an import
-    file or a document may be larger than other bodies; the import route also counts what it reads)."""
+class BodyLimit:
+    """Refuse oversized bodies: from their Content-Length before anything reads them, and, for a body sent
+    without one (chunked), as soon as what has arrived passes the limit, whatever route reads it. An import
+    file or a document may be larger than other bodies."""
 
-    async def middleware(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's middleware signature
-        path = request.url.path
-        limit = max_import_bytes if path.endswith("/import") else max_document_bytes if path.endswith(
-            "/documents") else max_bytes
-        length = request.headers.get("content-length")
+    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int, max_document_bytes: int) -> None:
+        self.app = app
+        self.max_bytes, self.max_import_bytes, self.max_document_bytes = max_bytes, max_import_bytes, max_document_bytes
+
+    def limit(self, path: str) -> int:
+        if path.endswith("/import"):
+            return self.max_import_bytes
+        return self.max_document_bytes if path.endswith("/documents") else self.max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["path"])
+        too_large = f"request body over {limit} bytes"
+        length = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                                content={"detail": f"request body over {limit} bytes"})
-        return await call_next(request)
+            await JSONResponse({"detail": too_large}, status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
+            return
+        seen = 0
 
-    return middleware
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # raised where the route reads its body: FastAPI answers it as it is
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, too_large)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(settings: Settings | None = None, models: LoadedModels | None = None) -> FastAPI:
@@ -134,12 +155,12 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.state.settings = settings
     app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
     app.state.metrics = Metrics(app)
-    app.middleware("http")(body_limit(settings.max_body_bytes, settings.max_import_bytes, settings.max_document_bytes))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes,
+                       max_document_bytes=settings.max_document_bytes)
     app.middleware("http")(app.state.metrics.middleware)
     app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(BodyTooLarge, _error(status.HTTP_413_CONTENT_TOO_LARGE))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])

@@ -9,15 +9,10 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from service.auth import ApiKey, Role, from_header
 from service.editor import Editor
 from service.schemas import MEMORY_NAME
-from service.settings import Settings
 
 
 def get_editor(request: Request) -> Editor:
     return request.app.state.editor
-
-
-def app_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def needed_role(request: Request) -> Role:
@@ -55,18 +50,9 @@ def caller(request: Request) -> ApiKey | None:
     return getattr(request.state, "api_key", None)
 
 
-class BodyTooLarge(ValueError):
-    """A body sent without Content-Length ran past its limit while read: 413."""
-
-
-async def import_body(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> bytes:
-    """The request body, read up to LARIMAR_MAX_IMPORT_BYTES (the middleware saw only a Content-Length)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > settings.max_import_bytes:
-            raise BodyTooLarge(f"import file over {settings.max_import_bytes} bytes")
-    return bytes(body)
+async def import_body(request: Request) -> bytes:
+    """The request body, read whole (``BodyLimit`` in service/app.py stops it past LARIMAR_MAX_IMPORT_BYTES)."""
+    return await request.body()
 
 
 EditorDep = Annotated[Editor, Depends(get_editor)]

@@ -221,6 +221,11 @@ def test_bad_memory_name(client: TestClient, name: str) -> None:
 def test_oversized_body_is_refused_before_parsing(client: TestClient) -> None:
     r = client.post(f"{BASE}/facts/batch", json={"facts": [{"text": "x" * 1000}] * 1100})
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    body = r.request.content
+    parts = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    chunked = client.post(f"{BASE}/facts/batch", content=iter(parts),  # no Content-Length: counted as it comes
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "over 1048576 bytes" in chunked.json()["detail"]
     assert client.get("/v1/memories").json() == {"memories": []}
 
 

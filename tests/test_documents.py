@@ -149,8 +149,11 @@ def test_small_documents_are_ready_on_return_and_bad_input_changes_nothing(make_
                                  ({"text": "A b c d.", "metadata": {"k": "v" * 5000}}, 422, "metadata")]:
             r = c.post(f"{BASE}/documents", json=body)
             assert r.status_code == code and says in r.text, (body, r.text)
-        assert c.post(f"{BASE}/documents", content=b"{" + b" " * 9000 + b"}",
-                      headers={"content-type": "application/json"}).status_code == 413
+        big = b"{" + b" " * 9000 + b"}"
+        assert c.post(f"{BASE}/documents", content=big, headers={"content-type": "application/json"}).status_code == 413
+        chunked = c.post(f"{BASE}/documents", content=iter([big[:5000], big[5000:]]),  # no Content-Length
+                         headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and "over 8192 bytes" in chunked.json()["detail"]
         assert c.get(BASE).json()["facts"] == n and len(c.get(f"{BASE}/documents").json()["documents"]) == 1
         assert c.post("/v1/memories/Bad!/documents", json={"text": "A b c d."}).status_code == 422
         assert c.get(f"{BASE}/documents/nope").status_code == 404
