@@ -26,6 +26,7 @@ from typing import Any
 from models.chunking import Piece, split_document
 from service.editor import Editor, InvalidInput, NotFound
 from service.memories import NoMemory
+from service.store import StoreError
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ class Documents:
         self.registry = editor.registry
         self.store = editor.registry.store
         self._queue: queue.Queue[tuple[Job, list[Piece] | None]] = queue.Queue()  # None: split it from the record
-        self._written: dict[Job, int] = {}  # pieces written so far, of documents being ingested
-        self._cancelled: set[Job] = set()
+        self._written: dict[Job, int] = {}  # pieces written so far, of documents queued or being ingested
+        self._active: set[Job] = set()  # being ingested now (by the worker, or within a call)
+        self._cancelled: set[Job] = set()  # deleted while queued or active: stop at the next batch, or skip
         self._idle = threading.Condition()  # notified whenever a job ends
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="larimar-documents", daemon=True)
@@ -80,8 +82,11 @@ class Documents:
                   "metadata": metadata, "created_at": now, "updated_at": now, "error": None, "text": text}
         self.store.put_document(memory, record)
         job = Job(memory, record["id"])
-        self._written[job] = 0
+        with self._idle:
+            self._written[job] = 0
         if len(pieces) <= self.settings.document_inline_pieces:
+            with self._idle:
+                self._active.add(job)
             self._ingest(job, record, pieces, inline=True)
         else:
             self._queue.put((job, pieces))
@@ -104,10 +109,11 @@ class Documents:
             raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
         job = Job(memory, doc_id)
         with self._idle:
-            if job in self._written:  # queued or running: the worker stops it between batches
+            if job in self._written:  # being ingested: it stops between batches; queued: the worker skips it
                 self._cancelled.add(job)
-                while job in self._written:
+                while job in self._active:
                     self._idle.wait(0.5)
+                self._written.pop(job, None)
         record = {k: v for k, v in record.items() if k != "text"} | {"status": "deleting", "updated_at": utc_now()}
         self.store.put_document(memory, record)
         self._forget_pieces(memory, record)
@@ -170,6 +176,7 @@ class Documents:
                 raise
         finally:
             with self._idle:
+                self._active.discard(job)
                 self._written.pop(job, None)
                 self._cancelled.discard(job)
                 self._idle.notify_all()
@@ -190,10 +197,17 @@ class Documents:
 
     def _run(self) -> None:
         """Resume what a restart interrupted, then ingest queued documents one at a time."""
-        while not self.registry.restored:
+        while True:  # the store answered restore, but may fail now: retried, as restore is
             if self._stop.wait(0.2):
                 return
-        for memory, record in self.store.unfinished_documents():
+            if not self.registry.restored:
+                continue
+            try:
+                unfinished = self.store.unfinished_documents()
+                break
+            except StoreError as e:
+                log.warning("reading unfinished documents failed, retrying: %s", e)
+        for memory, record in unfinished:
             job = Job(memory, record["id"])
             if record["status"] == "deleting":
                 self._forget_pieces(memory, record)
@@ -201,18 +215,34 @@ class Documents:
                 self.registry.erasure_pending()
             elif job not in self._written:
                 log.info("resuming document %s of memory %r", record["id"], memory)
-                self._written[job] = 0
+                with self._idle:
+                    self._written[job] = 0
                 self._queue.put((job, None))
         while not self._stop.is_set():
             try:
                 job, pieces = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            record = self.store.document(job.memory, job.doc_id)
-            if record is None or "text" not in record or job in self._cancelled:
-                with self._idle:
-                    self._written.pop(job, None)
+            with self._idle:
+                if job in self._cancelled:  # deleted while it waited
                     self._cancelled.discard(job)
+                    self._written.pop(job, None)
+                    continue
+                self._active.add(job)
+            try:
+                record = self.store.document(job.memory, job.doc_id)
+            except StoreError as e:  # tried again after the others, the store may be back by then
+                log.warning("reading document %s failed, retrying: %s", job.doc_id, e)
+                with self._idle:
+                    self._active.discard(job)
+                    self._idle.notify_all()
+                self._queue.put((job, pieces))
+                self._stop.wait(1.0)
+                continue
+            if record is None or "text" not in record:  # its memory was deleted meanwhile
+                with self._idle:
+                    self._active.discard(job)
+                    self._written.pop(job, None)
                     self._idle.notify_all()
                 continue
             self._ingest(job, record, pieces if pieces is not None else self.pieces(record["text"]))

@@ -231,3 +231,15 @@ def test_keys_need_write_to_add_or_delete_documents_and_read_to_see_them(make_cl
         assert c.get(f"{BASE}/documents/{doc['id']}", headers=reader).json()["status"] == "ready"
         assert c.delete(f"{BASE}/documents/{doc['id']}", headers=reader).status_code == 403
         assert c.delete(f"{BASE}/documents/{doc['id']}", headers=writer).status_code == 200
+
+
+def test_a_queued_document_deleted_before_its_turn_is_never_ingested(make_client, tmp_path: Path
+                                                                     ) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 'store'}", max_batch_facts=32) as c:
+        first = c.post(f"{BASE}/documents", json={"text": document(1500, seed=5)}).json()
+        queued = c.post(f"{BASE}/documents", json={"text": document(1500, seed=6)}).json()
+        assert queued["status"] == "ingesting"
+        assert c.delete(f"{BASE}/documents/{queued['id']}").status_code == 200  # without waiting for the first
+        assert ready(c, first)["status"] == "ready"
+        assert [d["id"] for d in c.get(f"{BASE}/documents").json()["documents"]] == [first["id"]]
+        assert c.get(BASE).json()["facts"] == first["pieces"], "nothing of the deleted one was written"
