@@ -11,10 +11,12 @@
 - Ingest speed (tokens/s, LLM tokens) and query latency against haystack size, from the same runs.
 
 A hit is the expected answer inside the generated one (case and punctuation aside). ``--needles dev`` uses
-five other needles, for choices (chunking, flat vs hierarchical); the reported run uses the ten.
+five other needles, for choices (chunking, flat vs hierarchical); the reported run uses the ten. ``--needles
+multi`` (and ``multi-dev``) states each needle in two sentences, the answer in the second, which opens with a
+pronoun ("Orla Fennimore grew up in Oslo. She learned to play the bassoon in Reykjavik.").
 
     python -m bench.documents [--lengths 1000 4000 16000 64000 256000] [--facts 16 64 256 1024]
-        [--needles report|dev] [--chunking sentences|chunks] [--no-baseline] [--threads N]
+        [--needles report|dev|multi|multi-dev] [--chunking sentences|chunks] [--no-baseline] [--threads N]
 """
 
 from __future__ import annotations
@@ -90,6 +92,41 @@ NEEDLES = {
                "Where does the Ostrava Chess Society meet every Thursday?", "Blue Anchor"),
         Needle("Felix Amberley wrote his first novel on a typewriter he found in Lisbon.",
                "Where did Felix Amberley find the typewriter he wrote his first novel on?", "Lisbon"),
+    ],
+    # two sentences each, the answer in the second, which opens with a pronoun (a fact as documents state them)
+    "multi": [
+        Needle("Marlowe Quint sells lemonade at the county fair. His secret ingredient is smoked paprika.",
+               "What is Marlowe Quint's secret ingredient?", "smoked paprika"),
+        Needle("Ottilie Brask was a painter from Velstrand. She painted the old bridge bright orange in 1931.",
+               "What colour did Ottilie Brask paint the old bridge?", "orange"),
+        Needle("Professor Hanne Lidgard teaches medieval history. She keeps her spare house key inside a hollow copy "
+               "of Moby-Dick.", "Where does Professor Hanne Lidgard keep her spare house key?", "Moby-Dick"),
+        Needle("The Quarrington Rowing Club was founded in 1887. Its mascot is a blue heron named Percival.",
+               "What is the name of the Quarrington Rowing Club's mascot?", "Percival"),
+        Needle("Ilse Varga works as a radio engineer. Her favourite board game is Carcassonne.",
+               "What is Ilse Varga's favourite board game?", "Carcassonne"),
+        Needle("The Tollbridge Cheese Festival attracts visitors every October. It takes place in the town of "
+               "Wexmoor.", "In which town does the Tollbridge Cheese Festival take place?", "Wexmoor"),
+        Needle("Captain Ruben Ashdown sailed around Iceland last summer. He named his sailboat the Silver Marten.",
+               "What did Captain Ruben Ashdown name his sailboat?", "Silver Marten"),
+        Needle("The Kelderman Archive holds the letters of a forgotten poet. Its password is tangerine47.",
+               "What is the password of the Kelderman Archive?", "tangerine47"),
+        Needle("Orla Fennimore grew up in Oslo. She learned to play the bassoon in Reykjavik.",
+               "Where did Orla Fennimore learn to play the bassoon?", "Reykjavik"),
+        Needle("The Brightwater Observatory sits on a hill above the valley. Its largest telescope is called Old "
+               "Magnus.", "What is the largest telescope of the Brightwater Observatory called?", "Old Magnus"),
+    ],
+    "multi-dev": [
+        Needle("Tomasz Reingold moved to the coast in 1998. He keeps a pet tortoise called Biscuit.",
+               "What is Tomasz Reingold's pet tortoise called?", "Biscuit"),
+        Needle("Mabel Strand trained as a civil engineer in Glasgow. She later designed the Harwick Lighthouse.",
+               "Which lighthouse did Mabel Strand design?", "Harwick"),
+        Needle("Greta Lindqvist runs a small cafe near the harbour. Her favourite soup is roasted pumpkin.",
+               "What is Greta Lindqvist's favourite soup?", "pumpkin"),
+        Needle("The Ostrava Chess Society was founded by railway workers. It meets every Thursday at the Blue Anchor "
+               "pub.", "Where does the Ostrava Chess Society meet every Thursday?", "Blue Anchor"),
+        Needle("Felix Amberley spent a winter in Portugal. He found the typewriter for his first novel in Lisbon.",
+               "Where did Felix Amberley find the typewriter for his first novel?", "Lisbon"),
     ],
 }
 
@@ -219,7 +256,8 @@ def needle_run(svc: Service, base: InContext | None, corpus: str, lengths: list[
             svc.set_read(read)
             for n, start in zip(needles, starts, strict=True):
                 r = svc.ask(memory, n.question)
-                cited = any(f["source"] and f["source"]["start"] <= start < f["source"]["end"] for f in r["facts"])
+                cited = any(f["source"] and f["source"]["start"] < start + len(n.fact) and start < f["source"]["end"]
+                            for f in r["facts"])  # a piece overlapping the needle
                 row["questions"].append({"read": read, "needle": n.answer, "offset": start, "answer": r["answer"],
                                          "hit": hit(r["answer"], n.answer), "cited": cited,
                                          "in_scope": r["in_scope"], "latency_s": r["latency_s"],
@@ -342,8 +380,8 @@ def main() -> None:
     models = load_models(settings)
     corpus = (args.data / ESSAYS).read_text(encoding="utf-8")
     base = None if args.no_baseline else InContext(models)
-    out = args.out or RESULTS / ("documents.json" if args.needles == "report" else
-                                 f"documents-dev-{settings.document_chunking}.json")
+    out = args.out or RESULTS / {"report": "documents.json", "multi": "documents-multi.json"}.get(
+        args.needles, f"documents-{args.needles}-{settings.document_chunking}.json")
     res: dict[str, Any] = {"machine": describe_machine(), "needles": args.needles,
                            "chunking": settings.document_chunking, "piece_tokens": settings.document_piece_tokens,
                            "read_segment": settings.read_segment, "max_new_tokens": MAX_NEW_TOKENS}

@@ -26,6 +26,7 @@ CountTokens = Callable[[list[str]], list[int]]  # texts -> how many tokens the e
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|(?<=[a-z][.!?])(?=[A-Z][a-z])|\n\s*\n")
 _ABBREVIATION = re.compile(r"(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|St|Inc|Ltd|Co|Corp|vs|etc|e\.g|i\.e)\.$")
 _WORD = re.compile(r"\S+")
+PARAGRAPH = re.compile(r"\n\s*\n")  # what separates paragraphs
 MIN_WORDS = 4  # a shorter sentence ("[1]", "Thanks.") joins the next: alone it is a latent about nothing
 
 

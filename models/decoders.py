@@ -53,6 +53,14 @@ class Readout:
     latent: Tensor  # (C,) z_r, the memory's reconstruction for the query
     facts: tuple[str, ...]  # texts of the written facts nearest to z_r, best first
     fact_latents: Tensor | None = None  # (k, C) their written latents, same order
+    context: tuple[str, ...] = ()  # per fact, the text it continues ("" for none): shown before it, never steered to
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The facts as the LLM reads them: each after the text it continues ("Orla Fennimore grew up in Oslo. She
+        learned the bassoon in Reykjavik.")."""
+        context = self.context or ("",) * len(self.facts)
+        return tuple(f"{c} {f}" if c else f for f, c in zip(self.facts, context, strict=True))
 
 
 class Decoder(Protocol):
@@ -133,14 +141,14 @@ class ContextDecoder:
         if readout is None or not readout.facts:
             return llm.render([*before, {"role": "user", "content": text}])
         n = "fact" if len(readout.facts) == 1 else "facts"
-        content = f"{facts_block(readout.facts)}\nUsing the new {n}, answer: {text}"
+        content = f"{facts_block(readout.shown)}\nUsing the new {n}, answer: {text}"
         return llm.render([*before, {"role": "user", "content": content}])
 
     def scoring_prefix(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         if readout is None or not readout.facts:
             return prompt
         n = "fact" if len(readout.facts) == 1 else "facts"
-        content = f"{facts_block(readout.facts)}\nUsing the new {n}, complete the sentence."
+        content = f"{facts_block(readout.shown)}\nUsing the new {n}, complete the sentence."
         return llm.render([{"role": "user", "content": content}]) + prompt
 
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:

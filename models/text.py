@@ -20,6 +20,12 @@ def words(text: str) -> list[str]:
     return _WORDS.findall(text)
 
 
+def opens_with_pronoun(text: str) -> bool:
+    """Whether the text's first word is a pronoun ("She", "Its"): it is about something named before it."""
+    ws = words(text)
+    return bool(ws) and ws[0].lower() in PRONOUNS
+
+
 def _words_and_starts(text: str) -> list[tuple[str, bool]]:
     """Each word, and whether it opens a sentence: "What does Etta James play? They play" has two openers,
     and "They" is no name."""

@@ -23,7 +23,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from models.chunking import Piece, split_document
+from models.chunking import PARAGRAPH, Piece, split_document
+from models.text import opens_with_pronoun
 from service.editor import Editor, InvalidInput, NotFound
 from service.memories import NoMemory
 from service.store import StoreError
@@ -38,6 +39,16 @@ ENCODE_BLOCK = 2048
 
 def piece_id(doc_id: str, i: int) -> str:
     return f"{doc_id}-{i}"
+
+
+def continued(pieces: list[Piece], i: int, record: dict[str, Any]) -> dict[str, Any]:
+    """``{"continues": i - 1}`` for a piece that opens with a pronoun in the paragraph of the piece before it
+    ("Orla Fennimore grew up in Oslo. She learned the bassoon in Reykjavik."): a query reads it with that piece
+    (``Editor.recall``), which names what "She" is."""
+    if i == 0 or not opens_with_pronoun(pieces[i].text):
+        return {}
+    between = record["text"][pieces[i - 1].end : pieces[i].start] if "text" in record else " "
+    return {} if PARAGRAPH.search(between) else {"continues": i - 1}
 
 
 @dataclass(frozen=True)
@@ -149,7 +160,8 @@ class Documents:
                         return
                     batch = todo[start : start + step]
                     items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
-                                       "start": p.start, "end": p.end}) for i, p in batch]
+                                       "start": p.start, "end": p.end} | continued(pieces, i, record))
+                             for i, p in batch]
                     kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
                     self.registry.write(job.memory, items, latents[start : start + step], kept=kept, create=create)
                     create = False

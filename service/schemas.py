@@ -104,6 +104,8 @@ class SourceOut(BaseModel):
     piece: int
     start: int = Field(description="offset of the piece's first character in the document's text")
     end: int = Field(description="one past its last")
+    continues: int | None = Field(None, description="the piece this one continues (it opens with a pronoun in the "
+                                  "same paragraph): the LLM was shown that piece before it")
 
 
 class RecalledFactOut(BaseModel):

@@ -243,3 +243,23 @@ def test_a_queued_document_deleted_before_its_turn_is_never_ingested(make_client
         assert ready(c, first)["status"] == "ready"
         assert [d["id"] for d in c.get(f"{BASE}/documents").json()["documents"]] == [first["id"]]
         assert c.get(BASE).json()["facts"] == first["pieces"], "nothing of the deleted one was written"
+
+
+def test_a_piece_opening_with_a_pronoun_is_read_with_the_piece_it_continues(make_client, tmp_path: Path
+                                                                           ) -> None:  # noqa: ANN001
+    text = document(60, seed=7).replace(NEEDLE, "Orla Fennimore grew up in Oslo. She learned to play the bassoon "
+                                                 "in Reykjavik.") + "\n\nShe never came back to the harbour."
+    with make_client(f"file://{tmp_path / 'store'}") as c:
+        doc = c.post(f"{BASE}/documents", json={"text": text}).json()
+        assert doc["status"] == "ready"
+        pieces = c.get(f"{BASE}/facts", params={"limit": 1000}).json()["facts"]
+        she = next(p for p in pieces if p["text"].startswith("She learned"))
+        assert pieces[she["metadata"]["continues"]]["text"] == "Orla Fennimore grew up in Oslo."
+        assert "continues" not in pieces[-1]["metadata"], "a new paragraph continues nothing"
+        ans = c.post(f"{BASE}/query", json={"prompt": "Where did Orla Fennimore learn to play the bassoon?",
+                                            "max_new_tokens": 16}).json()
+        assert ans["in_scope"] and she["id"] in [f["id"] for f in ans["facts"]], ans
+        assert "Reykjavik" in ans["answer"]
+        recall = c.app.state.editor.recall("docs", "Where did Orla Fennimore learn to play the bassoon?", "auto")
+        shown = dict(zip([f.id for f in recall.facts], recall.readout.shown, strict=True))
+        assert shown[she["id"]] == "Orla Fennimore grew up in Oslo. She learned to play the bassoon in Reykjavik."
