@@ -322,7 +322,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    facts = res.get("facts") or []
+    fig, axes = plt.subplots(1, 3 if facts else 2, figsize=(15 if facts else 10, 4.2))
+    if not facts:
+        axes = [axes[0], None, axes[1]]
     colours = {"flat": "#1f77b4", "hierarchical": "#ff7f0e", "in-context": "#2ca02c"}
     names = {"flat": "service, flat read", "hierarchical": "service, hierarchical read",
              "in-context": "SmolLM2-135M, haystack in its 8k window"}
@@ -334,11 +337,12 @@ def plot(res: dict[str, Any], path: Path) -> None:
         if all(f"recall_{read}" in r for r in needle):
             axes[0].plot(x, [r[f"recall_{read}"] for r in needle], color=colours[read], label=names[read],
                          **style[read])
+    n = sum(q["read"] == "flat" for q in needle[0]["questions"])
+    kind = {"multi": ", two sentences each", "multi-dev": ", two sentences each"}.get(res["needles"], "")
     axes[0].set(xscale="log", xlabel="haystack (LLM tokens)", ylabel="needle recall", ylim=(-0.03, 1.03),
-                title="Needle in a haystack (10 needles, 10 depths)")
+                title=f"Needles ({n} depths{kind})")
     axes[0].axhline(0.9, color="grey", lw=0.8, ls=":")
     axes[0].legend(fontsize=8)
-    facts = res.get("facts") or []
     if facts:
         xf = [r["facts"] for r in facts]
         for read in ("flat", "in-context"):
@@ -353,7 +357,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
                      **style[read])
     axes[2].set(xscale="log", yscale="log", xlabel="haystack (LLM tokens)",
                 ylabel="median ms per query (encode + scope + read)",
-                title="Retrieval time (the answer's generation adds ~0.6 s)")
+                title="Retrieval time (answers add ~0.6 s)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -397,6 +401,11 @@ def main() -> None:
     plot(res, out.with_suffix(".png"))
     print(json.dumps({k: [{kk: vv for kk, vv in r.items() if kk != "questions"} for r in v]
                       for k, v in res.items() if k in ("needle", "facts")}, indent=1))
+
+
+def replot(path: Path) -> None:
+    """The plot again from a results file (``python -c "from bench.documents import replot; replot(...)"``)."""
+    plot(json.loads(path.read_text()), path.with_suffix(".png"))
 
 
 if __name__ == "__main__":
