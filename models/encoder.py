@@ -31,25 +31,25 @@ class TextEncoder:
         padded to its longest text, so similar lengths together waste little, and short texts go many to a
         batch (on this project's 2-core CPU, 2,027 essay sentences: 6.7k tokens/s, against 3.9k in sorted
         batches of 32 texts and 1.5k in unsorted batches of 256)."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
-        if max(lengths, default=0) * len(texts) <= batch_tokens:
-            return self._encode(texts)
+        if not texts:
+            return torch.empty((0, self.dim), device=self.device)  # (0, C)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # once, unpadded
+        lengths = [len(ids) for ids in tokens["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty((len(texts), self.dim), device=self.device)  # (N, C)
         batch: list[int] = []
         for i in [*order, None]:
             if batch and (i is None or lengths[i] * (len(batch) + 1) > batch_tokens):
-                out[batch] = self._encode([texts[j] for j in batch])  # (b, C)
+                out[batch] = self._encode({k: [v[j] for j in batch] for k, v in tokens.items()})  # (b, C)
                 batch = []
             if i is not None:
                 batch.append(i)
         return out
 
     @torch.inference_mode()
-    def _encode(self, texts: list[str]) -> Tensor:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+    def _encode(self, tokens: dict[str, list[list[int]]]) -> Tensor:
+        """Token ids of some texts (unpadded) -> their latents, in one padded forward pass."""
+        batch = self.tokenizer.pad(tokens, padding=True, return_tensors="pt").to(self.device)
         hidden = self.model(**batch).last_hidden_state  # (N, T, C)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (N, C)
