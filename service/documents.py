@@ -25,7 +25,7 @@ from typing import Any
 
 from models.chunking import PARAGRAPH, Piece, split_document
 from models.text import opens_with_pronoun
-from service.editor import Editor, InvalidInput, NotFound
+from service.editor import Editor, InvalidInput, NotFound, piece_id
 from service.memories import NoMemory
 from service.store import StoreError
 from service.timing import utc_now
@@ -37,18 +37,13 @@ MAX_TITLE_CHARS = 256
 ENCODE_BLOCK = 2048
 
 
-def piece_id(doc_id: str, i: int) -> str:
-    return f"{doc_id}-{i}"
-
-
-def continued(pieces: list[Piece], i: int, record: dict[str, Any]) -> dict[str, Any]:
+def continued(pieces: list[Piece], i: int, text: str) -> dict[str, Any]:
     """``{"continues": i - 1}`` for a piece that opens with a pronoun in the paragraph of the piece before it
     ("Orla Fennimore grew up in Oslo. She learned the bassoon in Reykjavik."): a query reads it with that piece
     (``Editor.recall``), which names what "She" is."""
     if i == 0 or not opens_with_pronoun(pieces[i].text):
         return {}
-    between = record["text"][pieces[i - 1].end : pieces[i].start] if "text" in record else " "
-    return {} if PARAGRAPH.search(between) else {"continues": i - 1}
+    return {} if PARAGRAPH.search(text[pieces[i - 1].end : pieces[i].start]) else {"continues": i - 1}
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,7 @@ class Documents:
                         return
                     batch = todo[start : start + step]
                     items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
-                                       "start": p.start, "end": p.end} | continued(pieces, i, record))
+                                       "start": p.start, "end": p.end} | continued(pieces, i, record["text"]))
                              for i, p in batch]
                     kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
                     self.registry.write(job.memory, items, latents[start : start + step], kept=kept, create=create)
@@ -187,11 +182,7 @@ class Documents:
             if inline:
                 raise
         finally:
-            with self._idle:
-                self._active.discard(job)
-                self._written.pop(job, None)
-                self._cancelled.discard(job)
-                self._idle.notify_all()
+            self._ended(job)
 
     def _forget_pieces(self, memory: str, record: dict[str, Any]) -> None:
         """Every piece of the document the memory still holds, ``max_batch_facts`` per step (a step is one
@@ -236,11 +227,11 @@ class Documents:
             except queue.Empty:
                 continue
             with self._idle:
-                if job in self._cancelled:  # deleted while it waited
-                    self._cancelled.discard(job)
-                    self._written.pop(job, None)
-                    continue
+                skip = job in self._cancelled  # deleted while it waited
                 self._active.add(job)
+            if skip:
+                self._ended(job)
+                continue
             try:
                 record = self.store.document(job.memory, job.doc_id)
             except StoreError as e:  # tried again after the others, the store may be back by then
@@ -252,12 +243,17 @@ class Documents:
                 self._stop.wait(1.0)
                 continue
             if record is None or "text" not in record:  # its memory was deleted meanwhile
-                with self._idle:
-                    self._active.discard(job)
-                    self._written.pop(job, None)
-                    self._idle.notify_all()
+                self._ended(job)
                 continue
             self._ingest(job, record, pieces if pieces is not None else self.pieces(record["text"]))
+
+    def _ended(self, job: Job) -> None:
+        """The job is over (done, failed, stopped or skipped): whoever waits on it (a delete) goes on."""
+        with self._idle:
+            self._active.discard(job)
+            self._written.pop(job, None)
+            self._cancelled.discard(job)
+            self._idle.notify_all()
 
     def close(self) -> None:
         self._stop.set()

@@ -74,6 +74,11 @@ class RecalledFact:
     source: dict[str, Any] | None = None  # a document's piece: SOURCE_KEYS, so answers can cite the span
 
 
+def piece_id(doc_id: str, i: int) -> str:
+    """The fact id of a document's piece ``i`` (service.documents writes them; recall reads their neighbours)."""
+    return f"{doc_id}-{i}"
+
+
 def source_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
     return {k: metadata.get(k) for k in SOURCE_KEYS} if "document" in metadata else None
 
@@ -337,14 +342,15 @@ class Editor:
         # a fact forgotten since this view was taken has no text left: it is not recalled; in auto mode
         # neither is one about something else than the query names (scope_requires_mention)
         about = named_in(prompt, split_sentences(prompt)[decision.sentence])
-        context = self._continued(memory, texts)  # what each document piece opening with a pronoun continues
+        before = self._continued(memory, texts)  # the piece each document piece opening with a pronoun continues
+        context = {i: f.text for i, f in before.items()}
         found = [(s, i, t) for (s, i), t in zip(keep, texts, strict=True) if t is not None
                  and (mode != "auto" or not self.settings.scope_requires_mention
                       or mentions(about, f"{context.get(t.id, '')} {t.text}"))]
         if mode == "auto" and self.relation is not None:  # nor one stating another relation than it asks
             agree = self.relation.agrees([about, prompt], [t.text for *_, t in found])
             found = [f for f, ok in zip(found, agree, strict=True) if ok]
-        found = self._merged(found, context)
+        found = self._merged(found, before)
         facts = [RecalledFact(t.id, t.text, s, source_of(t.metadata)) for s, _, t in found]
         timer.lap("read")
         if not facts:
@@ -354,18 +360,18 @@ class Editor:
                                     tuple(context.get(f.id, "") for f in facts)), facts, timer.marks)
 
     @staticmethod
-    def _merged(found: list[tuple[float, int, Fact]], context: dict[str, str]) -> list[tuple[float, int, Fact]]:
+    def _merged(found: list[tuple[float, int, Fact]], before: dict[str, Fact]) -> list[tuple[float, int, Fact]]:
         """A recalled piece that another recalled piece continues is shown once, as that piece's context, and the
         pair takes the better rank: recalled apart, the first sentence (which names the subject) ranks first and
         the answer is steered to its words ("Greta Lindqvist runs a small cafe near the harbour." -> "harbour")."""
         by_id = {t.id: (s, i, t) for s, i, t in found}
-        before = {f"{t.metadata['document']}-{t.metadata['continues']}": t.id for _, _, t in found if t.id in context}
+        continued_by = {before[t.id].id: t.id for _, _, t in found if t.id in before}  # piece -> its continuation
         out, placed = [], set()
         for s, i, t in found:
-            if t.id in placed or t.id in before and before[t.id] in placed:  # shown already, or as context
+            if t.id in placed or t.id in continued_by and continued_by[t.id] in placed:  # shown, or as context
                 continue
-            if t.id in before:  # its continuation, in its place
-                s2, i2, t2 = by_id[before[t.id]]
+            if t.id in continued_by:  # its continuation, in its place
+                s2, i2, t2 = by_id[continued_by[t.id]]
                 out.append((max(s, s2), i2, t2))
                 placed.add(t2.id)
             else:
@@ -373,16 +379,16 @@ class Editor:
                 placed.add(t.id)
         return out
 
-    def _continued(self, memory: str, facts: list[Fact | None]) -> dict[str, str]:
-        """Fact id -> the text of the piece it continues, for document pieces that open with a pronoun in the
+    def _continued(self, memory: str, facts: list[Fact | None]) -> dict[str, Fact]:
+        """Fact id -> the piece it continues, for document pieces that open with a pronoun in the
         paragraph of the piece before them (metadata ``continues``; service.documents): the names that piece
         states are what the pronoun stands for, for the mention check and for the LLM. One store read."""
-        wanted = {f.id: f"{f.metadata['document']}-{f.metadata['continues']}" for f in facts
+        wanted = {f.id: piece_id(f.metadata["document"], f.metadata["continues"]) for f in facts
                   if f is not None and isinstance(f.metadata.get("continues"), int) and "document" in f.metadata}
         if not wanted:
             return {}
         before = dict(zip(wanted.values(), self.registry.store.facts(memory, list(wanted.values())), strict=True))
-        return {i: before[b].text for i, b in wanted.items() if before[b] is not None}
+        return {i: before[b] for i, b in wanted.items() if before[b] is not None}
 
     def _max_new_tokens(self, max_new_tokens: int | None, what: str = "max_new_tokens") -> int:
         n = self.settings.default_max_new_tokens if max_new_tokens is None else max_new_tokens
