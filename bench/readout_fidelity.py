@@ -19,7 +19,7 @@ import torch
 from memory_core import EpisodicMemory, MemoryConfig, nearest
 from models.device import describe_machine
 from models.encoder import TextEncoder
-from models.scope import split_sentences
+from models.sentences import split_sentences
 from service.settings import Settings
 from training.data import DEFAULT_DATA, counterfact
 

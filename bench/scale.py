@@ -86,34 +86,36 @@ def rss_mib(pid: int) -> float:
 def index_recall(url: str, encoded_prompts: torch.Tensor, n_queries: int = 1000) -> dict[str, Any]:
     """recall@1 of the approximate index against the exact scan, on this store's latents: queries are stored
     latents with noise (a near duplicate, as a paraphrase is) and real encoded questions (far from any)."""
-    from service.lookup import FactIndex, top_k
-
     reg = MemoryRegistry(open_store(url), MemoryConfig(), "cpu", snapshot_every=100)
     reg.restore()
-    v = reg.get(MEMORY).view
+    exact_reading = reg.reading(MEMORY)  # before the index: exact scans
     t0 = time.perf_counter()
-    idx = FactIndex(v.latents, v.dead_buffer[: v.n], v.ids)
+    reg.index_now(MEMORY)
     build = time.perf_counter() - t0
+    reading = reg.reading(MEMORY)
+    latents = reading.live_latents()  # (N, C)
     g = torch.Generator().manual_seed(1)
-    rows = torch.randint(0, v.n, (n_queries,), generator=g)
-    near = torch.nn.functional.normalize(v.latents[rows] + 0.6 * torch.randn(n_queries, 384, generator=g) / 384**0.5,
-                                         dim=-1)
-    out: dict[str, Any] = {"build_s": build, "nlist": idx.nlist, "nprobe": idx.index.nprobe}
+    rows = torch.randint(0, reading.live, (n_queries,), generator=g)
+    near = torch.nn.functional.normalize(latents[rows].float() + 0.6 * torch.randn(n_queries, 384, generator=g)
+                                         / 384**0.5, dim=-1)
+    out: dict[str, Any] = {"build_s": build, **(reading.index_params or {})}
     for name, Q in (("near", near), ("questions", encoded_prompts[:n_queries])):
-        s_exact, exact = top_k(Q, v.latents, 1, v.dead, None, v.ids)
+        exact = [row[0] for row in exact_reading.nearest(Q, 1)]
         t0 = time.perf_counter()
-        s_approx, approx = top_k(Q, v.latents, 1, v.dead, idx, v.ids)
-        # a hit: the same row, or a row with the very same latent (the measured texts are written at every N,
+        approx = [row[0] for row in reading.nearest(Q, 1)]
+        elapsed = time.perf_counter() - t0
+        # a hit: the same fact, or one with the very same latent (the measured texts are written at every N,
         # so a question's fact is there several times, and which copy ranks first is a tie)
-        same = (exact[:, 0] == approx[:, 0]) | (v.latents[exact[:, 0]] == v.latents[approx[:, 0]]).all(-1)
-        out[f"recall_at_1_{name}"] = float(same.float().mean())
+        same = [a.id == e.id or torch.equal(*reading.latents([a, e])) for a, e in zip(approx, exact, strict=True)]
+        s_exact = torch.tensor([e.similarity for e in exact])
+        s_approx = torch.tensor([a.similarity for a in approx])
+        out[f"recall_at_1_{name}"] = sum(same) / len(same)
         # the decision that matters: in scope or not at the default decoder's threshold (0.45)
-        out[f"scope_agreement_{name}"] = float(((1 - s_exact[:, 0] <= 0.45) == (1 - s_approx[:, 0] <= 0.45)).float()
-                                               .mean())
-        out[f"best_cos_exact_median_{name}"] = float(s_exact[:, 0].median())
-        out[f"ms_per_query_{name}"] = (time.perf_counter() - t0) / len(Q) * 1e3
+        out[f"scope_agreement_{name}"] = float(((1 - s_exact <= 0.45) == (1 - s_approx <= 0.45)).float().mean())
+        out[f"best_cos_exact_median_{name}"] = float(s_exact.median())
+        out[f"ms_per_query_{name}"] = elapsed / len(Q) * 1e3
     reg.close()
-    log.info("index recall@1 vs exact at %d facts: %s", v.live, out)
+    log.info("index recall@1 vs exact at %d facts: %s", reading.live, out)
     return out
 
 

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from models.encoder import TextEncoder
-from models.scope import MENTION_RULE, mentions, named_in, split_sentences
+from models.scope import MENTION_RULE, mentions, named_in
+from models.sentences import split_sentences
 from service.app import decoder_choice
 from service.settings import Settings
 from training.data import DEFAULT_DATA, counterfact

@@ -18,13 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from models.sentences import sentence_spans
+
 Chunking = Literal["sentences", "chunks"]
 CountTokens = Callable[[list[str]], list[int]]  # texts -> how many tokens the encoder reads of each
 
-# a sentence ends at . ! or ? (and a closing quote or bracket) before space, or before a capital with no
-# space at all (joined text: "accelerating.We wouldn't"); a blank line ends one too (headings, lists)
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|(?<=[a-z][.!?])(?=[A-Z][a-z])|\n\s*\n")
-_ABBREVIATION = re.compile(r"(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|St|Inc|Ltd|Co|Corp|vs|etc|e\.g|i\.e)\.$")
 _WORD = re.compile(r"\S+")
 PARAGRAPH = re.compile(r"\n\s*\n")  # what separates paragraphs
 MIN_WORDS = 4  # a shorter sentence ("[1]", "Thanks.") joins the next: alone it is a latent about nothing
@@ -37,22 +35,8 @@ class Piece:
     end: int  # one past its last
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence, stripped of surrounding white space; short ones joined to the next."""
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for m in [*_BOUNDARY.finditer(text), None]:
-        end = m.start() if m is not None else len(text)
-        if m is not None and m.group(0)[:1] in "\"'”’)]":  # a closing quote belongs to its sentence
-            end += len(m.group(0)) - len(m.group(0).lstrip("\"'”’)]"))
-        seg = text[pos:end]
-        s, e = pos + len(seg) - len(seg.lstrip()), pos + len(seg.rstrip())
-        if e > s:
-            if spans and _ABBREVIATION.search(text[spans[-1][0] : spans[-1][1]]):
-                spans[-1] = (spans[-1][0], e)  # "Dr. Smith" is not two sentences
-            else:
-                spans.append((s, e))
-        pos = m.end() if m is not None else len(text)
+def _joined_short(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sentences of fewer than ``MIN_WORDS`` words joined to the next (the last ones to the one before)."""
     merged: list[tuple[int, int]] = []
     carry: int | None = None  # start of short sentences waiting for the next
     for s, e in spans:
@@ -83,7 +67,7 @@ def _windows(text: str, start: int, end: int, max_tokens: int, count: CountToken
 
 def split_document(text: str, chunking: Chunking, max_tokens: int, count: CountTokens) -> list[Piece]:
     """The pieces of ``text``, in order, none over ``max_tokens`` by ``count`` (the encoder's tokenizer)."""
-    spans = sentence_spans(text)
+    spans = _joined_short(text, sentence_spans(text))
     sizes = count([text[s:e] for s, e in spans]) if spans else []
     fitted: list[tuple[int, int, int]] = []  # (start, end, tokens), each within max_tokens
     for (s, e), n in zip(spans, sizes, strict=True):

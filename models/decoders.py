@@ -13,7 +13,7 @@ existed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 from transformers.generation.streamers import BaseStreamer
 
+from models.answer_bias import AnswerBias, Span
 from models.latent import LatentAdapter
-from models.llm import GREEDY, AnswerBias, CausalLM, ContinuationScore, Generation, Sampling, Span
+from models.llm import GREEDY, CausalLM, ContinuationScore, Generation, Sampling
 from models.text import STOPWORDS, stem, words
 
-DECODERS = ("context", "latent", "hybrid")
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
 GenerateRequest = tuple["str | Chat", "Readout | None"]  # prompt (or a conversation ending in it), readout
 
@@ -240,16 +240,39 @@ class LatentDecoder:
         return out
 
 
-def load_decoder(name: str, adapter_dir: Path | None, device: str | torch.device = "cpu",
-                 answer_bias: float = 0.0) -> Decoder:
-    """``context``; or ``latent`` / ``hybrid`` with the adapter trained for it in ``adapter_dir``."""
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}: one of {', '.join(DECODERS)}")
-    if name == "context":
-        return ContextDecoder(answer_bias)
+# (name, adapter_dir, device, answer_bias) -> the decoder
+DecoderFactory = Callable[[str, Path | None, str | torch.device, float], Decoder]
+
+
+def _context_decoder(name: str, adapter_dir: Path | None, device: str | torch.device, answer_bias: float) -> Decoder:
+    """Text only: no adapter to load, whatever ``adapter_dir`` says."""
+    return ContextDecoder(answer_bias)
+
+
+def _trained_decoder(name: str, adapter_dir: Path | None, device: str | torch.device, answer_bias: float) -> Decoder:
+    """``latent`` and ``hybrid`` share one loader: only the adapter, which must be the one trained for ``name``,
+    tells them apart."""
     if adapter_dir is None:
         raise ValueError(f"the {name} decoder needs a trained adapter (LARIMAR_ADAPTER or one shipped for the model)")
     adapter = LatentAdapter.from_pretrained(adapter_dir, device)
     if adapter.cfg.decoder != name:
         raise ValueError(f"the adapter in {adapter_dir} was trained for the {adapter.cfg.decoder} decoder, not {name}")
     return LatentDecoder(adapter, device=device, answer_bias=answer_bias)
+
+
+# One entry per decoder, so a new one is named in a single place.
+FACTORIES: dict[str, DecoderFactory] = {
+    "context": _context_decoder,
+    "latent": _trained_decoder,
+    "hybrid": _trained_decoder,
+}
+DECODERS = tuple(FACTORIES)
+
+
+def load_decoder(name: str, adapter_dir: Path | None, device: str | torch.device = "cpu",
+                 answer_bias: float = 0.0) -> Decoder:
+    """``context``; or ``latent`` / ``hybrid`` with the adapter trained for it in ``adapter_dir``."""
+    factory = FACTORIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown decoder {name!r}: one of {', '.join(DECODERS)}")
+    return factory(name, adapter_dir, device, answer_bias)

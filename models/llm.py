@@ -1,19 +1,9 @@
 """The LLM: a causal LM that generates answers and scores continuations, in padded batches (one request
 is a batch of one, so what the benchmarks measure is what the service serves).
-
-A GGUF file (the default SmolLM2 ships as one) takes ~15-20 s to dequantise,
-so it is converted once into a safetensors directory under the model cache and
-that directory is loaded on every later start.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +13,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DynamicCache,
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -32,9 +21,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from models.paths import resolve
-
-log = logging.getLogger(__name__)
+from models.answer_bias import AnswerBias
+from models.gguf import model_dir
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -117,58 +105,6 @@ class KVPrefix:
         return KVPrefix(tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values), self.bias[index])
 
 
-Spelling = tuple[int, ...]  # one way to write a phrase as tokens
-Span = tuple[Spelling, ...]  # a phrase and its spellings (alone, as a turn's first word, or after a space)
-
-
-class AnswerBias(LogitsProcessor):
-    """Adds ``strength`` to the logit of the next token of each row's answer spans, one span token at a time.
-
-    What a recalled fact says that the question does not is where the answer is; a 135M model shown the
-    fact still often restates the question or its old belief. A span's first token (in any spelling) is
-    boosted until it is said; then only its next token, and so on. The span is done when it is complete
-    or when the answer leaves it, so it is never pushed twice ("Vienna Vienna"). Rows without spans are
-    untouched: an out-of-scope answer stays the plain model's to the bit.
-    """
-
-    def __init__(self, spans: list[list[Span]], strength: float) -> None:
-        self.spans = spans  # per row, its answer spans
-        self.strength = strength
-        # per row and span: (which spelling is under way or None, tokens of it said, done)
-        self.state = [[(None, 0, False)] * len(row) for row in spans]
-        self.started = False
-
-    def _advance(self, last: list[int]) -> None:
-        for row, spans in enumerate(self.spans):
-            for j, span in enumerate(spans):
-                spelling, k, done = self.state[row][j]
-                if done:
-                    continue
-                if spelling is None:
-                    hit = next((i for i, sp in enumerate(span) if sp[0] == last[row]), None)
-                    if hit is not None:
-                        self.state[row][j] = (hit, 1, len(span[hit]) == 1)
-                elif span[spelling][k] == last[row]:
-                    self.state[row][j] = (spelling, k + 1, k + 1 == len(span[spelling]))
-                else:  # the answer went another way: leave it be
-                    self.state[row][j] = (spelling, k, True)
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        # input_ids: (B, T) prompt and answer so far, scores: (B, V)
-        if self.started:  # the first call sees the prompt only
-            self._advance(input_ids[:, -1].tolist())
-        self.started = True
-        for row, spans in enumerate(self.spans):
-            toks: set[int] = set()
-            for span, (spelling, k, done) in zip(spans, self.state[row], strict=True):
-                if not done:
-                    toks |= {sp[0] for sp in span} if spelling is None else {span[spelling][k]}
-            toks = {t for t in toks if t < scores.shape[1]}
-            if toks:
-                scores[row, sorted(toks)] += self.strength
-        return scores
-
-
 def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special tokens a tokenizer puts before any text (Gemma's <bos>; none for SmolLM2). Rendered text is
     tokenised without special tokens, so ``CausalLM.token_ids`` adds these unless a chat template spelled them:
@@ -176,54 +112,6 @@ def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     return full[: full.index(bare[0])] if bare and bare[0] in full else []
-
-
-def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
-    """One cache entry per GGUF file content identity (name, size, mtime)."""
-    st = gguf.stat()
-    tag = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_root / "llm" / f"{gguf.stem}-{tag}"
-
-
-def convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise a GGUF file with transformers and save it as safetensors, atomically."""
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are plain float32 now; drop the GGUF quantiser so save_pretrained accepts them.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # readers see a complete directory or none
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
-            raise
-        log.info("another process converted %s first; using its copy", gguf.name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def model_dir(spec: str, cache_root: Path) -> Path | str:
-    """Where to load the LLM from: the converted cache for GGUF, the spec itself otherwise."""
-    path = resolve(spec)
-    if isinstance(path, Path) and path.suffix == ".gguf":
-        target = gguf_cache_dir(path, cache_root)
-        if not (target / "config.json").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Processes starting at once on an empty cache convert one at a time; the later ones find the copy.
-            with open(target.parent / f".{target.name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not (target / "config.json").exists():
-                    convert_gguf(path, target)
-        return target
-    return path
 
 
 class CausalLM:

@@ -1,42 +1,34 @@
-"""External scope detector (ESD): is a query about something this memory holds?
+"""The scope rule: is a query about something this memory holds, and which recalled facts answer it?
 
-Without it every query is pulled toward some written fact and unrelated
-answers break (paper: neighbourhood score 80.4 with it, 13.7 without).
+Without it every query is pulled toward some written fact and unrelated answers break (paper: neighbourhood
+score 80.4 with it, 13.7 without). The whole rule is ``ScopeRule``; the service (``service.recall``) and the
+benchmarks run that one object, so what is measured is what is served:
+
+1. the prompt is split into sentences (``models.sentences``) and each is encoded: ``ScopeRule.read``;
+2. the prompt is in scope when some sentence's nearest written fact lies within the threshold, as a cosine
+   distance 1 - cos (the external scope detector, ESD): ``ScopeRule.decide``;
+3. of the facts the readout of that sentence recalls, the nearest is kept and the others within the
+   threshold (``ScopeRule.near``); in ``auto`` mode each must also name what the query names (the mention
+   check) and, with a relation gate, state the relation it asks (``ScopeRule.admits``).
+
+A write's conflict check reads the same rule the other way round (``ScopeRule.conflicting``).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from memory_core import nearest
 from models.encoder import TextEncoder
+from models.relation import RelationGate
+from models.sentences import split_sentences
 from models.text import PRONOUNS, STOPWORDS, name_runs, stem, words
 
 # what ``mentions`` asks, as results name it (before: "any word", "entity", "entity, no siblings")
 MENTION_RULE = "entity, no siblings, no pronouns"
 DEFAULT_SCOPE_THRESHOLD = 0.3  # the paper's; used where no development run chose another for a decoder
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-# a full stop after a title or a suffix ends no sentence (initials and "No." do: CounterFact prompts follow
-# such fragments, "Main, J. In Kalajoki, the language spoken is")
-_ABBREVIATION = re.compile(r"(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|St|Inc|Ltd|Co|Corp)\.$")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences, not every full stop: "Martin Luther King Jr. speaks the language" is one sentence (split, its
-    second half named nothing and passed any mention check)."""
-    sentences: list[str] = []
-    for part in (p.strip() for p in _SENTENCE_END.split(text.strip())):
-        if not part:
-            continue
-        if sentences and _ABBREVIATION.search(sentences[-1]):
-            sentences[-1] = f"{sentences[-1]} {part}"
-        else:
-            sentences.append(part)
-    return sentences or [text]
 
 
 def mentions(query: str, fact: str) -> bool:
@@ -78,36 +70,69 @@ def _not_a_sibling(entity: frozenset[str], named: list[frozenset[str]]) -> bool:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A prompt as the rule reads it: split into sentences once, each encoded."""
+
+    text: str
+    sentences: tuple[str, ...]
+    latents: Tensor  # (S, C) unit-norm latents of the sentences
+
+
+@dataclass(frozen=True)
 class ScopeDecision:
     in_scope: bool
-    similarity: float  # best cosine between any query sentence and any written fact
-    query_latent: Tensor  # (C,) latent of the best-matching sentence
-    sentence: int  # which sentence of the query that is
+    similarity: float  # best cosine between any prompt sentence and any written fact
+    sentence: int  # which sentence of the prompt that is
 
 
-class ScopeDetector:
-    def __init__(self, encoder: TextEncoder, threshold: float = DEFAULT_SCOPE_THRESHOLD) -> None:
-        self.encoder = encoder
-        self.threshold = threshold  # max cosine distance 1 - cos
+@dataclass(frozen=True)
+class ScopeRule:
+    encoder: TextEncoder
+    threshold: float = DEFAULT_SCOPE_THRESHOLD  # max cosine distance 1 - cos of an in-scope fact
+    relation: RelationGate | None = None  # None: recalled facts are not checked for the relation asked
+    requires_mention: bool = True  # LARIMAR_SCOPE_REQUIRES_MENTION: recalled facts name what the query names
 
-    def decide(self, query: str, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
-        """Best cosine over (query sentences x written facts, bar rows marked in ``exclude``); in scope when
-        1 - cos <= threshold."""
-        return self.decide_encoded(self.encode(query), fact_latents, exclude)
+    def with_threshold(self, threshold: float) -> ScopeRule:
+        """The same rule at another threshold (the scope benchmark's sweep)."""
+        return replace(self, threshold=threshold)
 
-    def encode(self, query: str) -> Tensor:
-        """(S, C) unit-norm latents of the query's sentences."""
-        return self.encoder.encode(split_sentences(query))
+    def read(self, prompt: str) -> Prompt:
+        sentences = tuple(split_sentences(prompt))
+        return Prompt(prompt, sentences, self.encoder.encode(list(sentences)))  # (S, C)
 
-    def decide_from(self, Zq: Tensor, best: Tensor) -> ScopeDecision:
-        """The decision from each query sentence's best cosine to any written fact (found by the caller)."""
-        # Zq: (S, C), best: (S,)
+    def near(self, similarity: float) -> bool:
+        """Whether a fact at this cosine lies within the threshold."""
+        return 1.0 - similarity <= self.threshold
+
+    def decide(self, prompt: Prompt, best: Tensor) -> ScopeDecision:
+        """The decision from each sentence's best cosine to any written fact (``best``: (S,), found by the
+        caller's lookup): the sentence nearest a fact, in scope when that fact is ``near``."""
         row = int(torch.argmax(best))
-        return ScopeDecision(bool(1.0 - best[row].item() <= self.threshold), float(best[row]), Zq[row], row)
+        return ScopeDecision(self.near(float(best[row])), float(best[row]), row)
 
-    def decide_encoded(self, Zq: Tensor, fact_latents: Tensor, exclude: Tensor | None = None) -> ScopeDecision:
-        """The decision by an exact scan of unit-norm ``fact_latents`` (the service may search an index)."""
-        if fact_latents.shape[0] == 0 or (exclude is not None and bool(exclude.all())):
-            return ScopeDecision(False, 0.0, Zq[0], 0)
-        best, _ = nearest(Zq, fact_latents, 1, exclude, unit=True)  # (S, 1)
-        return self.decide_from(Zq, best[:, 0])
+    def about(self, prompt: Prompt, decision: ScopeDecision) -> str:
+        """The text whose names the mention check reads (``named_in``)."""
+        return named_in(prompt.text, prompt.sentences[decision.sentence])
+
+    def admits(self, prompt: Prompt, decision: ScopeDecision, facts: list[str], contexts: list[str]) -> list[bool]:
+        """Per recalled fact (each with the text it continues, "" for none), whether it answers the prompt in
+        ``auto`` mode: it names what the prompt names and, with a relation gate, states the relation asked
+        (the gate reads the decision's sentence and the whole prompt: one agreeing is enough)."""
+        about = self.about(prompt, decision)
+        ok = [not self.requires_mention or mentions(about, f"{c} {f}")
+              for f, c in zip(facts, contexts, strict=True)]
+        if self.relation is not None and any(ok):  # the gate's encoder call only for what is left
+            kept = [f for f, k in zip(facts, ok, strict=True) if k]
+            agree = iter(self.relation.agrees([about, prompt.text], kept))
+            ok = [k and next(agree) for k in ok]
+        return ok
+
+    def conflicting(self, text: str, near: list[tuple[str, float]]) -> list[bool]:
+        """Per fact near a new fact ``text`` (its text and cosine), whether it looks like the same statement
+        with another answer: within the threshold, naming what ``text`` names and, with a relation gate,
+        stating its relation, but worded otherwise ("The capital of France is Lyon." for "... is Marseille.")."""
+        ok = [self.near(s) and f.strip() != text.strip() and mentions(text, f) for f, s in near]
+        if self.relation is not None and any(ok):  # the gate's encoder call only when something is that close
+            agree = iter(self.relation.agrees(text, [f for (f, _), k in zip(near, ok, strict=True) if k]))
+            ok = [k and next(agree) for k in ok]
+        return ok

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -16,13 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from memory_core import MemoryConfig
 from models.choice import DecoderChoice, choose_decoder
 from models.decoders import load_decoder
+from models.encoder import TextEncoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
+from models.scope import ScopeRule
 from service import mcp_tools
 from service.auth import load_keys
-from service.deps import authorize
 from service.documents import Documents
-from service.editor import Conflict, Editor, InvalidInput, NotFound
+from service.editor import Editor
+from service.errors import Conflict, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
 from service.routes import documents, facts, health, memories, openai, query
@@ -45,15 +47,8 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
     purged from the store's files ``purge_delay_s`` after them. Otherwise restore is done on return.
     """
     device = settings.resolved_device()
-    cfg = MemoryConfig(
-        slots=settings.memory_slots,
-        dim=models.encoder.dim,
-        addressing=settings.memory_addressing,
-        ridge=settings.memory_ridge,
-        seed=settings.memory_seed,
-    )
-    registry = MemoryRegistry(open_store(settings.store_url), cfg, device, settings.snapshot_every,
-                              settings.purge_delay_s)
+    registry = MemoryRegistry(open_store(settings.store_url), memory_config(settings, models.encoder.dim), device,
+                              settings.snapshot_every, settings.purge_delay_s)
     if background:
         registry.restore_in_background()
         registry.purge_in_background()
@@ -71,11 +66,23 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
     if choice.decoder == "latent":
         log.warning("decoder latent is experimental: the shipped adapter barely moves the LLM (README)")
     decoder = load_decoder(choice.decoder, choice.adapter, device, settings.answer_bias)
-    return Editor(settings, models.encoder, models.llm, decoder, registry, choice.scope_threshold,
-                  relation_gate(settings, models))
+    return Editor(settings, models.encoder, models.llm, decoder, registry, scope_rule(settings, models.encoder))
 
 
-def relation_gate(settings: Settings, models: LoadedModels) -> RelationGate | None:
+def memory_config(settings: Settings, dim: int) -> MemoryConfig:
+    """A new memory's configuration (LARIMAR_MEMORY_*), for latents of ``dim``."""
+    return MemoryConfig(slots=settings.memory_slots, dim=dim, addressing=settings.memory_addressing,
+                        ridge=settings.memory_ridge, seed=settings.memory_seed)
+
+
+def scope_rule(settings: Settings, encoder: TextEncoder) -> ScopeRule:
+    """The scope rule these settings serve: the decoder's threshold (set, or chosen on development data), the
+    relation gate, the mention check. Benchmarks build theirs here too, so they measure what is served."""
+    return ScopeRule(encoder, decoder_choice(settings).scope_threshold, relation_gate(settings, encoder),
+                     settings.scope_requires_mention)
+
+
+def relation_gate(settings: Settings, encoder: TextEncoder) -> RelationGate | None:
     """The relation gate these settings ask for (LARIMAR_RELATION_GATE, _RELATION_THRESHOLD), or None: off, or
     none trained for the encoder."""
     if not settings.relation_gate:
@@ -85,7 +92,7 @@ def relation_gate(settings: Settings, models: LoadedModels) -> RelationGate | No
         log.warning("no relation gate trained for encoder %s: facts are judged by cosine and mentions alone",
                     settings.encoder)
         return None
-    gate = load_gate(directory, models.encoder, settings.relation_threshold)
+    gate = load_gate(directory, encoder, settings.relation_threshold)
     log.info("relation gate %s, threshold %.2f", directory.name, gate.threshold)
     return gate
 
@@ -163,7 +170,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    v1 = APIRouter(prefix="/v1")  # each route names the role it needs (service/deps.py)
     for r in (facts.router, documents.router, query.router, memories.router, openai.router):
         v1.include_router(r)
     app.include_router(v1)

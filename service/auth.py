@@ -96,6 +96,27 @@ def load_keys(plain: list[str], file: Path | None) -> list[ApiKey]:
     return keys
 
 
+class Unauthenticated(PermissionError):
+    """No key, or one that is not configured: 401."""
+
+
+class Forbidden(PermissionError):
+    """A configured key that may not do this: 403, with the reason."""
+
+
+def check(keys: list[ApiKey], authorization: str | None, memory: str | None, need: Role) -> ApiKey | None:
+    """The key an ``Authorization`` header names, once it may do ``need`` to ``memory`` (None: a call that
+    names no memory); None when no keys are configured. REST, chat and MCP all check calls through this."""
+    if not keys:
+        return None
+    key = from_header(authorization, keys)
+    if key is None:
+        raise Unauthenticated("missing or wrong API key")
+    if why := key.refusal(memory, need):
+        raise Forbidden(why)
+    return key
+
+
 def from_header(authorization: str | None, keys: list[ApiKey]) -> ApiKey | None:
     """The key an ``Authorization: Bearer <key>`` header names, or None."""
     scheme, _, token = (authorization or "").partition(" ")

@@ -1,12 +1,16 @@
-"""Dependencies the routes receive: the editor and the API-key check."""
+"""Dependencies the routes receive: the editor, the documents, and the API-key check of the role each route
+names (``READ``, ``WRITE``, ``ADMIN``; every /v1 route names one, and a test holds them to it)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
-from service.auth import ApiKey, Role, from_header
+from service import auth
+from service.auth import ApiKey, Role
+from service.documents import Documents
 from service.editor import Editor
 from service.schemas import MEMORY_NAME
 
@@ -15,39 +19,32 @@ def get_editor(request: Request) -> Editor:
     return request.app.state.editor
 
 
-def needed_role(request: Request) -> Role:
-    """What a call needs: reading (GET, query, score), deleting a memory (admin), else writing."""
-    path = request.scope["route"].path  # the matched route's template, "/v1/memories/{memory}/query"
-    if request.method in ("GET", "HEAD") or path.endswith(("/query", "/score", "/chat/completions")):
-        return "read"
-    return "admin" if request.method == "DELETE" and path.endswith("/memories/{memory}") else "write"
+def get_documents(request: Request) -> Documents:
+    return request.app.state.documents
 
 
-def authorize(request: Request) -> ApiKey | None:
-    """With keys configured, every /v1 call needs ``Authorization: Bearer <key>`` of a key whose role and
-    memories cover the call (service/auth.py); the key found is the request's ``state.api_key``."""
-    keys: list[ApiKey] = request.app.state.api_keys
-    if not keys:
-        return None
-    key = from_header(request.headers.get("authorization"), keys)
-    if key is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
-        )
-    require(key, request.path_params.get("memory"), needed_role(request))
-    request.state.api_key = key
-    return key
+def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
+    """The check of a route that needs ``need``: with keys configured, the call names a key
+    (``Authorization: Bearer <key>``) whose role and memories cover it (service/auth.py), else 401 or 403.
+    It returns that key (None: no keys configured)."""
+
+    def check(request: Request) -> ApiKey | None:
+        try:
+            return auth.check(request.app.state.api_keys, request.headers.get("authorization"),
+                              request.path_params.get("memory"), need)
+        except auth.Unauthenticated as e:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
+        except auth.Forbidden as e:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, str(e)) from e
+
+    check.role = need  # type: ignore[attr-defined] - read by the test that every route names a role
+    return check
 
 
 def require(key: ApiKey | None, memory: str | None, need: Role) -> None:
-    """403 with the reason when ``key`` may not do ``need`` to ``memory`` (None: no keys configured)."""
+    """403 with the reason when ``key`` may not do ``need`` to a memory the body names (None: no keys)."""
     if key is not None and (why := key.refusal(memory, need)):
         raise HTTPException(status.HTTP_403_FORBIDDEN, why)
-
-
-def caller(request: Request) -> ApiKey | None:
-    """The key of this call (None: no keys configured), once ``authorize`` has run."""
-    return getattr(request.state, "api_key", None)
 
 
 async def import_body(request: Request) -> bytes:
@@ -55,7 +52,11 @@ async def import_body(request: Request) -> bytes:
     return await request.body()
 
 
+READ: Any = Depends(allowed("read"))  # list and read facts and documents, export, query, score, chat
+WRITE: Any = Depends(allowed("write"))  # write, import, forget, update, snapshot, purge, documents
+ADMIN: Any = Depends(allowed("admin"))  # delete a memory
 EditorDep = Annotated[Editor, Depends(get_editor)]
-CallerDep = Annotated[ApiKey | None, Depends(caller)]
+DocumentsDep = Annotated[Documents, Depends(get_documents)]
+ReaderKey = Annotated[ApiKey | None, READ]  # a read route that needs the key itself (listings)
 ImportBody = Annotated[bytes, Depends(import_body)]
 MemoryName = Annotated[str, Path(pattern=MEMORY_NAME, description="[a-z0-9][a-z0-9_-]{0,63}")]

@@ -20,30 +20,53 @@ import logging
 import queue
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from models.chunking import PARAGRAPH, Piece, split_document
-from models.text import opens_with_pronoun
-from service.editor import Editor, InvalidInput, NotFound, piece_id
-from service.memories import NoMemory
+from models.chunking import Piece, split_document
+from service.editor import Editor
+from service.errors import NoMemory, NotFound
+from service.pieces import piece_id, piece_metadata
 from service.store import StoreError
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
-MAX_TITLE_CHARS = 256
 # pieces encoded together: sorted by length across more texts, batches waste less on padding (64k essay tokens
 # ingested at ~4k tokens/s in blocks of 256, ~6k in blocks of 2048, on this project's 2-core CPU)
 ENCODE_BLOCK = 2048
 
 
-def continued(pieces: list[Piece], i: int, text: str) -> dict[str, Any]:
-    """``{"continues": i - 1}`` for a piece that opens with a pronoun in the paragraph of the piece before it
-    ("Orla Fennimore grew up in Oslo. She learned the bassoon in Reykjavik."): a query reads it with that piece
-    (``Editor.recall``), which names what "She" is."""
-    if i == 0 or not opens_with_pronoun(pieces[i].text):
-        return {}
-    return {} if PARAGRAPH.search(text[pieces[i - 1].end : pieces[i].start]) else {"continues": i - 1}
+@dataclass(frozen=True)
+class DocumentRecord:
+    """What the store keeps of a document (as JSON, ``Store.put_document``); the API shows all of it but the
+    text, which the record holds only until every piece is written."""
+
+    id: str
+    title: str | None
+    status: str  # ingesting, ready, failed or deleting
+    chars: int
+    pieces: int
+    written: int  # pieces in the memory when the record was last written
+    chunking: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    error: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def stored(cls, record: dict[str, Any]) -> DocumentRecord:
+        return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
+
+    def to_store(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.text is None:
+            del out["text"]
+        return out
+
+    def now(self, **changes: Any) -> DocumentRecord:
+        """This record with ``changes``, updated now, without the text (only a new record holds it)."""
+        return replace(self, **changes, text=None, updated_at=utc_now())
 
 
 @dataclass(frozen=True)
@@ -56,10 +79,10 @@ class Documents:
     """Ingest, list and delete the documents of every memory; one worker thread ingests large ones in order."""
 
     def __init__(self, editor: Editor) -> None:
-        self.editor = editor
+        self.encoder = editor.encoder
         self.settings = editor.settings
+        self.limits = editor.limits
         self.registry = editor.registry
-        self.store = editor.registry.store
         self._queue: queue.Queue[tuple[Job, list[Piece] | None]] = queue.Queue()  # None: split it from the record
         self._written: dict[Job, int] = {}  # pieces written so far, of documents queued or being ingested
         self._active: set[Job] = set()  # being ingested now (by the worker, or within a call)
@@ -73,21 +96,15 @@ class Documents:
 
     def add(self, memory: str, text: str, title: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
         """Split and record the document (durably, text included), then ingest it now (small) or queue it."""
-        if not text.strip():
-            raise InvalidInput("text must not be empty")
-        if len(text) > self.settings.max_document_chars:
-            raise InvalidInput(f"text has {len(text)} characters; the limit is {self.settings.max_document_chars}")
-        if title is not None and not 1 <= len(title) <= MAX_TITLE_CHARS:
-            raise InvalidInput(f"title must have 1 to {MAX_TITLE_CHARS} characters")
-        metadata = self.editor.checked_metadata(metadata)
+        self.limits.text(text, limit=self.settings.max_document_chars)
+        title, metadata = self.limits.title(title), self.limits.metadata(metadata)
         self.registry.require_restored()
         pieces = self.pieces(text)
         now = utc_now()
-        record = {"id": uuid.uuid4().hex, "title": title, "status": "ingesting", "chars": len(text),
-                  "pieces": len(pieces), "written": 0, "chunking": self.settings.document_chunking,
-                  "metadata": metadata, "created_at": now, "updated_at": now, "error": None, "text": text}
-        self.store.put_document(memory, record)
-        job = Job(memory, record["id"])
+        record = DocumentRecord(uuid.uuid4().hex, title, "ingesting", len(text), len(pieces), 0,
+                                self.settings.document_chunking, metadata, now, now, text=text)
+        self.registry.put_document(memory, record.to_store())
+        job = Job(memory, record.id)
         with self._idle:
             self._written[job] = 0
         if len(pieces) <= self.settings.document_inline_pieces:
@@ -96,23 +113,17 @@ class Documents:
             self._ingest(job, record, pieces, inline=True)
         else:
             self._queue.put((job, pieces))
-        return self.get(memory, record["id"])
+        return self.get(memory, record.id)
 
     def get(self, memory: str, doc_id: str) -> dict[str, Any]:
-        record = self.store.document(memory, doc_id)
-        if record is None:
-            raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
-        return self._shown(memory, record)
+        return self._shown(memory, self._record(memory, doc_id))
 
     def documents(self, memory: str) -> list[dict[str, Any]]:
-        self.registry.require_restored()
-        return [self._shown(memory, r) for r in self.store.documents(memory)]
+        return [self._shown(memory, DocumentRecord.stored(r)) for r in self.registry.documents(memory)]
 
     def delete(self, memory: str, doc_id: str) -> None:
         """Stop its ingest if one runs, forget every piece written, drop the record."""
-        record = self.store.document(memory, doc_id)
-        if record is None:
-            raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
+        record = self._record(memory, doc_id)
         job = Job(memory, doc_id)
         with self._idle:
             if job in self._written:  # being ingested: it stops between batches; queued: the worker skips it
@@ -120,62 +131,57 @@ class Documents:
                 while job in self._active:
                     self._idle.wait(0.5)
                 self._written.pop(job, None)
-        record = {k: v for k, v in record.items() if k != "text"} | {"status": "deleting", "updated_at": utc_now()}
-        self.store.put_document(memory, record)
+        record = record.now(status="deleting")
+        self.registry.put_document(memory, record.to_store())
         self._forget_pieces(memory, record)
-        self.store.delete_document(memory, doc_id)
+        self.registry.delete_document(memory, doc_id)
         self.registry.erasure_pending()  # the record's text, and the pieces', go from the files at the next purge
 
     # --- the work ----------------------------------------------------------------------
 
     def pieces(self, text: str) -> list[Piece]:
-        tokenizer = self.editor.encoder.tokenizer
+        tokenizer = self.encoder.tokenizer
 
         def count(texts: list[str]) -> list[int]:
             return [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
         return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens, count)
 
-    def _ingest(self, job: Job, record: dict[str, Any], pieces: list[Piece], inline: bool = False) -> None:
+    def _ingest(self, job: Job, record: DocumentRecord, pieces: list[Piece], inline: bool = False) -> None:
         """Write the pieces not yet in the memory, a batch (one memory update, one store write) at a time. A
         failure is recorded (status ``failed``); ``inline`` (within the call) it is raised too."""
+        assert record.text is not None  # an unfinished record holds its text
         try:
-            h = self.registry.get(job.memory)
-            held = h.row_of if h is not None else {}
-            create = h is None  # the first batch makes the memory; later ones stop if it was deleted meanwhile
-            step = self.settings.max_batch_facts
+            create = self.registry.info(job.memory) is None  # the first batch makes the memory; later ones
+            step = self.settings.max_batch_facts  # stop if it was deleted meanwhile
             for block in range(0, len(pieces), ENCODE_BLOCK):
                 if job in self._cancelled or self._stop.is_set():  # deleted, or shutting down (resumed on restart)
                     return
-                todo = [(i, p) for i, p in enumerate(pieces[block : block + ENCODE_BLOCK], block)
-                        if piece_id(job.doc_id, i) not in held]
-                latents = self.editor.encoder.encode([p.text for _, p in todo]) if todo else None  # (n, C)
+                ids = [piece_id(job.doc_id, i) for i in range(block, min(len(pieces), block + ENCODE_BLOCK))]
+                todo = [(i, pieces[i]) for i, held in zip(range(block, block + len(ids)),
+                                                          self.registry.holds(job.memory, ids), strict=True)
+                        if not held]
+                latents = self.encoder.encode([p.text for _, p in todo]) if todo else None  # (n, C)
                 for start in range(0, len(todo), step):
                     if job in self._cancelled or self._stop.is_set():
                         return
                     batch = todo[start : start + step]
-                    items = [(p.text, {"document": job.doc_id, "title": record["title"], "piece": i,
-                                       "start": p.start, "end": p.end} | continued(pieces, i, record["text"]))
+                    items = [(p.text, piece_metadata(job.doc_id, record.title, pieces, i, record.text))
                              for i, p in batch]
-                    kept = [(piece_id(job.doc_id, i), record["created_at"]) for i, _ in batch]
+                    kept = [(piece_id(job.doc_id, i), record.created_at) for i, _ in batch]
                     self.registry.write(job.memory, items, latents[start : start + step], kept=kept, create=create)
                     create = False
                     self._written[job] = batch[-1][0] + 1
-                held = self.registry.get(job.memory).row_of if todo else held
                 self._written[job] = min(len(pieces), block + ENCODE_BLOCK)
-            done = {k: v for k, v in record.items() if k != "text"}
-            self.store.put_document(job.memory, done | {"status": "ready", "written": len(pieces),
-                                                        "updated_at": utc_now()})
+            self.registry.put_document(job.memory, record.now(status="ready", written=len(pieces)).to_store())
             self.registry.erasure_pending()  # the record held the text until now
         except NoMemory:  # the memory was deleted, and the document with it: nothing left to record
             log.info("memory %r was deleted while document %s was ingested", job.memory, job.doc_id)
         except Exception as e:  # noqa: BLE001 - the record says what failed; DELETE removes what was written
             log.exception("ingesting document %s into memory %r failed", job.doc_id, job.memory)
-            failed = {k: v for k, v in record.items() if k != "text"}
+            failed = record.now(status="failed", error=str(e), written=self._written.get(job, 0))
             try:
-                self.store.put_document(job.memory, failed | {"status": "failed", "error": str(e),
-                                                              "written": self._written.get(job, 0),
-                                                              "updated_at": utc_now()})
+                self.registry.put_document(job.memory, failed.to_store())
                 self.registry.erasure_pending()
             except Exception:  # noqa: BLE001 - the store is down: the record stays "ingesting", resumed on restart
                 log.exception("could not record the failure of document %s", job.doc_id)
@@ -184,17 +190,17 @@ class Documents:
         finally:
             self._ended(job)
 
-    def _forget_pieces(self, memory: str, record: dict[str, Any]) -> None:
+    def _forget_pieces(self, memory: str, record: DocumentRecord) -> None:
         """Every piece of the document the memory still holds, ``max_batch_facts`` per step (a step is one
         downdate and one store transaction; a piece forgotten on its own meanwhile is skipped)."""
-        h = self.registry.get(memory)
-        if h is None:
+        if self.registry.info(memory) is None:
             return
-        ids = [piece_id(record["id"], i) for i in range(record["pieces"])]
+        ids = [piece_id(record.id, i) for i in range(record.pieces)]
         step = self.settings.max_batch_facts
         for start in range(0, len(ids), step):
+            part = ids[start : start + step]
             for _ in range(3):
-                held = [i for i in ids[start : start + step] if i in h.row_of]
+                held = [i for i, h in zip(part, self.registry.holds(memory, part), strict=True) if h]
                 if not held or self.registry.forget(memory, *held):
                     break
 
@@ -206,18 +212,18 @@ class Documents:
             if not self.registry.restored:
                 continue
             try:
-                unfinished = self.store.unfinished_documents()
+                unfinished = [(m, DocumentRecord.stored(r)) for m, r in self.registry.unfinished_documents()]
                 break
             except StoreError as e:
                 log.warning("reading unfinished documents failed, retrying: %s", e)
         for memory, record in unfinished:
-            job = Job(memory, record["id"])
-            if record["status"] == "deleting":
+            job = Job(memory, record.id)
+            if record.status == "deleting":
                 self._forget_pieces(memory, record)
-                self.store.delete_document(memory, record["id"])
+                self.registry.delete_document(memory, record.id)
                 self.registry.erasure_pending()
             elif job not in self._written:
-                log.info("resuming document %s of memory %r", record["id"], memory)
+                log.info("resuming document %s of memory %r", record.id, memory)
                 with self._idle:
                     self._written[job] = 0
                 self._queue.put((job, None))
@@ -233,7 +239,7 @@ class Documents:
                 self._ended(job)
                 continue
             try:
-                record = self.store.document(job.memory, job.doc_id)
+                stored = self.registry.document(job.memory, job.doc_id)
             except StoreError as e:  # tried again after the others, the store may be back by then
                 log.warning("reading document %s failed, retrying: %s", job.doc_id, e)
                 with self._idle:
@@ -242,10 +248,11 @@ class Documents:
                 self._queue.put((job, pieces))
                 self._stop.wait(1.0)
                 continue
-            if record is None or "text" not in record:  # its memory was deleted meanwhile
+            record = None if stored is None else DocumentRecord.stored(stored)
+            if record is None or record.text is None:  # its memory was deleted meanwhile
                 self._ended(job)
                 continue
-            self._ingest(job, record, pieces if pieces is not None else self.pieces(record["text"]))
+            self._ingest(job, record, pieces if pieces is not None else self.pieces(record.text))
 
     def _ended(self, job: Job) -> None:
         """The job is over (done, failed, stopped or skipped): whoever waits on it (a delete) goes on."""
@@ -259,9 +266,15 @@ class Documents:
         self._stop.set()
         self._worker.join(timeout=10)
 
-    def _shown(self, memory: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, memory: str, doc_id: str) -> DocumentRecord:
+        record = self.registry.document(memory, doc_id)
+        if record is None:
+            raise NotFound(f"document {doc_id!r} is not in memory {memory!r}")
+        return DocumentRecord.stored(record)
+
+    def _shown(self, memory: str, record: DocumentRecord) -> dict[str, Any]:
         """The record as the API shows it: never the text; ``written`` live while it is being ingested."""
-        out = {k: v for k, v in record.items() if k != "text"} | {"memory": memory}
-        if out["status"] == "ingesting":
-            out["written"] = self._written.get(Job(memory, record["id"]), out["written"])
+        out = {k: v for k, v in record.to_store().items() if k != "text"} | {"memory": memory}
+        if record.status == "ingesting":
+            out["written"] = self._written.get(Job(memory, record.id), record.written)
         return out

@@ -37,7 +37,7 @@ def index_spec(dim: int, nlist: int) -> str:
 class FactIndex:
     """An IVF index over buffer rows [0, n_indexed); row numbers are the ids."""
 
-    def __init__(self, latents: Tensor, dead: Tensor, ids_list: list[str], candidates: int = 128) -> None:
+    def __init__(self, latents: Tensor, dead: Tensor, generation: int, candidates: int = 128) -> None:
         n, dim = latents.shape
         self.nlist = max(64, int(math.sqrt(n)))
         self.index = faiss.index_factory(dim, index_spec(dim, self.nlist), faiss.METRIC_INNER_PRODUCT)
@@ -46,7 +46,7 @@ class FactIndex:
         self.ivf = faiss.extract_index_ivf(self.index)
         self.ivf.nprobe = min(self.nlist, max(48, self.nlist // 2))
         self.candidates = candidates
-        self.ids_list = ids_list  # the buffer generation this index numbers rows of (compaction makes a new one)
+        self.generation = generation  # the buffers whose rows it numbers (``MemoryView.generation``)
         self.lock = threading.Lock()  # faiss indexes are not safe for a search during an add
         rng = np.random.default_rng(0)
         live = latents[~dead[:n]].float().cpu().numpy()  # forgotten rows shape nothing, not even the centroids
@@ -74,15 +74,15 @@ class FactIndex:
         return torch.where(rows < n, rows, -1)
 
 
-def top_k(Q: Tensor, latents: Tensor, k: int, dead: Tensor | None, index: FactIndex | None,
-          ids_list: list[str]) -> tuple[Tensor, Tensor]:
+def top_k(Q: Tensor, latents: Tensor, k: int, dead: Tensor | None, index: FactIndex | None
+          ) -> tuple[Tensor, Tensor]:
     """Exact cosines and rows of the k nearest live latents for each query (Q: (m, C) unit rows).
 
-    With an ``index`` of this buffer generation, over its candidates plus the rows it has not caught up
-    with, all queries at once; else an exact scan.
+    With an ``index`` (the caller passes one only for these buffers' generation), over its candidates plus
+    the rows it has not caught up with, all queries at once; else an exact scan.
     """
     n = latents.shape[0]
-    if index is None or index.ids_list is not ids_list:
+    if index is None:
         return nearest(Q, latents, k, dead, unit=True)
     cand = index.search(Q, n)  # (m, c), -1 where none
     tail = torch.arange(min(index.n_indexed, n), n)  # (t,) rows the index has not caught up with

@@ -20,16 +20,19 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import ApiKey, Role, from_header, listed
-from service.editor import Conflict, Editor, InvalidInput, MemoryMode, NotFound
+from service import auth
+from service.auth import ApiKey, Role, listed
+from service.editor import Editor
+from service.errors import Conflict, InvalidInput, NotFound
+from service.recall import MemoryMode
 
 PATH = "/mcp"
 
 
-def _key(app: FastAPI, ctx: Context) -> ApiKey | None:
-    """The key of the HTTP request carrying this tool call."""
+def _authorization(ctx: Context) -> str | None:
+    """The Authorization header of the HTTP request carrying this tool call."""
     request = ctx.request_context.request
-    return from_header(request.headers.get("authorization") if request is not None else None, app.state.api_keys)
+    return request.headers.get("authorization") if request is not None else None
 
 
 def build(app: FastAPI) -> MCPServer:
@@ -50,14 +53,13 @@ def build(app: FastAPI) -> MCPServer:
 
         return mcp.tool()(run)
 
+    def caller(ctx: Context, memory: str | None, need: Role) -> ApiKey | None:
+        """The caller's key (None: no keys configured), once it may do ``need`` to ``memory``."""
+        return auth.check(app.state.api_keys, _authorization(ctx), memory, need)
+
     def editor_for(ctx: Context, memory: str | None, need: Role) -> Editor:
         """The editor, once the caller's key (when keys are configured) may do ``need`` to ``memory``."""
-        if app.state.api_keys:
-            key = _key(app, ctx)
-            if key is None:
-                raise PermissionError("missing or wrong API key")
-            if why := key.refusal(memory, need):
-                raise PermissionError(why)
+        caller(ctx, memory, need)
         return app.state.editor
 
     @tool
@@ -96,28 +98,28 @@ def build(app: FastAPI) -> MCPServer:
     def add_document(memory: str, text: str, ctx: Context, title: str | None = None) -> dict[str, Any]:
         """Write a long text (notes, a report, a book) into a memory as pieces, one per sentence, that answers
         cite. Returns the document: status ready, or ingesting for a large one (document_status follows it)."""
-        editor_for(ctx, memory, "write")
+        caller(ctx, memory, "write")
         return app.state.documents.add(memory, text, title, None)
 
     @tool
     def document_status(memory: str, document_id: str, ctx: Context) -> dict[str, Any]:
         """A document's status (ingesting, ready, failed) and how many of its pieces are written."""
-        editor_for(ctx, memory, "read")
+        caller(ctx, memory, "read")
         return app.state.documents.get(memory, document_id)
 
     @tool
     def forget_document(memory: str, document_id: str, ctx: Context) -> dict[str, Any]:
         """Forget every piece of a document, then the document."""
-        editor_for(ctx, memory, "write")
+        caller(ctx, memory, "write")
         app.state.documents.delete(memory, document_id)
         return {"id": document_id, "deleted": True}
 
     @tool
     def list_memories(ctx: Context) -> dict[str, Any]:
         """The memories this caller may read, with their fact counts."""
-        editor = editor_for(ctx, None, "read")
-        key = _key(app, ctx) if app.state.api_keys else None
-        return {"memories": [{"name": m.name, "facts": m.facts} for m in editor.memories() if listed(key, m.name)]}
+        key = caller(ctx, None, "read")
+        return {"memories": [{"name": m.name, "facts": m.facts} for m in app.state.editor.memories()
+                             if listed(key, m.name)]}
 
     return mcp
 
@@ -129,9 +131,10 @@ def require_key(app: FastAPI, inner: ASGIApp) -> Callable[[Scope, Receive, Send]
         if scope["type"] == "http" and app.state.api_keys:
             authorization = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
                                  None)
-            if from_header(authorization, app.state.api_keys) is None:
-                response = JSONResponse({"detail": "missing or wrong API key"}, status_code=401,
-                                        headers={"WWW-Authenticate": "Bearer"})
+            try:
+                auth.check(app.state.api_keys, authorization, None, "read")  # any key: tools check their own role
+            except auth.Unauthenticated as e:
+                response = JSONResponse({"detail": str(e)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await inner(scope, receive, send)

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memory_core import EpisodicMemory, MemoryConfig, MemoryState
-from service.lookup import FactIndex
+from memory_core import EpisodicMemory, MemoryConfig, MemoryState, hierarchical_read
+from service import indexer
+from service.errors import DuplicateFact, NoMemory
+from service.lookup import FactIndex, top_k
 from service.store import Checkpoint, Fact, Store, StoreError, codec
 from service.timing import Timer, utc_now
 
@@ -66,6 +68,7 @@ class MemoryView:
     dead_buffer: Tensor  # (capacity,) bool, forgotten rows
     ids: list[str]
     live: int  # facts alive in rows [0, n)
+    generation: int = 0  # which buffers: compaction makes new ones and counts up (an index numbers its rows)
 
     @property
     def latents(self) -> Tensor:
@@ -96,6 +99,70 @@ class MemoryInfo:
     last_snapshot: str | None  # when the state was last checkpointed
     erasure: str  # "complete", or "pending": a forget has not yet reached every file the store writes
     lookup: str  # "exact" (scans), or "index" (the approximate index is current for this memory)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A fact a lookup found: its id, its cosine to the query row, and its row in the reading that found it."""
+
+    id: str
+    similarity: float
+    row: int
+
+
+class Reading:
+    """One memory as one request reads it, from a single view: a write landing meanwhile is wholly seen or not
+    at all. Code outside this module reads a memory through this and nothing else (no view, index or store)."""
+
+    def __init__(self, name: str, mem: EpisodicMemory, view: MemoryView, index: FactIndex | None, store: Store
+                 ) -> None:
+        self.name = name
+        self._mem, self._view, self._index, self._store = mem, view, index, store
+
+    @property
+    def live(self) -> int:
+        """Facts in this version of the memory."""
+        return self._view.live
+
+    def readout(self, Zq: Tensor) -> Tensor:
+        """(S, C) z_r per query row of ``Zq`` (S, C): the memory's reconstruction, read from its state M."""
+        return self._mem.read(self._view.state, Zq)  # (S, C)
+
+    def hierarchical_readout(self, Zq: Tensor, segment: int) -> Tensor:
+        """(S, C) z_r through the paper's hierarchy of segment memories over the written latents (section 6)."""
+        return hierarchical_read(Zq, self.live_latents().float(), segment)  # (S, C)
+
+    def live_latents(self) -> Tensor:
+        """(live, C) the written latents, in write order (float16, as kept; see LATENT_DTYPE)."""
+        return self._view.live_latents()
+
+    @property
+    def index_params(self) -> dict[str, int] | None:
+        """The approximate index this reading looks up through (None: exact scans), as benchmarks record it."""
+        return None if self._index is None else {"nlist": self._index.nlist, "nprobe": self._index.ivf.nprobe}
+
+    def nearest(self, Z: Tensor, k: int) -> list[list[Hit]]:
+        """Per row of ``Z`` (Q, C) unit latents, the k live facts of nearest latent, best first (exact cosines;
+        through the approximate index when one is current)."""
+        v = self._view
+        sims, rows = top_k(Z, v.latents, min(k, v.live), v.dead, self._index)  # (Q, k)
+        return [[Hit(v.ids[r], s, r) for s, r in zip(srow, rrow, strict=True)]
+                for srow, rrow in zip(sims.tolist(), rows.tolist(), strict=True)]
+
+    def latents(self, hits: list[Hit]) -> Tensor:
+        """(k, C) the written latents of these hits, in their order."""
+        return self._view.latents[[h.row for h in hits]].float()  # (k, C)
+
+    def facts(self, ids: list[str]) -> list[Fact | None]:
+        """The facts' texts and metadata from the store, in order; None for one forgotten since."""
+        return self._store.facts(self.name, ids)
+
+    def nearest_facts(self, Z: Tensor, k: int) -> list[list[tuple[Fact, float]]]:
+        """``nearest`` with each hit's fact, one store read for all rows (a fact forgotten meanwhile is left out)."""
+        hits = self.nearest(Z, k)
+        flat = [h.id for row in hits for h in row]
+        held = dict(zip(flat, self.facts(flat), strict=True))
+        return [[(held[h.id], h.similarity) for h in row if held[h.id] is not None] for row in hits]
 
 
 def empty_view(mem: EpisodicMemory, state: MemoryState, capacity: int = MIN_CAPACITY) -> MemoryView:
@@ -131,7 +198,12 @@ class MemoryHandle:
         cfg = self.mem.cfg
         return MemoryInfo(self.name, self.view.live, cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
                           self.log_entries, self.last_snapshot, "pending" if self.unpurged else "complete",
-                          "index" if self.index is not None and self.index.ids_list is self.view.ids else "exact")
+                          "index" if self.current_index(self.view) is not None else "exact")
+
+    def current_index(self, view: MemoryView) -> FactIndex | None:
+        """The approximate index when it numbers the rows of ``view``'s buffers, else None (exact scans)."""
+        index = self.index
+        return index if index is not None and index.generation == view.generation else None
 
     def checkpoint(self, state: MemoryState, seq: int) -> Checkpoint:
         return Checkpoint(seq, codec.encode(self.mem.to_tensors(state), {}), utc_now())
@@ -153,7 +225,7 @@ class MemoryHandle:
         buf[n : n + k] = latents.to(buf)  # rows past every published view's n
         row_ids.extend(ids)
         self.row_of.update({i: n + j for j, i in enumerate(ids)})
-        return MemoryView(state, n + k, buf, dead, row_ids, v.live + k)
+        return MemoryView(state, n + k, buf, dead, row_ids, v.live + k, v.generation)
 
     def without(self, *fact_ids: str) -> MemoryView:
         """The view after forgetting facts (alpha = -1 with their recomputed keys, one rank-N downdate, as a
@@ -163,7 +235,7 @@ class MemoryHandle:
         state = self.mem.update(v.state, v.buffer[rows], -1.0, inplace=False)  # old view stays valid on failure
         dead = v.dead_buffer.clone()  # (capacity,) readers of the old view keep theirs
         dead[rows] = True
-        return MemoryView(state, v.n, v.buffer, dead, v.ids, v.live - len(rows))
+        return MemoryView(state, v.n, v.buffer, dead, v.ids, v.live - len(rows), v.generation)
 
     def compacted(self, view: MemoryView) -> MemoryView:
         """The same facts in fresh buffers without the dead rows (rebuilds ``row_of``)."""
@@ -173,15 +245,7 @@ class MemoryHandle:
         out = empty_view(self.mem, view.state, capacity_for(len(ids)))
         out.buffer[: len(ids)] = live
         self.row_of = {i: r for r, i in enumerate(ids)}
-        return MemoryView(view.state, len(ids), out.buffer, out.dead_buffer, ids, len(ids))
-
-
-class NoMemory(LookupError):
-    """A write that may not create its memory found none (deleted meanwhile)."""
-
-
-class DuplicateFact(ValueError):
-    """A fact written under an id the memory already holds (imports keep their ids)."""
+        return MemoryView(view.state, len(ids), out.buffer, out.dead_buffer, ids, len(ids), view.generation + 1)
 
 
 class MemoryRegistry:
@@ -237,6 +301,73 @@ class MemoryRegistry:
             with self._lock:
                 h = self._handles.setdefault(name, MemoryHandle(name, mem, empty_view(mem, mem.empty())))
         return h
+
+    # --- reads ---------------------------------------------------------------
+
+    def reading(self, name: str) -> Reading | None:
+        """The memory as it is now, for one request to read (None: no such memory)."""
+        h = self.get(name)
+        if h is None:
+            return None
+        view = h.view
+        return Reading(name, h.mem, view, h.current_index(view), self.store)
+
+    def info(self, name: str) -> MemoryInfo | None:
+        h = self.get(name)
+        return None if h is None else h.info()
+
+    def infos(self) -> list[MemoryInfo]:
+        """Every memory's, by name."""
+        return [h.info() for h in self.handles()]
+
+    def holds(self, name: str, ids: list[str]) -> list[bool]:
+        """Per id, whether the memory holds that fact now (read under its lock: writes meanwhile are whole)."""
+        with self._holding(name) as h:
+            return [False] * len(ids) if h is None else [i in h.row_of for i in ids]
+
+    def facts(self, name: str, ids: list[str]) -> list[Fact | None]:
+        """Facts by id from the store, in order; None for one the memory does not hold."""
+        self.require_restored()
+        return self.store.facts(name, ids)
+
+    def page(self, name: str, limit: int, offset: int) -> list[Fact]:
+        """Facts in the order written, ``limit`` from ``offset``."""
+        self.require_restored()
+        return self.store.page(name, limit, offset)
+
+    def exported(self, name: str, chunk: int) -> Iterator[tuple[Fact, Tensor]]:
+        """Every fact with its latent (C,), in the order written, ``chunk`` at a time from the store (writes
+        and forgets meanwhile may or may not be seen)."""
+        for ids, Z in self.store.latents(name, chunk):  # Z: (n, C)
+            for fact, z in zip(self.store.facts(name, ids), Z, strict=True):
+                if fact is not None:  # forgotten since the chunk was read
+                    yield fact, z
+
+    def reachable(self) -> bool:
+        """Whether the store answers now."""
+        return self.store.ping()
+
+    def ready(self) -> bool:
+        """Restored and the store answers: what /readyz reports."""
+        return self.restored and self.reachable()
+
+    # --- documents: records the store keeps beside a memory's facts (service.documents) ----
+
+    def put_document(self, name: str, record: dict[str, Any]) -> None:
+        self.store.put_document(name, record)
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any] | None:
+        return self.store.document(name, doc_id)
+
+    def documents(self, name: str) -> list[dict[str, Any]]:
+        self.require_restored()
+        return self.store.documents(name)
+
+    def delete_document(self, name: str, doc_id: str) -> None:
+        self.store.delete_document(name, doc_id)
+
+    def unfinished_documents(self) -> list[tuple[str, dict[str, Any]]]:
+        return self.store.unfinished_documents()
 
     # --- writes --------------------------------------------------------------
 
@@ -319,8 +450,8 @@ class MemoryRegistry:
         compact when dead rows pile up, publish ``view``, and mark the store's files for purging."""
         h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
         for row in rows:
-            if h.index is not None and h.index.ids_list is view.ids and row < h.index.n_indexed:
-                h.index.remove(row)  # its code goes from the index too, not only from the view
+            if (index := h.current_index(view)) is not None and row < index.n_indexed:
+                index.remove(row)  # its code goes from the index too, not only from the view
         if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
             view = h.compacted(view)
             h.index = None  # rows are renumbered: exact lookups until the indexer has rebuilt it
@@ -359,11 +490,12 @@ class MemoryRegistry:
             self._publish_removal(h, view, cp, [row])  # the new row is indexed later, like any write
             return Fact(fact_id, text, metadata, old.created_at)
 
-    def snapshot(self, name: str) -> MemoryHandle | None:
+    def snapshot(self, name: str) -> MemoryInfo | None:
         with self._holding(name) as h:
-            if h is not None:
-                self._checkpoint(h)
-            return h
+            if h is None:
+                return None
+            self._checkpoint(h)
+            return h.info()
 
     def delete(self, name: str) -> bool:
         with self._holding(name) as h:
@@ -415,51 +547,15 @@ class MemoryRegistry:
     # --- approximate lookup ------------------------------------------------------
 
     def index_in_background(self, index_above: int, every_s: float = 0.5) -> threading.Thread:
-        """Keep an approximate index for every memory with more than ``index_above`` live facts: built from a
-        view outside the memory's lock (seconds at a million facts), then caught up with the writes and forgets
-        since under it; afterwards new rows are added every ``every_s``."""
+        """Keep an approximate index for every memory with more than ``index_above`` live facts (service.indexer)."""
+        return indexer.start(lambda: self.handles() if self.restored else [], self._stop, index_above, every_s)
 
-        def catch_up(h: MemoryHandle, idx: FactIndex, since: MemoryView | None) -> None:
-            v = h.view  # the caller holds h.lock
-            if since is not None:  # forgets that landed while the index was built
-                gone = (v.dead_buffer[: since.n] & ~since.dead_buffer[: since.n]).nonzero().flatten().tolist()
-                for row in gone:
-                    idx.remove(row)
-            if idx.n_indexed < v.n:
-                idx.add(v.latents, v.dead_buffer[: v.n], idx.n_indexed)
-
-        def step(h: MemoryHandle) -> None:
-            v = h.view
-            if h.index is not None and h.index.ids_list is v.ids:
-                if h.index.n_indexed < v.n:
-                    with h.lock:
-                        catch_up(h, h.index, None)
-                return
-            if v.live < index_above:
-                return
-            t0 = time.perf_counter()
-            idx = FactIndex(v.latents, v.dead_buffer[: v.n], v.ids)
-            with h.lock:
-                if h.view.ids is not v.ids:
-                    return  # compacted meanwhile: the next round builds on the new rows
-                catch_up(h, idx, v)
-                h.index = idx
-            log.info("memory %r: approximate index over %d facts built in %.1f s", h.name, v.live,
-                     time.perf_counter() - t0)
-
-        def loop() -> None:
-            while not self._stop.wait(every_s):
-                if not self.restored:
-                    continue
-                for h in self.handles():
-                    try:
-                        step(h)
-                    except Exception:  # noqa: BLE001 - lookups stay exact; retried next round
-                        log.exception("indexing memory %r failed", h.name)
-
-        t = threading.Thread(target=loop, name="larimar-index", daemon=True)
-        t.start()
-        return t
+    def index_now(self, name: str) -> bool:
+        """Build the memory's approximate index now, whatever its size (benchmarks); False: no such memory."""
+        h = self.get(name)
+        if h is not None:
+            indexer.step(h, 0)
+        return h is not None
 
     def purge_in_background(self, every_s: float = 0.5) -> threading.Thread:
         """Purge ``purge_delay_s`` after the first forget or delete not yet purged (forgets in a burst share one)."""

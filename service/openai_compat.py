@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import TextIteratorStreamer
 
 from models.llm import Sampling
-from service.editor import ChatResult, Editor, InvalidInput, MemoryMode, NotFound
+from service.editor import Answer, Editor
+from service.errors import InvalidInput, NotFound
+from service.recall import MemoryMode
 
 BASE_MODEL = "larimar"  # the plain LLM; "larimar/<memory>" reads that memory
 
@@ -79,7 +81,7 @@ class ChatRequest(BaseModel):
         return [m.model_dump() for m in self.messages]
 
 
-def completion(req: ChatRequest, memory: str | None, r: ChatResult) -> dict[str, Any]:
+def completion(req: ChatRequest, memory: str | None, r: Answer) -> dict[str, Any]:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": req.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": r.answer},
@@ -87,12 +89,12 @@ def completion(req: ChatRequest, memory: str | None, r: ChatResult) -> dict[str,
             "usage": _usage(r), "larimar": _extra(memory, r)}
 
 
-def _usage(r: ChatResult) -> dict[str, int]:
+def _usage(r: Answer) -> dict[str, int]:
     return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens}
 
 
-def _extra(memory: str | None, r: ChatResult) -> dict[str, Any]:
+def _extra(memory: str | None, r: Answer) -> dict[str, Any]:
     return {"memory": memory, "in_scope": r.in_scope, "decoder": r.decoder,
             "facts": [asdict(f) for f in r.facts], "timings_ms": r.timings_ms}
 
@@ -150,7 +152,7 @@ def stream(editor: Editor, req: ChatRequest, memory: str | None) -> Iterator[str
     worker.join()
     if "error" in done:
         raise done["error"]
-    r: ChatResult = done["result"]
+    r: Answer = done["result"]
     yield _event(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}],
                          "larimar": _extra(memory, r)})
     if req.stream_options and req.stream_options.include_usage:

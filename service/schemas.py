@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from service.editor import MemoryMode
+from service.recall import MemoryMode
 
 MEMORY_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 

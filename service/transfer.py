@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from service.editor import Imported, InvalidInput
+from service.editor import Imported
+from service.errors import InvalidInput
 
 MEDIA_TYPE = "application/x-ndjson"
 

@@ -76,7 +76,7 @@ def make_client(models: LoadedModels) -> Callable[..., object]:
         with TestClient(create_app(settings, models)) as client:
             registry = client.app.state.editor.registry  # restore runs in the background: wait for it
             deadline = time.monotonic() + 120
-            while (registry.restoring or (not registry.restored and registry.store.ping())) \
+            while (registry.restoring or (not registry.restored and registry.reachable())) \
                     and time.monotonic() < deadline:
                 time.sleep(0.02)
             yield client

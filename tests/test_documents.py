@@ -13,7 +13,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from memory_core import hierarchical_read, read, write_episode
-from models.chunking import sentence_spans, split_document
+from models.chunking import split_document
+from models.sentences import sentence_spans
 
 BASE = "/v1/memories/docs"
 NEEDLE = "The secret ingredient in Marlowe Quint's lemonade is smoked paprika."
@@ -170,7 +171,7 @@ def test_an_ingest_cut_by_a_restart_is_resumed_without_duplicates(make_client, s
         while c.get(f"{BASE}/documents/{doc['id']}").json()["written"] == 0:
             time.sleep(0.01)
     with make_client(url, max_batch_facts=32) as c:  # the shutdown stopped it between batches
-        stored = c.app.state.editor.registry.store.document("docs", doc["id"])
+        stored = c.app.state.editor.registry.document("docs", doc["id"])
         assert stored["status"] == "ingesting" and stored["text"] == text, "resumable from its record"
         doc = ready(c, c.get(f"{BASE}/documents/{doc['id']}").json())
         assert doc["status"] == "ready" and doc["written"] == doc["pieces"]
@@ -179,7 +180,7 @@ def test_an_ingest_cut_by_a_restart_is_resumed_without_duplicates(make_client, s
         while len(ids) < facts["total"]:
             ids += [f["id"] for f in c.get(f"{BASE}/facts", params={"limit": 1000, "offset": len(ids)}).json()["facts"]]
         assert sorted(ids) == sorted(f"{doc['id']}-{i}" for i in range(doc["pieces"])), "each piece once"
-        assert "text" not in c.app.state.editor.registry.store.document("docs", doc["id"]), "text dropped when done"
+        assert "text" not in c.app.state.editor.registry.document("docs", doc["id"]), "text dropped when done"
         ans = c.post(f"{BASE}/query", json={"prompt": QUESTION, "max_new_tokens": 16}).json()
         assert "paprika" in ans["answer"].lower()
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.generation.items import FORMS, RELATIONS, REWORDED, SPLITS, build, same_subject, unrelated
+from models.answer_bias import AnswerBias
 from models.decoders import answer_spans
-from models.llm import AnswerBias
 from models.loading import LoadedModels
 from models.paths import DEFAULT_ENCODER
 from models.relation import find_gate, load_gate

@@ -7,10 +7,16 @@ from types import SimpleNamespace
 
 import torch
 
+from memory_core import MemoryConfig
 from models.decoders import ContextDecoder, Readout
-from models.llm import CausalLM, gguf_cache_dir, leading_special_ids, model_dir
+from models.gguf import gguf_cache_dir, model_dir
+from models.llm import CausalLM, leading_special_ids
 from models.paths import resolve
-from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeDetector, split_sentences
+from models.scope import DEFAULT_SCOPE_THRESHOLD, ScopeRule
+from models.sentences import split_sentences
+from service.memories import MemoryRegistry
+from service.recall import Recaller
+from service.store import open_store
 
 
 def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # noqa: ANN001
@@ -22,15 +28,24 @@ def test_encoder_gives_unit_latents_that_know_paraphrases(models) -> None:  # no
     assert sims[0, 1] > 0.8 > 0.2 > sims[0, 2]
 
 
-def test_scope_detector(models) -> None:  # noqa: ANN001
-    facts = models.encoder.encode(["The capital of France is Lyon.", "Bananas are blue."])
-    esd = ScopeDetector(models.encoder, threshold=DEFAULT_SCOPE_THRESHOLD)
-    assert esd.decide("What is the capital of France?", facts).in_scope
-    assert not esd.decide("How many legs does a spider have?", facts).in_scope
+def test_scope_rule_as_the_service_runs_it(models, tmp_path) -> None:  # noqa: ANN001
+    registry = MemoryRegistry(open_store(f"file://{tmp_path / 'store'}"), MemoryConfig(dim=models.encoder.dim), "cpu",
+                              snapshot_every=100)
+    registry.restore()
+    texts = ["The capital of France is Lyon.", "Bananas are blue."]
+    registry.write("m", [(t, {}) for t in texts], models.encoder.encode(texts))
+    recaller = Recaller(registry, ScopeRule(models.encoder, threshold=DEFAULT_SCOPE_THRESHOLD), recalled_facts=3)
+    assert recaller.recall("m", "What is the capital of France?", "auto").in_scope
+    assert not recaller.recall("m", "How many legs does a spider have?", "auto").in_scope
     # multi-sentence: one in-scope sentence is enough
-    multi = esd.decide("I like trains. What colour are bananas?", facts)
-    assert multi.in_scope and multi.similarity > 0.7
-    assert not esd.decide("anything", facts[:0]).in_scope
+    multi = recaller.recall("m", "I like trains. What colour are bananas?", "auto")
+    assert multi.in_scope and multi.decision.similarity > 0.7 and multi.decision.sentence == 1
+    # a memory with nothing left in it is never in scope
+    registry.write("empty", [("Ice is hot.", {})], models.encoder.encode(["Ice is hot."]))
+    (fact,) = registry.page("empty", 1, 0)
+    assert registry.forget("empty", fact.id)
+    assert not recaller.recall("empty", "Is ice hot?", "auto").in_scope
+    registry.close()
     assert split_sentences("One. Two? Three!") == ["One.", "Two?", "Three!"]
     # a title or a suffix ends no sentence
     king = "Martin Luther King Jr. speaks the language"

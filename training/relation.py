@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from models.encoder import TextEncoder  # noqa: E402
 from models.relation import GATES, RelationConfig, RelationGate  # noqa: E402
-from models.scope import split_sentences  # noqa: E402
+from models.sentences import split_sentences  # noqa: E402
 from models.text import mask_names  # noqa: E402
 from training.data import CF_SPLITS, DEFAULT_DATA, KNOWN, Split, _flat_counterfact, _read, fact_sentence  # noqa: E402
 from training.relation_templates import OWN_RELATIONS, own_sentences  # noqa: E402

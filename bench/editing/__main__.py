@@ -156,14 +156,14 @@ def main() -> None:
             summary["method_config"] = system.config()
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,
-                                         "scope_threshold": system.editor.scope.threshold,
+                                         "scope_threshold": system.editor.rule.threshold,
                                          "recalled_facts": system.settings.recalled_facts,
                                          "decoder": system.decoder.name,
                                          "answer_bias": system.settings.answer_bias,
                                          "scope_requires_mention": system.settings.scope_requires_mention,
                                          "mention_rule": MENTION_RULE,
-                                         "relation_gate": system.editor.relation.describe()
-                                         if system.editor.relation else None,
+                                         "relation_gate": system.editor.rule.relation.describe()
+                                         if system.editor.rule.relation else None,
                                          } | adapter_info(system)
         if args.protocol == "forgetting":
             summary["forgetting"] = forgetting(system, edits, unedited, args.forget_sample)

@@ -185,10 +185,10 @@ def main() -> None:
     same_subject_rows = unchanged(editor, same_subject(args.split), args.batch)
     res = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
-           "scope_threshold": editor.scope.threshold,
+           "scope_threshold": editor.rule.threshold,
            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
            "mention_rule": MENTION_RULE,
-           "relation_gate": editor.relation.describe() if editor.relation else None,
+           "relation_gate": editor.rule.relation.describe() if editor.rule.relation else None,
            "facts_in_memory": len(items) + args.filler, "filler": args.filler,
            "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
            "summary": summarize(rows, unrelated_rows, same_subject_rows), "rows": rows, "unrelated": unrelated_rows,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bench.processes import RedisServer
 from bench.service_bench.cpu import CpuWatch, Quiet, stats
 from models.loading import LoadedModels, load_models
-from models.scope import split_sentences
+from models.sentences import split_sentences
 from service.app import build_editor
 from service.settings import Settings
 from service.store import open_store

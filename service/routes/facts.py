@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from service.deps import EditorDep, MemoryName
+from service.deps import READ, WRITE, EditorDep, MemoryName
 from service.editor import WriteResult
 from service.memories import Fact
 from service.schemas import (
@@ -40,26 +40,27 @@ def _written(memory: str, w: WriteResult, response: Response) -> list[WrittenFac
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WrittenFactOut,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True, dependencies=[WRITE])
 def write_fact(memory: MemoryName, body: FactIn, editor: EditorDep, response: Response) -> WrittenFactOut:
     w = editor.add_facts(memory, [(body.text, body.metadata)], [body.supersedes or []])
     return _written(memory, w, response)[0]
 
 
-@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=FactsOut, response_model_exclude_none=True)
+@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=FactsOut, response_model_exclude_none=True,
+             dependencies=[WRITE])
 def write_facts(memory: MemoryName, body: FactsIn, editor: EditorDep, response: Response) -> FactsOut:
     w = editor.add_facts(memory, [(f.text, f.metadata) for f in body.facts], [f.supersedes or [] for f in body.facts])
     return FactsOut(facts=_written(memory, w, response))
 
 
-@router.post("/forget", response_model=ForgottenMany)
+@router.post("/forget", response_model=ForgottenMany, dependencies=[WRITE])
 def forget_facts(memory: MemoryName, body: ForgetIn, editor: EditorDep) -> ForgottenMany:
     """Forget several facts in one step: one memory downdate and one durable store transaction."""
     editor.forget(memory, *body.ids)
     return ForgottenMany(ids=body.ids, forgotten=True)
 
 
-@router.get("", response_model=FactPage, response_model_exclude_none=True)
+@router.get("", response_model=FactPage, response_model_exclude_none=True, dependencies=[READ])
 def list_facts(
     memory: MemoryName,
     editor: EditorDep,
@@ -74,18 +75,18 @@ def list_facts(
     return FactPage(facts=[_out(memory, f) for f in facts], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{fact_id}", response_model=FactOut, response_model_exclude_none=True)
+@router.get("/{fact_id}", response_model=FactOut, response_model_exclude_none=True, dependencies=[READ])
 def get_fact(memory: MemoryName, fact_id: str, editor: EditorDep) -> FactOut:
     return _out(memory, editor.get_fact(memory, fact_id))
 
 
-@router.put("/{fact_id}", response_model=FactOut, response_model_exclude_none=True)
+@router.put("/{fact_id}", response_model=FactOut, response_model_exclude_none=True, dependencies=[WRITE])
 def update_fact(memory: MemoryName, fact_id: str, body: FactUpdate, editor: EditorDep) -> FactOut:
     """Replace a fact's text and/or metadata in one durable step: readers see the old fact or the new one."""
     return _out(memory, editor.update_fact(memory, fact_id, body.text, body.metadata))
 
 
-@router.delete("/{fact_id}", response_model=Forgotten)
+@router.delete("/{fact_id}", response_model=Forgotten, dependencies=[WRITE])
 def forget_fact(memory: MemoryName, fact_id: str, editor: EditorDep) -> Forgotten:
     editor.forget(memory, fact_id)
     return Forgotten(id=fact_id, forgotten=True)

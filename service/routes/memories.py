@@ -11,43 +11,44 @@ from fastapi.responses import StreamingResponse
 
 from service import transfer
 from service.auth import listed
-from service.deps import CallerDep, EditorDep, ImportBody, MemoryName
+from service.deps import ADMIN, READ, WRITE, EditorDep, ImportBody, MemoryName, ReaderKey
 from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 
 
 @router.get("", response_model=MemoryList)
-def list_memories(editor: EditorDep, key: CallerDep) -> MemoryList:
+def list_memories(editor: EditorDep, key: ReaderKey) -> MemoryList:
     """The memories this call's API key reaches (every one for an admin key, or with no keys configured)."""
     return MemoryList(memories=[MemorySummary(name=m.name, facts=m.facts) for m in editor.memories()
                                 if listed(key, m.name)])
 
 
-@router.get("/{memory}", response_model=MemoryOut)
+@router.get("/{memory}", response_model=MemoryOut, dependencies=[READ])
 def get_memory(memory: MemoryName, editor: EditorDep) -> MemoryOut:
     return MemoryOut(**asdict(editor.memory(memory)))
 
 
-@router.delete("/{memory}", response_model=MemoryDeleted)
+@router.delete("/{memory}", response_model=MemoryDeleted, dependencies=[ADMIN])
 def delete_memory(memory: MemoryName, editor: EditorDep) -> MemoryDeleted:
     editor.delete_memory(memory)
     return MemoryDeleted(name=memory, deleted=True)
 
 
-@router.post("/{memory}/snapshot", response_model=MemoryOut)
+@router.post("/{memory}/snapshot", response_model=MemoryOut, dependencies=[WRITE])
 def snapshot(memory: MemoryName, editor: EditorDep) -> MemoryOut:
     return MemoryOut(**asdict(editor.snapshot(memory)))
 
 
-@router.post("/{memory}/purge", response_model=MemoryOut)
+@router.post("/{memory}/purge", response_model=MemoryOut, dependencies=[WRITE])
 def purge(memory: MemoryName, editor: EditorDep) -> MemoryOut:
     """Erase forgotten facts from every file the store writes now, instead of after LARIMAR_PURGE_DELAY_S."""
     return MemoryOut(**asdict(editor.purge(memory)))
 
 
 @router.get("/{memory}/export", response_class=StreamingResponse,
-            responses={200: {"content": {transfer.MEDIA_TYPE: {}}, "description": "JSON Lines, one fact a line"}})
+            responses={200: {"content": {transfer.MEDIA_TYPE: {}}, "description": "JSON Lines, one fact a line"}},
+            dependencies=[READ])
 def export(memory: MemoryName, editor: EditorDep,
            latents: Annotated[bool, Query(description="add each fact's latent and the encoder")] = False,
            ) -> StreamingResponse:
@@ -57,7 +58,8 @@ def export(memory: MemoryName, editor: EditorDep,
 
 
 @router.post("/{memory}/import", response_model=ImportOut,
-             openapi_extra={"requestBody": {"content": {transfer.MEDIA_TYPE: {}}, "required": True}})
+             openapi_extra={"requestBody": {"content": {transfer.MEDIA_TYPE: {}}, "required": True}},
+             dependencies=[WRITE])
 async def import_facts(memory: MemoryName, body: ImportBody, editor: EditorDep,
                        keep_ids: Annotated[bool, Query(description="keep the file's ids and created times")] = True,
                        ) -> ImportOut:

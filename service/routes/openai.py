@@ -10,13 +10,13 @@ from fastapi.responses import StreamingResponse
 
 from service import openai_compat as oa
 from service.auth import listed
-from service.deps import CallerDep, EditorDep, require
+from service.deps import EditorDep, ReaderKey, require
 
 router = APIRouter(tags=["openai"])
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: oa.ChatRequest, editor: EditorDep, key: CallerDep) -> Any:
+async def chat_completions(body: oa.ChatRequest, editor: EditorDep, key: ReaderKey) -> Any:
     memory = body.target()
     require(key, memory, "read")
     if not body.stream:
@@ -34,5 +34,5 @@ def _prepend(first: str, rest: Any) -> Any:
 
 
 @router.get("/models")
-def list_models(editor: EditorDep, key: CallerDep) -> dict[str, Any]:
+def list_models(editor: EditorDep, key: ReaderKey) -> dict[str, Any]:
     return oa.models(editor, lambda name: listed(key, name))

@@ -6,20 +6,20 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from service.deps import EditorDep, MemoryName
+from service.deps import READ, EditorDep, MemoryName
 from service.schemas import CandidateScoreOut, QueryIn, QueryOut, RecalledFactOut, ScoreIn, ScoreOut
 
 router = APIRouter(prefix="/memories/{memory}", tags=["query"])
 
 
-@router.post("/query", response_model=QueryOut)
+@router.post("/query", response_model=QueryOut, dependencies=[READ])
 def query(memory: MemoryName, body: QueryIn, editor: EditorDep) -> QueryOut:
     r = editor.query(memory, body.prompt, body.max_new_tokens, body.memory_mode)
     return QueryOut(answer=r.answer, in_scope=r.in_scope, decoder=r.decoder, timings_ms=r.timings_ms,
                     facts=[RecalledFactOut(**asdict(f)) for f in r.facts])
 
 
-@router.post("/score", response_model=ScoreOut)
+@router.post("/score", response_model=ScoreOut, dependencies=[READ])
 def score(memory: MemoryName, body: ScoreIn, editor: EditorDep) -> ScoreOut:
     r = editor.score(memory, body.prompt, body.candidates, body.memory_mode)
     return ScoreOut(

@@ -1,0 +1,90 @@
+"""What a request may ask, checked before anything changes: a bad request gets ``InvalidInput`` (422) naming
+the field and the limit, and nothing is written. The editor and documents both check through this, so a
+limit is stated once (its value is a setting, ``service.settings``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from models.decoders import Chat
+from models.llm import Sampling
+from service.errors import InvalidInput
+from service.settings import Settings
+
+MAX_METADATA_CHARS = 4096
+MAX_TITLE_CHARS = 256
+MAX_STOP = 4  # stop strings per chat request, as OpenAI allows
+ROLES = ("system", "user", "assistant")  # chat message roles
+
+
+class Limits:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def text(self, text: str, what: str = "text", limit: int | None = None) -> str:
+        """A fact's or a prompt's text (``limit``: another length limit than a fact's)."""
+        limit = self.settings.max_text_chars if limit is None else limit
+        if not text.strip():
+            raise InvalidInput(f"{what} must not be empty")
+        if len(text) > limit:
+            raise InvalidInput(f"{what} has {len(text)} characters; the limit is {limit}")
+        return text
+
+    def metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        metadata = metadata or {}
+        if len(json.dumps(metadata)) > MAX_METADATA_CHARS:
+            raise InvalidInput(f"metadata is over {MAX_METADATA_CHARS} characters of JSON")
+        return metadata
+
+    def facts(self, items: list[tuple[str, dict[str, Any] | None]], what: str = "facts[{}].text"
+              ) -> list[tuple[str, dict[str, Any]]]:
+        """A batch of facts (text, metadata), at most ``max_batch_facts``."""
+        if not items:
+            raise InvalidInput("facts must hold at least one fact")
+        if len(items) > self.settings.max_batch_facts:
+            raise InvalidInput(f"{len(items)} facts in one batch; the limit is {self.settings.max_batch_facts}")
+        label = what if len(items) > 1 else "text"
+        return [(self.text(t, label.format(i)), self.metadata(m)) for i, (t, m) in enumerate(items)]
+
+    def ids(self, ids: tuple[str, ...]) -> tuple[str, ...]:
+        """Fact ids of one forget."""
+        if not 1 <= len(ids) <= self.settings.max_batch_facts:
+            raise InvalidInput(f"ids must hold 1 to {self.settings.max_batch_facts} fact ids")
+        return ids
+
+    def title(self, title: str | None) -> str | None:
+        if title is not None and not 1 <= len(title) <= MAX_TITLE_CHARS:
+            raise InvalidInput(f"title must have 1 to {MAX_TITLE_CHARS} characters")
+        return title
+
+    def max_new_tokens(self, n: int | None, what: str = "max_new_tokens") -> int:
+        n = self.settings.default_max_new_tokens if n is None else n
+        if not 1 <= n <= self.settings.max_new_tokens:
+            raise InvalidInput(f"{what} must be between 1 and {self.settings.max_new_tokens}")
+        return n
+
+    def candidates(self, candidates: list[str]) -> list[str]:
+        if not 1 <= len(candidates) <= self.settings.max_candidates:
+            raise InvalidInput(f"candidates must hold 1 to {self.settings.max_candidates} strings")
+        return [self.text(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+
+    def sampling(self, sampling: Sampling) -> Sampling:
+        if not (0.0 <= sampling.temperature <= 2.0 and 0.0 < sampling.top_p <= 1.0):
+            raise InvalidInput("temperature must be within [0, 2] and top_p within (0, 1]")
+        if len(sampling.stop) > MAX_STOP or any(not s for s in sampling.stop):
+            raise InvalidInput(f"stop holds at most {MAX_STOP} non-empty strings")
+        return sampling
+
+    def conversation(self, messages: list[dict[str, str]]) -> Chat:
+        """The turns before the last and the last user turn, the prompt memory answers."""
+        if not messages:
+            raise InvalidInput("messages must hold at least one message")
+        for i, m in enumerate(messages):
+            if m.get("role") not in ROLES:
+                raise InvalidInput(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+            self.text(m.get("content") or "", f"messages[{i}].content")
+        if messages[-1]["role"] != "user":
+            raise InvalidInput("the last message must be the user's")
+        return Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1]),
+                    messages[-1]["content"])
