@@ -1,10 +1,10 @@
-"""What the mention check costs and saves, on CounterFact's development range.
+"""What the mention check costs and saves, on CounterFact's development range, as the service applies it.
 
-Costs: paraphrases and rewrite prompts of dev cases (case_id 2000-9999) whose own fact fails ``mentions`` (the
-sentence the scope detector would pick, the one nearest the fact). Saves: neighbourhood prompts of the first
-N dev cases that reach memory with those N facts written, then with training-range facts added (the
-reported runs' filler is of the same kind), as the service decides it: the nearest fact within the scope
-threshold, the recalled facts (up to ``recalled_facts``, each within it) filtered by the mention check.
+Costs: paraphrases and rewrite prompts of dev cases (case_id 2000-9999) whose own fact fails the served rule's
+mention check (``ScopeRule.admits``, read from the sentence nearest the fact). Saves: neighbourhood prompts of
+the first N dev cases that reach memory with those N facts written, then with training-range facts added (the
+reported runs' filler is of the same kind), through the service's read path (``service.recall``) with the
+served rule less its relation gate, so the mention check's own share shows.
 
     python -m bench.scope_mentions [--n 1000] [--filler 9000]
 """
@@ -12,20 +12,25 @@ threshold, the recalled facts (up to ``recalled_facts``, each within it) filtere
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from models.encoder import TextEncoder
-from models.scope import MENTION_RULE, mentions, named_in
-from models.sentences import split_sentences
-from service.app import decoder_choice
+from models.scope import MENTION_RULE
+from service.app import memory_config, scope_rule
+from service.memories import MemoryRegistry
+from service.recall import Recaller
 from service.settings import Settings
+from service.store import open_store
 from training.data import DEFAULT_DATA, counterfact
 
 BATCH = 512
+MEMORY = "mentions"
 
 
 def main() -> None:
@@ -37,37 +42,46 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scope_mentions.json")
     args = ap.parse_args()
     settings = Settings()
-    threshold = decoder_choice(settings).scope_threshold if args.threshold is None else args.threshold
-    k = settings.recalled_facts
     enc = TextEncoder(settings.encoder)
+    rule = dataclasses.replace(scope_rule(settings, enc), relation=None, requires_mention=True)
+    if args.threshold is not None:
+        rule = rule.with_threshold(args.threshold)
 
     def encode(texts: list[str]) -> torch.Tensor:
         return torch.cat([enc.encode(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)])  # (n, C)
 
     dev = counterfact(args.data, "dev")
+    own = encode([c.fact for c in dev])  # (D, C)
     misses: dict[str, list[str]] = {"rewrite": [], "paraphrase": []}
-    for c in tqdm(dev, desc="own facts"):
+    for c, z in zip(tqdm(dev, desc="own facts"), own, strict=True):
         for kind, prompt in (("rewrite", c.request.prompt), ("paraphrase", c.paraphrases[0])):
-            sentences = split_sentences(prompt)
-            best = int((enc.encode(sentences) @ enc.encode([c.fact])[0]).argmax()) if len(sentences) > 1 else 0
-            if not mentions(named_in(prompt, sentences[best]), c.fact):
+            p = rule.read(prompt)
+            decision = rule.decide(p, p.latents @ z)  # (S,) cosines to its own fact: the nearest sentence
+            if not rule.admits(p, decision, [c.fact], [""])[0]:
                 misses[kind].append(prompt)
 
     cases = dev[: args.n]
     facts = [c.fact for c in cases] + [c.fact for c in counterfact(args.data, "train")[: args.filler]]
-    F = encode(facts)  # (N + filler, C)
     reached: dict[int, list[dict[str, object]]] = {}
-    for n in (args.n, args.n + args.filler):
-        reached[n] = []
-        for c in tqdm(cases, desc=f"neighbours among {n} facts"):
-            sentences = split_sentences(c.neighbours[0])
-            sims, idx = (enc.encode(sentences) @ F[:n].T).topk(k, dim=1)  # (S, k)
-            row = int(sims[:, 0].argmax())
-            near = [facts[i] for s, i in zip(sims[row].tolist(), idx[row].tolist(), strict=True) if 1 - s <= threshold]
-            found = [f for f in near if mentions(named_in(c.neighbours[0], sentences[row]), f)]
-            if found:
-                reached[n].append({"neighbour": c.neighbours[0], "facts": found})
-    res = {"mention_rule": MENTION_RULE, "scope_threshold": threshold, "recalled_facts": k,
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = MemoryRegistry(open_store(f"file://{tmp}/store"), memory_config(settings, enc.dim), "cpu",
+                                  snapshot_every=10**9)
+        registry.restore()
+        recaller = Recaller(registry, rule, settings.recalled_facts, settings.memory_read, settings.read_segment)
+        written = 0
+        for n in (args.n, args.n + args.filler):
+            for i in tqdm(range(written, n, BATCH), desc=f"writing to {n} facts"):
+                part = facts[i : min(n, i + BATCH)]
+                registry.write(MEMORY, [(t, {}) for t in part], encode(part))
+            written = n
+            reached[n] = []
+            for c in tqdm(cases, desc=f"neighbours among {n} facts"):
+                r = recaller.recall(MEMORY, c.neighbours[0], "auto")
+                if r.in_scope:
+                    reached[n].append({"neighbour": c.neighbours[0], "facts": [f.text for f in r.facts]})
+        registry.close()
+    res = {"mention_rule": MENTION_RULE, "scope_threshold": rule.threshold, "recalled_facts": settings.recalled_facts,
+           "path": "served (service.recall), relation gate off",
            "own_fact_misses": {kind: {"n": len(dev), "missed": len(v), "examples": v[:20]}
                                for kind, v in misses.items()},
            "neighbours_reached": {str(n): {"n": len(cases), "reached": len(v), "rows": v} for n, v in reached.items()}}

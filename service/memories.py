@@ -124,6 +124,16 @@ class Reading:
         """Facts in this version of the memory."""
         return self._view.live
 
+    @property
+    def state(self) -> MemoryState:
+        """The episodic state (M, C^-1) this reading reads; checks compare it with ``rebuilt``."""
+        return self._view.state
+
+    def rebuilt(self) -> MemoryState:
+        """The least-squares state of the live facts by a direct solve: what any order of writes and forgets of
+        them must equal (to round-off)."""
+        return self._mem.rebuild(self.live_latents().float())
+
     def readout(self, Zq: Tensor) -> Tensor:
         """(S, C) z_r per query row of ``Zq`` (S, C): the memory's reconstruction, read from its state M."""
         return self._mem.read(self._view.state, Zq)  # (S, C)

@@ -109,9 +109,6 @@ def test_score_with_and_without_memory(client: TestClient, models) -> None:  # n
 def test_forget_removes_the_fact_everywhere(client: TestClient) -> None:
     keep = write(client, "Bananas are blue.")
     gone = write(client, LYON)
-    h = editor(client).registry.get("demo")
-    mem = h.mem
-
     r = client.delete(f"{BASE}/facts/{gone['id']}")
     assert r.status_code == 200 and r.json() == {"id": gone["id"], "forgotten": True}
     assert client.get(f"{BASE}/facts/{gone['id']}").status_code == 404
@@ -119,8 +116,8 @@ def test_forget_removes_the_fact_everywhere(client: TestClient) -> None:
     q = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 16}).json()
     assert q["in_scope"] is False and "Lyon" not in q["answer"]
     # the memory is the least-squares memory of what remains
-    expect = mem.rebuild(h.view.live_latents())
-    assert torch.allclose(h.view.state.M, expect.M, atol=1e-5)
+    reading = editor(client).registry.reading("demo")
+    assert torch.allclose(reading.state.M, reading.rebuilt().M, atol=1e-5)
     assert client.delete(f"{BASE}/facts/{gone['id']}").status_code == 404
 
 
@@ -211,12 +208,12 @@ def test_snapshot_delete_and_unknown_memory(client: TestClient) -> None:
 def test_bad_input_gets_4xx_and_changes_nothing(client: TestClient, method: str, path: str, body: dict) -> None:
     write(client, LYON)
     before = (client.get(f"{BASE}/facts").json(), stored_blobs(client))
-    M = editor(client).registry.get("demo").view.state.M.clone()
+    M = editor(client).registry.reading("demo").state.M.clone()
     r = client.request(method.upper(), BASE + path, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["detail"], "a message says what is wrong"
     assert (client.get(f"{BASE}/facts").json(), stored_blobs(client)) == before
-    assert torch.equal(editor(client).registry.get("demo").view.state.M, M)
+    assert torch.equal(editor(client).registry.reading("demo").state.M, M)
 
 
 @pytest.mark.parametrize("name", ["Demo", "-x", "a" * 65, "a.b", "a b"])
@@ -315,8 +312,8 @@ def test_export_with_latents_names_the_encoder_and_import_ignores_them(client: T
     line["latent"] = [0.0] * 7  # another encoder's width: re-encoded from the text all the same
     r = client.post("/v1/memories/dst/import", content=json.dumps(line) + "\n")
     assert r.status_code == 200
-    a, b = (editor(client).registry.get(m).view for m in ("src", "dst"))
-    assert torch.equal(a.latents[: a.n], b.latents[: b.n])
+    a, b = (editor(client).registry.reading(m) for m in ("src", "dst"))
+    assert torch.equal(a.live_latents(), b.live_latents())
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -493,11 +490,11 @@ def test_restart_restores_facts_memory_and_answers(make_client, store_url: str) 
         c.delete(f"{BASE}/facts/{ids[2]}")
         write(c, "Snow is green.")
         answers = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 16}).json() for p in prompts]
-        M = editor(c).registry.get("demo").view.state.M.clone()
+        M = editor(c).registry.reading("demo").state.M.clone()
         facts = c.get(f"{BASE}/facts").json()
     with make_client(store_url, snapshot_every=3) as c:
         assert c.get(f"{BASE}/facts").json() == facts
-        assert torch.equal(editor(c).registry.get("demo").view.state.M, M), "restore is bit-for-bit"
+        assert torch.equal(editor(c).registry.reading("demo").state.M, M), "restore is bit-for-bit"
         again = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 16}).json() for p in prompts]
         for a, b in zip(answers, again, strict=True):
             assert (a["answer"], a["in_scope"], a["facts"]) == (b["answer"], b["in_scope"], b["facts"])
@@ -551,12 +548,15 @@ def test_concurrent_writes_are_serialised_and_queries_see_whole_updates(client: 
 
     def reader() -> None:
         for _ in range(30):
-            h = client.app.state.editor.registry.get("demo")
-            if h is None:
+            r = client.app.state.editor.registry.reading("demo")
+            if r is None:
                 continue
-            v = h.view
-            h_ref.append(v)
-            if not (v.latents.shape[0] == v.n == v.live <= len(v.ids)) or v.state.updates != v.n:
+            h_ref.append(r)
+            try:
+                ((newest,),) = r.nearest(r.live_latents()[-1:].float(), 1)  # the newest row has its id
+            except IndexError:
+                newest = None
+            if newest is None or r.live_latents().shape[0] != r.live or r.state.updates != r.live:
                 errors.append("torn view")  # every published row has its id, and the state has all its updates
 
     write(client, "Seed fact.")
@@ -566,11 +566,10 @@ def test_concurrent_writes_are_serialised_and_queries_see_whole_updates(client: 
     for t in threads:
         t.join()
     assert not errors
-    h = editor(client).registry.get("demo")
-    assert h.view.live == 33 and client.get(f"{BASE}/facts").json()["total"] == 33
-    assert h.seq == 33, "every write got its own log entry"
-    exact = h.mem.rebuild(h.view.live_latents())
-    assert torch.allclose(h.view.state.M, exact.M, atol=1e-5), "serialised updates equal the batch solution"
+    reading = editor(client).registry.reading("demo")
+    assert reading.live == 33 and client.get(f"{BASE}/facts").json()["total"] == 33
+    assert editor(client).registry.get("demo").seq == 33, "every write got its own log entry"
+    assert torch.allclose(reading.state.M, reading.rebuilt().M, atol=1e-5), "serial updates equal the batch solution"
 
 
 def test_a_renamed_setting_still_works_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -590,10 +589,10 @@ def test_put_replaces_a_fact_in_one_step_and_the_answer_follows(make_client, sto
         old = write(c, LYON, metadata={"source": "a"})
         write(c, "Ada Quill works as a pilot.")
         assert "Lyon" in c.post(f"{BASE}/query", json=question).json()["answer"]
-        M = editor(c).registry.get("demo").view.state.M.clone()
+        M = editor(c).registry.reading("demo").state.M.clone()
         meta = c.put(f"{BASE}/facts/{old['id']}", json={"metadata": {"source": "b"}})
         assert meta.status_code == 200 and meta.json()["text"] == LYON and meta.json()["metadata"] == {"source": "b"}
-        assert torch.equal(editor(c).registry.get("demo").view.state.M, M), "metadata alone leaves memory as it was"
+        assert torch.equal(editor(c).registry.reading("demo").state.M, M), "metadata alone leaves memory as it was"
         r = c.put(f"{BASE}/facts/{old['id']}", json={"text": "The capital of France is Marseille."})
         assert r.status_code == 200, r.text
         new = r.json()
@@ -650,14 +649,14 @@ def test_several_facts_are_forgotten_in_one_step_as_if_one_by_one(make_client, s
         r = c.post("/v1/memories/many/facts/forget", json={"ids": many[1:4]})
         assert r.status_code == 200 and r.json() == {"ids": many[1:4], "forgotten": True}
         assert editor(c).registry.get("many").seq == seq + 1, "one step: one downdate, one checkpoint"
-        a, b = (editor(c).registry.get(m).view.state for m in ("one", "many"))
+        a, b = (editor(c).registry.reading(m).state for m in ("one", "many"))
         assert torch.allclose(a.M, b.M, atol=1e-5) and torch.allclose(a.C_inv, b.C_inv, atol=1e-5)
         assert [f["text"] for f in c.get("/v1/memories/many/facts").json()["facts"]] == [texts[0], texts[4]]
         assert c.post("/v1/memories/many/facts/forget", json={"ids": []}).status_code == 422
         M = b.M.clone()
     with make_client(store_url) as c:  # durable
         assert c.get("/v1/memories/many").json()["facts"] == 2
-        assert torch.equal(editor(c).registry.get("many").view.state.M, M)
+        assert torch.equal(editor(c).registry.reading("many").state.M, M)
 
 
 def test_forget_then_purge_leaves_no_copy_in_any_file(make_client, request: pytest.FixtureRequest,
@@ -704,26 +703,27 @@ def test_erasure_happens_by_itself_after_the_purge_delay(make_client, store_url:
 
 def test_above_index_above_lookups_use_the_approximate_index_and_agree_with_exact(make_client,
                                                                                  tmp_path) -> None:  # noqa: ANN001
-    with make_client(f"file://{tmp_path / 'store'}", index_above=200) as c:
+    url = f"file://{tmp_path / 'store'}"
+    with make_client(url, index_above=200) as c:
         texts = [f"Item {i} of the archive is stored in room {i % 37} on floor {i % 5}." for i in range(300)]
         r = c.post(f"{BASE}/facts/batch", json={"facts": [{"text": t} for t in texts[:250]]})
         assert r.status_code == 201
         ids = [f["id"] for f in r.json()["facts"]]
         write(c, LYON)
-        h = editor(c).registry.get("demo")
         for _ in range(200):
-            if h.index is not None and h.index.n_indexed == h.view.n:
+            if c.get(BASE).json()["lookup"] == "index":
                 break
             time.sleep(0.05)
-        assert h.index is not None, "the indexer built an index past index_above"
+        assert c.get(BASE).json()["lookup"] == "index", "the indexer built an index past index_above"
         c.delete(f"{BASE}/facts/{ids[7]}")
         c.post(f"{BASE}/facts/batch", json={"facts": [{"text": t} for t in texts[250:]]})  # a tail not indexed yet
         prompts = ["What is the capital of France?", "Where is item 7 of the archive stored?",
                    "Where is item 42 of the archive stored?", "Where is item 280 of the archive stored?"]
         approx = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 12}).json() for p in prompts]
-        h.index = None  # the exact scan
+    with make_client(url, index_above=10**9) as c:  # the same memory, restored, read by exact scans
+        assert c.get(BASE).json()["lookup"] == "exact"
         exact = [c.post(f"{BASE}/query", json={"prompt": p, "max_new_tokens": 12}).json() for p in prompts]
-        for a, e in zip(approx, exact, strict=True):
-            assert (a["in_scope"], [f["id"] for f in a["facts"]]) == (e["in_scope"], [f["id"] for f in e["facts"]])
-        assert all(f["id"] != ids[7] for q in approx for f in q["facts"]), "a forgotten fact is never recalled"
-        assert "Lyon" in approx[0]["answer"]
+    for a, e in zip(approx, exact, strict=True):
+        assert (a["in_scope"], [f["id"] for f in a["facts"]]) == (e["in_scope"], [f["id"] for f in e["facts"]])
+    assert all(f["id"] != ids[7] for q in approx for f in q["facts"]), "a forgotten fact is never recalled"
+    assert "Lyon" in approx[0]["answer"]

@@ -40,19 +40,21 @@ def test_a_memory_past_the_old_ceiling_still_checkpoints_forgets_and_restores(tm
         n = min(256, 30_000 - b)
         ids += [f.id for f in reg.write("big", [(f"Fact {b + i} is true.", meta) for i in range(n)],
                                         unit_latents(n, b))]
-    h = reg.get("big")
-    assert h.view.live == 30_000 and h.log_entries < 20, "checkpoints kept happening"
+    info = reg.info("big")
+    assert info.facts == 30_000 and info.log_entries < 20, "checkpoints kept happening"
     assert reg.forget("big", ids[123]) and reg.forget("big", ids[29_999])
     reg.purge()
-    M = h.view.state.M.clone()
+    M = reg.reading("big").state.M.clone()
     reg.close()
     again = MemoryRegistry(open_store(url), CFG, "cpu", snapshot_every=20)
     again.restore()
-    h2 = again.get("big")
-    assert h2.view.live == 29_998 and torch.equal(h2.view.state.M, M)
-    assert again.store.facts("big", [ids[123], ids[124]])[0] is None
-    assert again.store.count("big") == 29_998
+    reading = again.reading("big")
+    assert reading.live == 29_998 and torch.equal(reading.state.M, M)
+    assert again.facts("big", [ids[123], ids[124]])[0] is None
     again.close()
+    store = open_store(url)
+    assert store.count("big") == 29_998
+    store.close()
 
 
 WRITER = textwrap.dedent("""
@@ -93,13 +95,14 @@ def test_sigkill_in_the_middle_of_writes_and_checkpoints_loses_nothing_acknowled
         acknowledged = {i for line in lines for i in line.split()}
         reg = MemoryRegistry(open_store(url), CFG, "cpu", snapshot_every=2)
         reg.restore()
-        h = reg.get("m")
-        present = set(h.row_of)
-        assert acknowledged <= present, f"{len(acknowledged - present)} acknowledged facts lost"
-        exact = h.mem.rebuild(h.view.live_latents())
-        assert torch.allclose(h.view.state.M, exact.M, atol=1e-4), "state and stored facts agree"
-        assert reg.store.count("m") == h.view.live
+        lost = [i for i, held in zip(acknowledged, reg.holds("m", list(acknowledged)), strict=True) if not held]
+        assert not lost, f"{len(lost)} acknowledged facts lost"
+        reading = reg.reading("m")
+        assert torch.allclose(reading.state.M, reading.rebuilt().M, atol=1e-4), "state and stored facts agree"
         reg.close()
+        store = open_store(url)
+        assert store.count("m") == reading.live
+        store.close()
 
 
 def test_two_servers_starting_at_once_on_an_empty_model_cache_both_serve(tmp_path: Path) -> None:
