@@ -20,6 +20,15 @@ class Conflict(ValueError):
     changed."""
 
 
+class Busy(RuntimeError):
+    """Every LLM slot is taken and the queue is full (``service.admission``): 503 with ``Retry-After``, nothing
+    changed."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds
+
+
 class NoMemory(LookupError):
     """A write that may not create its memory found none (deleted meanwhile)."""
 

@@ -1,9 +1,13 @@
 """Named memories: their episodic state and fact latents in memory, and how both persist.
 
 One ``MemoryHandle`` per memory. Writers take its lock, so writes to one memory are serialised;
-readers take ``handle.view`` once and use that ``MemoryView`` for the whole request, so a query never
-sees half an update. Order of a write: encode -> store the facts and log the write (durable) -> apply
-to the state -> publish the new view -> acknowledge.
+readers get a ``Reading`` (``MemoryRegistry.reading``), which holds one ``MemoryView`` for the whole
+request, so a query never sees half an update. Order of a write: encode -> store the facts and log the
+write (durable) -> apply to the state -> publish the new view -> acknowledge.
+
+The read API (``Reading``; ``holds``, ``facts``, ``page``, ``info``, ``exported`` and the document records on
+the registry) is how every other module reads a memory: nothing outside this module and ``service.indexer``
+touches a handle's view, index, row map or the store.
 
 Size does not matter: the latents live in a growable buffer (amortised O(1) appends: rows below a
 view's ``n`` never change, so readers of older views are undisturbed), a forget marks its row dead
