@@ -65,9 +65,32 @@ def _windows(text: str, start: int, end: int, max_tokens: int, count: CountToken
     return out
 
 
-def split_document(text: str, chunking: Chunking, max_tokens: int, count: CountTokens) -> list[Piece]:
-    """The pieces of ``text``, in order, none over ``max_tokens`` by ``count`` (the encoder's tokenizer)."""
+def _char_windows(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
+    """A span past ``max_chars`` cut into consecutive spans that fit, at the last white space that keeps each
+    within the limit (a run of more than ``max_chars`` without one is cut where the limit falls). Each step
+    looks at ``max_chars`` characters once: linear in the span."""
+    out: list[tuple[int, int]] = []
+    while end - start > max_chars:
+        cut = text.rfind(" ", start + 1, start + max_chars + 1)
+        cut = max(cut, text.rfind("\n", start + 1, start + max_chars + 1))
+        stop = cut if cut > start else start + max_chars
+        out.append((start, stop))
+        start = stop
+        while start < end and text[start].isspace():
+            start += 1
+    if end > start:
+        out.append((start, end))
+    return out
+
+
+def split_document(text: str, chunking: Chunking, max_tokens: int, count: CountTokens,
+                   max_chars: int | None = None) -> list[Piece]:
+    """The pieces of ``text``, in order, none over ``max_tokens`` by ``count`` (the encoder's tokenizer) nor
+    over ``max_chars`` characters (a fact's limit: a "word" of a million characters is one unknown token to the
+    encoder, but every prompt that recalls it would carry all of it)."""
     spans = _joined_short(text, sentence_spans(text))
+    if max_chars is not None:
+        spans = [w for s, e in spans for w in _char_windows(text, s, e, max_chars)]
     sizes = count([text[s:e] for s, e in spans]) if spans else []
     fitted: list[tuple[int, int, int]] = []  # (start, end, tokens), each within max_tokens
     for (s, e), n in zip(spans, sizes, strict=True):
@@ -79,7 +102,7 @@ def split_document(text: str, chunking: Chunking, max_tokens: int, count: CountT
     if chunking == "chunks":
         packed: list[tuple[int, int, int]] = []
         for s, e, n in fitted:
-            if packed and packed[-1][2] + n <= max_tokens:
+            if packed and packed[-1][2] + n <= max_tokens and (max_chars is None or e - packed[-1][0] <= max_chars):
                 packed[-1] = (packed[-1][0], e, packed[-1][2] + n)
             else:
                 packed.append((s, e, n))

@@ -4,7 +4,9 @@ is a batch of one, so what the benchmarks measure is what the service serves).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -25,6 +27,12 @@ from models.answer_bias import AnswerBias
 from models.gguf import model_dir
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# What one scoring request may make the process hold, however many and long its candidates are: the full
+# (rows, T, V) logits of 32 candidates of 2,000 characters were ~6 GB at SmolLM2's 49,152-token vocabulary.
+SCORE_TOKENS = 4096  # padded tokens (rows x longest row) in one scoring pass; a longer row runs alone
+HEAD_POSITIONS = 512  # positions given the LM head at once: (512, V) float32 logits, ~100 MB at V = 49,152
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,21 @@ class KVPrefix:
     def rows(self, index: Tensor) -> KVPrefix:
         """The prefix of the given rows (a candidate-per-row batch repeats its item's prefix)."""
         return KVPrefix(tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values), self.bias[index])
+
+
+def score_chunks(lengths: list[int]) -> list[range]:
+    """Consecutive rows grouped into passes of at most ``SCORE_TOKENS`` padded tokens (rows x the longest), a
+    longer row alone, so the activations of one scoring pass are bounded whatever the number of candidates."""
+    chunks: list[range] = []
+    start, width = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(width, n) > SCORE_TOKENS:
+            chunks.append(range(start, i))
+            start, width = i, 0
+        width = max(width, n)
+    if lengths:
+        chunks.append(range(start, len(lengths)))
+    return chunks
 
 
 def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -262,9 +285,12 @@ class CausalLM:
                 ):  # noqa: ANN201 - HF output
         """One pass over a padded batch. With a prefix, its P positions come first (the keys are learned
         as they are, i.e. at rotary position 0) and the tokens follow from position P; the returned cache
-        holds prefix and tokens, ready for decoding.
+        holds prefix and tokens, ready for decoding. ``hidden=True`` stops before the LM head (scoring and
+        training apply ``head`` only where they read logits); without a prefix it keeps no cache either.
         """
         if prefix is None:
+            if hidden:  # nothing decodes from here: a cache would only hold (B, T) keys and values per layer
+                return self.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
             return self.model(input_ids=ids, attention_mask=mask)
         embed = self.model.get_input_embeddings()
         emb = embed(ids) + prefix.bias[:, None, :].to(embed.weight.dtype)  # (B, T, H)
@@ -274,9 +300,38 @@ class CausalLM:
         P = prefix.length
         attn = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)  # (B, P + T)
         pos = P + (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T): right padding keeps real tokens at P.., left
-        # hidden=True stops before the LM head (training applies it only where the loss needs logits)
         net = self.model.get_decoder() if hidden else self.model
         return net(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=kv, use_cache=True)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(N, H) final hidden states -> (N, V) logits as the model's forward makes them: the LM head, then the
+        final soft-capping where the config sets one (Gemma 2/3/4: ``tanh(logits / cap) * cap``, in the same
+        steps), so logits can be made at the positions that are read and nowhere else."""
+        logits = self.model.get_output_embeddings()(hidden)  # (N, V)
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = logits / cap  # (N, V)
+            logits = torch.tanh(logits)  # (N, V)
+            logits = logits * cap  # (N, V)
+        return logits
+
+    @cached_property
+    def head_is_exact(self) -> bool:
+        """Whether ``head`` on the final hidden states gives the model's own logits, checked once on a short text.
+        Families that transform logits otherwise (Cohere multiplies by ``logit_scale``, Granite divides by
+        ``logits_scaling`` and HyperCLOVA X multiplies by it: no config key says which) fail it and are scored
+        from the model's full logits instead, still one bounded pass at a time."""
+        text = self.tokenizer("The sky is blue.", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([[*self.lead, *text]], dtype=torch.long, device=self.device)  # (1, T)
+        with torch.inference_mode():
+            own = self.model(input_ids=ids, use_cache=False).logits[0].float()  # (T, V)
+            states = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[0]  # (T, H)
+            ours = self.head(states).float()  # (T, V)
+        exact = torch.allclose(own, ours, rtol=1e-2, atol=1e-2)
+        if not exact:
+            log.warning("%s transforms its logits in a way CausalLM.head does not know; scoring reads the model's "
+                        "full logits (more memory per pass)", type(self.model).__name__)
+        return exact
 
     # --- scoring -------------------------------------------------------------
 
@@ -296,8 +351,10 @@ class CausalLM:
     @torch.inference_mode()
     def score_batch(self, items: list[tuple[str, list[str]]], kv_prefix: KVPrefix | None = None
                     ) -> list[list[ContinuationScore]]:
-        """Candidates scored against their prefixes, every (prefix, candidate) pair one row of one batch
-        (joined as ``pair_ids`` splits them); ``kv_prefix`` holds one latent prefix per item.
+        """Candidates scored against their prefixes, every (prefix, candidate) pair one row (joined as
+        ``pair_ids`` splits them); ``kv_prefix`` holds one latent prefix per item. The rows run in passes of at
+        most ``SCORE_TOKENS`` padded tokens (``score_chunks``) and logits are made only where a continuation
+        token is predicted, so many long candidates cost time, not gigabytes of (rows, T, V) logits.
         """
         rows: list[tuple[int, list[int]]] = []  # (prefix length, prefix + continuation ids)
         conts: list[list[int]] = []
@@ -308,21 +365,41 @@ class CausalLM:
                 conts.append(cont)
                 rows.append((len(prefix_ids), prefix_ids + cont))
                 item_of_row.append(n)
-        ids, mask = self.pad([s for _, s in rows])
-        rows_prefix = None if kv_prefix is None else kv_prefix.rows(torch.tensor(item_of_row, device=self.device))
-        logits = self.forward(ids, mask, rows_prefix).logits  # (B, T, V)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        flat = []
-        for i, ((P, _), c) in enumerate(zip(rows, conts, strict=True)):
-            # token t of the continuation sits at P + t and is predicted at P + t - 1
-            pos = torch.arange(P - 1, P - 1 + len(c), device=logp.device)
-            tgt = torch.tensor(c, device=logp.device, dtype=torch.long)
-            lp = logp[i, pos, tgt].sum().item() if c else 0.0
-            pred = logp[i, pos].argmax(-1)
-            flat.append((lp, len(c), tuple(pred.tolist()), int((pred == tgt).sum())))
+        item_of = torch.tensor(item_of_row, dtype=torch.long, device=self.device)  # (R,)
+        flat: list[tuple[float, int, tuple[int, ...], int]] = []
+        for chunk in score_chunks([len(s) for _, s in rows]):
+            pre = None if kv_prefix is None else kv_prefix.rows(item_of[chunk.start : chunk.stop])
+            flat += self._score_rows([rows[i] for i in chunk], [conts[i] for i in chunk], pre)
         out, k = [], 0
         for _, candidates in items:
             out.append([ContinuationScore(candidate=cand, logprob=lp, n_tokens=n, predicted=pred, n_correct=ok)
                         for cand, (lp, n, pred, ok) in zip(candidates, flat[k : k + len(candidates)], strict=True)])
             k += len(candidates)
         return out
+
+    def _score_rows(self, rows: list[tuple[int, list[int]]], conts: list[list[int]], prefix: KVPrefix | None
+                    ) -> list[tuple[float, int, tuple[int, ...], int]]:
+        """One right-padded pass over (prefix length, ids) rows: per row the continuation's summed log-probability,
+        its length, the greedy token at each of its positions and how many of those it matches. Only the final
+        hidden states that predict a continuation token get the LM head, ``HEAD_POSITIONS`` at a time."""
+        ids, mask = self.pad([s for _, s in rows])  # (b, T)
+        # token t of row i's continuation sits at P + t and is predicted at P + t - 1
+        bi = torch.cat([torch.full((len(c),), i, dtype=torch.long) for i, c in enumerate(conts)])  # (M,)
+        ti = torch.cat([torch.arange(P - 1, P - 1 + len(c)) for (P, _), c in zip(rows, conts, strict=True)])  # (M,)
+        tgt = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=self.device)  # (M,)
+        exact = self.head_is_exact
+        out = self.forward(ids, mask, prefix, hidden=exact)
+        read = out.last_hidden_state if exact else out.logits  # (b, T, H), or (b, T, V) for an unknown head
+        states = read[bi.to(self.device), ti.to(self.device)]  # (M, H) or (M, V), a copy
+        del out, read  # the pass's states (and cache) go before the logits come
+        lp = torch.zeros(len(tgt), device=self.device)  # (M,)
+        pred = torch.zeros_like(tgt)  # (M,)
+        for s in range(0, len(tgt), HEAD_POSITIONS):
+            part = states[s : s + HEAD_POSITIONS]  # (m, H) or (m, V)
+            logp = torch.log_softmax((self.head(part) if exact else part).float(), dim=-1)  # (m, V)
+            lp[s : s + HEAD_POSITIONS] = logp.gather(1, tgt[s : s + HEAD_POSITIONS, None])[:, 0]  # (m,)
+            pred[s : s + HEAD_POSITIONS] = logp.argmax(-1)  # (m,)
+        lens = [len(c) for c in conts]
+        return [(row_lp.sum().item() if n else 0.0, n, tuple(row_pred.tolist()), int((row_pred == row_tgt).sum()))
+                for row_lp, row_pred, row_tgt, n in zip(lp.split(lens), pred.split(lens), tgt.split(lens), lens,
+                                                        strict=True)]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,12 +27,13 @@ from service import mcp_tools
 from service.auth import load_keys
 from service.documents import Documents
 from service.editor import Editor
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Busy, Conflict, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
 from service.routes import documents, facts, health, memories, openai, query
 from service.settings import Settings, get_settings
-from service.store import StoreError, open_store
+from service.store import Store, StoreError, StoreHeld, open_store
+from service.timing import utc_now
 
 log = logging.getLogger("larimar")
 CONSOLE = Path(__file__).resolve().parent / "console"
@@ -45,28 +49,63 @@ def build_editor(settings: Settings, models: LoadedModels, background: bool = Fa
 
     ``background`` (the server): restore runs while the service already answers, unready, and forgets are
     purged from the store's files ``purge_delay_s`` after them. Otherwise restore is done on return.
+
+    The server first claims the store as its one writer (``Store.claim``): a store another server holds stops
+    the start with StoreHeld, naming it. A store out of reach is claimed by the background restore before it
+    reads anything; a holder found only then is logged as critical and the process stopped.
     """
     device = settings.resolved_device()
-    registry = MemoryRegistry(open_store(settings.store_url), memory_config(settings, models.encoder.dim), device,
-                              settings.snapshot_every, settings.purge_delay_s)
-    if background:
-        registry.restore_in_background()
-        registry.purge_in_background()
-        registry.index_in_background(settings.index_above)
-    else:
-        try:
-            n = registry.restore()
-            log.info("restored %d memories from %s", n, settings.store_url)
-        except StoreError as e:
-            log.error("store %s unreachable (%s): unready, retrying in the background", settings.store_url, e)
+    store = open_store(settings.store_url)
+    claim = claim_store(store, settings.store_url) if background else None
+    registry = MemoryRegistry(store, memory_config(settings, models.encoder.dim), device, settings.snapshot_every,
+                              settings.purge_delay_s, claim=claim)
+    try:
+        if background:
             registry.restore_in_background()
-    choice = decoder_choice(settings)
-    log.info("decoder: %s%s, scope threshold %.2f", choice.decoder,
-             f" (adapter {choice.adapter})" if choice.adapter else "", choice.scope_threshold)
-    if choice.decoder == "latent":
-        log.warning("decoder latent is experimental: the shipped adapter barely moves the LLM (README)")
-    decoder = load_decoder(choice.decoder, choice.adapter, device, settings.answer_bias)
-    return Editor(settings, models.encoder, models.llm, decoder, registry, scope_rule(settings, models.encoder))
+            registry.purge_in_background()
+            registry.index_in_background(settings.index_above)
+        else:
+            try:
+                n = registry.restore()
+                log.info("restored %d memories from %s", n, settings.store_url)
+            except StoreError as e:
+                log.error("store %s unreachable (%s): unready, retrying in the background", settings.store_url, e)
+                registry.restore_in_background()
+        choice = decoder_choice(settings)
+        log.info("decoder: %s%s, scope threshold %.2f", choice.decoder,
+                 f" (adapter {choice.adapter})" if choice.adapter else "", choice.scope_threshold)
+        if choice.decoder == "latent":
+            log.warning("decoder latent is experimental: the shipped adapter barely moves the LLM (README)")
+        decoder = load_decoder(choice.decoder, choice.adapter, device, settings.answer_bias)
+        return Editor(settings, models.encoder, models.llm, decoder, registry, scope_rule(settings, models.encoder))
+    except BaseException:
+        registry.close()  # gives the claim back: nothing will serve from this store
+        raise
+
+
+def claim_store(store: Store, url: str) -> Callable[[], None] | None:
+    """Claim the store for this server as its one writer now (StoreHeld, naming the holder, stops the start);
+    for a store out of reach, the claim the background restore makes first (None: claimed now)."""
+    owner = f"{socket.gethostname()} pid {os.getpid()} since {utc_now()}"
+    try:
+        store.claim(owner)
+        return None
+    except StoreHeld as e:
+        log.critical("not starting: %s", e)
+        store.close()
+        raise
+    except StoreError as e:
+        log.error("store %s unreachable (%s): the background restore claims it for this server first", url, e)
+
+    def claim_or_stop() -> None:
+        try:
+            store.claim(owner)
+        except StoreHeld as e:
+            log.critical("%s: stopping", e)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+
+    return claim_or_stop
 
 
 def memory_config(settings: Settings, dim: int) -> MemoryConfig:
@@ -102,6 +141,13 @@ def _error(code: int) -> object:
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
     return handler
+
+
+async def _busy(_: Request, exc: Exception) -> JSONResponse:
+    """503 with when to retry: the LLM's slots and queue are full (service/admission.py)."""
+    retry = exc.retry_after if isinstance(exc, Busy) else 1
+    return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(exc)},
+                        headers={"Retry-After": str(retry)})
 
 
 class BodyLimit:
@@ -169,6 +215,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
+    app.add_exception_handler(Busy, _busy)
 
     v1 = APIRouter(prefix="/v1")  # each route names the role it needs (service/deps.py)
     for r in (facts.router, documents.router, query.router, memories.router, openai.router):

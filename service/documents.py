@@ -145,7 +145,8 @@ class Documents:
         def count(texts: list[str]) -> list[int]:
             return [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
-        return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens, count)
+        return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens, count,
+                              self.settings.max_text_chars)
 
     def _ingest(self, job: Job, record: DocumentRecord, pieces: list[Piece], inline: bool = False) -> None:
         """Write the pieces not yet in the memory, a batch (one memory update, one store write) at a time. A

@@ -8,6 +8,7 @@ exactly as if no memory existed. Everything it returns is plain values, so route
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from models.decoders import Decoder
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore, Sampling
 from models.scope import ScopeRule
+from service.admission import Admission, default_concurrency
 from service.errors import Conflict, DuplicateFact, InvalidInput, NotFound, no_such_memory
 from service.limits import Limits
 from service.memories import MemoryInfo, MemoryRegistry, Reading
@@ -59,7 +61,7 @@ class Answer:
     in_scope: bool
     decoder: str
     facts: list[RecalledFact]
-    timings_ms: dict[str, float]  # encode (the prompt), scope, read, generate, total
+    timings_ms: dict[str, float]  # admission (waiting for the LLM), encode (the prompt), scope, read, generate, total
     prompt_tokens: int  # of the text the LLM read (facts shown included; a latent prefix is no tokens)
     completion_tokens: int
     finish_reason: str  # stop (end of turn or a stop string) or length (max_tokens reached)
@@ -83,6 +85,8 @@ class Editor:
         self.decoder = decoder
         self.registry = registry
         self.recaller = Recaller(registry, rule, settings.recalled_facts, settings.memory_read, settings.read_segment)
+        concurrency = settings.llm_concurrency or default_concurrency(settings.resolved_device(), os.cpu_count() or 1)
+        self.admission = Admission(concurrency, settings.llm_queue, settings.llm_wait_s)
 
     @property
     def rule(self) -> ScopeRule:
@@ -223,10 +227,15 @@ class Editor:
         n = self.limits.max_new_tokens(max_new_tokens, what)
         self.limits.sampling(sampling)
         timer = Timer()
-        recall = self.recall(memory, chat.prompt, mode, timer) if memory else Recall(False, None, [])
-        prompt_tokens = len(self.llm.token_ids(self.decoder.generation_text(self.llm, chat, recall.readout)))
-        (answer,) = self.decoder.generate_batch(self.llm, [(chat, recall.readout)], n, sampling=sampling,
-                                                streamer=streamer)
+        with self.admission.slot():
+            timer.lap("admission")
+            recall = self.recall(memory, chat.prompt, mode, timer) if memory else Recall(False, None, [])
+            prompt_tokens = len(self.llm.token_ids(self.decoder.generation_text(self.llm, chat, recall.readout)))
+            if prompt_tokens + n > (window := self._window()):
+                raise InvalidInput(f"the conversation is {prompt_tokens} tokens (the recalled facts included); with "
+                                   f"{what}={n} it passes the LLM's window of {window}: send fewer or shorter turns")
+            (answer,) = self.decoder.generate_batch(self.llm, [(chat, recall.readout)], n, sampling=sampling,
+                                                    streamer=streamer)
         timer.lap("generate")
         return Answer(answer.text, recall.in_scope, self.decoder.name, recall.facts, timer.total(), prompt_tokens,
                       answer.new_tokens, "stop" if answer.stopped else "length")
@@ -234,9 +243,14 @@ class Editor:
     def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
         self.limits.text(prompt, "prompt")
         self.limits.candidates(candidates)
-        recall = self.recall(memory, prompt, mode)
-        (scores,) = self.decoder.score_batch(self.llm, [(prompt, candidates, recall.readout)])
+        with self.admission.slot():
+            recall = self.recall(memory, prompt, mode)
+            (scores,) = self.decoder.score_batch(self.llm, [(prompt, candidates, recall.readout)])
         return ScoreResult(recall.in_scope, self.decoder.name, recall.facts, scores)
+
+    def _window(self) -> int:
+        """Tokens the LLM reads at most, prompt and answer together (its position embeddings)."""
+        return int(getattr(self.llm.model.config, "max_position_embeddings", None) or 2048)
 
     # --- memories ----------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from service.errors import InvalidInput
 from service.settings import Settings
 
 MAX_METADATA_CHARS = 4096
+MAX_METADATA_DEPTH = 8  # nested objects and lists
+RESERVED_METADATA = ("document",)  # marks a document's piece (service.pieces): only the service writes it
 MAX_TITLE_CHARS = 256
 MAX_STOP = 4  # stop strings per chat request, as OpenAI allows
 ROLES = ("system", "user", "assistant")  # chat message roles
@@ -29,12 +31,22 @@ class Limits:
             raise InvalidInput(f"{what} must not be empty")
         if len(text) > limit:
             raise InvalidInput(f"{what} has {len(text)} characters; the limit is {limit}")
+        _unicode(text, what)
         return text
 
     def metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """A client's metadata: bounded in size and depth, valid Unicode, and none of the keys the service
+        reserves (a client cannot make a fact pass for a document's piece and forge its citation)."""
         metadata = metadata or {}
-        if len(json.dumps(metadata)) > MAX_METADATA_CHARS:
+        if reserved := next((k for k in RESERVED_METADATA if k in metadata), None):
+            raise InvalidInput(f"metadata key {reserved!r} is reserved: the service sets it on document pieces "
+                               "(POST .../documents)")
+        if _depth(metadata) > MAX_METADATA_DEPTH:
+            raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+        encoded = json.dumps(metadata, ensure_ascii=False)
+        if len(encoded) > MAX_METADATA_CHARS:
             raise InvalidInput(f"metadata is over {MAX_METADATA_CHARS} characters of JSON")
+        _unicode(encoded, "metadata")
         return metadata
 
     def facts(self, items: list[tuple[str, dict[str, Any] | None]], what: str = "facts[{}].text"
@@ -74,12 +86,19 @@ class Limits:
             raise InvalidInput("temperature must be within [0, 2] and top_p within (0, 1]")
         if len(sampling.stop) > MAX_STOP or any(not s for s in sampling.stop):
             raise InvalidInput(f"stop holds at most {MAX_STOP} non-empty strings")
+        if any(len(s) > self.settings.max_stop_chars for s in sampling.stop):
+            raise InvalidInput(f"a stop string has at most {self.settings.max_stop_chars} characters")
+        for i, s in enumerate(sampling.stop):
+            _unicode(s, f"stop[{i}]")
         return sampling
 
     def conversation(self, messages: list[dict[str, str]]) -> Chat:
         """The turns before the last and the last user turn, the prompt memory answers."""
         if not messages:
             raise InvalidInput("messages must hold at least one message")
+        if len(messages) > self.settings.max_chat_messages:
+            raise InvalidInput(f"messages holds {len(messages)} messages; the limit is "
+                               f"{self.settings.max_chat_messages}")
         for i, m in enumerate(messages):
             if m.get("role") not in ROLES:
                 raise InvalidInput(f"messages[{i}].role must be one of {', '.join(ROLES)}")
@@ -88,3 +107,21 @@ class Limits:
             raise InvalidInput("the last message must be the user's")
         return Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1]),
                     messages[-1]["content"])
+
+
+def _unicode(text: str, what: str) -> None:
+    """422 for a string that is no Unicode text (a lone surrogate, which JSON's \\ud800 escape can carry): it
+    could not be stored, answered or exported."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInput(f"{what} holds a character that is not valid Unicode (at {e.start})") from e
+
+
+def _depth(value: object) -> int:
+    """How deeply objects and lists nest in a JSON value (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -266,8 +266,9 @@ class MemoryRegistry:
     """All memories of this process, created on first write, restored from the store at start."""
 
     def __init__(self, store: Store, cfg: MemoryConfig, device: str, snapshot_every: int,
-                 purge_delay_s: float = 10.0) -> None:
+                 purge_delay_s: float = 10.0, claim: Callable[[], None] | None = None) -> None:
         self.store = store
+        self._claim = claim  # run once before restore first reads the store (a server claiming it: Store.claim)
         self.cfg = cfg
         self.device = device
         self.snapshot_every = snapshot_every
@@ -598,6 +599,9 @@ class MemoryRegistry:
     def restore(self) -> int:
         """Rebuild every stored memory from its checkpoint, its facts' latents and the log. Returns how many."""
         self.restoring = "reading the store"
+        if self._claim is not None:  # raises StoreError (restore is retried) or StoreHeld
+            self._claim()
+            self._claim = None
         migrated = self.store.migrate(asdict(self.cfg))
         if migrated:
             log.info("migrated %d memories from the old storage layout: %s", len(migrated), ", ".join(migrated))

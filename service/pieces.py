@@ -38,13 +38,20 @@ def _continues(pieces: list[Piece], i: int, text: str) -> bool:
     return not PARAGRAPH.search(text[pieces[i - 1].end : pieces[i].start])
 
 
+def is_piece(metadata: dict[str, Any]) -> bool:
+    """Whether metadata is a piece's, as ``piece_metadata`` writes it (clients cannot set ``document``:
+    ``service.limits``; a fact stored before that rule with a ``document`` key of its own is no piece)."""
+    return (isinstance(metadata.get("document"), str)
+            and all(type(metadata.get(k)) is int for k in ("piece", "start", "end"))
+            and (metadata.get("title") is None or isinstance(metadata.get("title"), str)))
+
+
 def source_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """What an answer cites of a recalled fact: its ``SOURCE_KEYS`` for a piece, None for a plain fact."""
-    return {k: metadata.get(k) for k in SOURCE_KEYS} if "document" in metadata else None
+    return {k: metadata.get(k) for k in SOURCE_KEYS} if is_piece(metadata) else None
 
 
 def continued_id(metadata: dict[str, Any]) -> str | None:
     """The id of the piece a piece continues (None: it stands alone, or is no piece)."""
     before = metadata.get("continues")
-    doc = metadata.get("document")
-    return piece_id(doc, before) if isinstance(before, int) and isinstance(doc, str) else None
+    return piece_id(metadata["document"], before) if type(before) is int and is_piece(metadata) else None

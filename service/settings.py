@@ -151,6 +151,17 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(4_000_000, ge=1, description="Longest document text (about a million tokens).")
     max_document_bytes: int = Field(32 << 20, ge=1024, description="Larger document bodies get 413 (POST "
                                     ".../documents).")
+    max_stop_chars: int = Field(64, ge=1, description="Longest stop string of a chat request (each costs the "
+                                "tokenizer's vocabulary times its length to match).")
+    max_chat_messages: int = Field(64, ge=1, description="Most messages in one chat request; the whole "
+                                   "conversation must also fit the LLM's window with max_tokens (else 422).")
+
+    # --- admission: how many requests use the LLM at once (503 with Retry-After past them)
+    llm_concurrency: int = Field(0, ge=0, description="Requests generating or scoring at once; 0: from the "
+                                 "machine (4 on a GPU, a quarter of the CPU cores, at least 1).")
+    llm_queue: int = Field(16, ge=0, description="Requests that may wait for the LLM beyond those running; more "
+                           "get 503 at once.")
+    llm_wait_s: float = Field(30.0, gt=0, description="Longest wait for the LLM before a 503.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

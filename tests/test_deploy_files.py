@@ -663,3 +663,27 @@ def test_probe_nothing_listening_fails():
     res = _probe(f"http://127.0.0.1:{port}/readyz", env={"LARIMAR_HEALTHCHECK_TIMEOUT": "2"})
     assert res.returncode != 0
     assert "unhealthy" in res.stderr
+
+
+# --------------------------------------------------------------------------- secure by default
+
+
+def test_compose_will_not_publish_the_service_without_keys(compose):
+    """Compose's ${VAR:?message} refuses to start when VAR is unset or empty: a published service has keys."""
+    env = _environment(compose["services"]["larimar"])
+    assert env["LARIMAR_API_KEYS"].startswith("${LARIMAR_API_KEYS:?"), env["LARIMAR_API_KEYS"]
+
+
+def test_compose_redis_needs_a_password_and_stays_on_an_internal_network(compose):
+    redis = compose["services"]["redis"]
+    words = _command_words(redis.get("command"))
+    assert words[words.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert _redis_conf(compose).get("protected-mode") == "yes"
+    url = urlparse(_environment(compose["services"]["larimar"])["LARIMAR_STORE_URL"])
+    assert url.password and url.password.startswith("${REDIS_PASSWORD"), "the service authenticates to Redis"
+    assert "ports" not in redis
+    networks = compose.get("networks") or {}
+    (net,) = redis["networks"]
+    assert networks[net].get("internal") is True, "Redis's network has no route out"
+    assert net in compose["services"]["larimar"]["networks"]
+    assert _environment(redis).get("REDISCLI_AUTH", "").startswith("${REDIS_PASSWORD"), "the healthcheck authenticates"

@@ -1,24 +1,34 @@
-"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these)."""
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these).
+
+The probes never wait behind requests: ``/healthz`` runs on the event loop, and ``/readyz`` asks the store on
+a thread of its own limiter, not of the pool every sync route shares (48 queries at once once kept
+``/healthz`` from answering within 30 s).
+"""
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
+PROBE_THREADS = 2  # threads for readiness checks, apart from the routes' pool
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Health)
-def readyz(request: Request, response: Response) -> Health:
+async def readyz(request: Request, response: Response) -> Health:
     editor = getattr(request.app.state, "editor", None)
-    checks = {"models": editor is not None, "store": editor is not None and editor.ready()}
+    if getattr(request.app.state, "probes", None) is None:  # made on the app's own event loop
+        request.app.state.probes = anyio.CapacityLimiter(PROBE_THREADS)
+    ready = editor is not None and await anyio.to_thread.run_sync(editor.ready, limiter=request.app.state.probes)
+    checks = {"models": editor is not None, "store": ready}
     if not all(checks.values()):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         restoring = editor.restoring() if editor is not None else ""

@@ -16,6 +16,13 @@ Every method returns only once its change is durable (SQLite with synchronous=FU
 ``appendfsync always``), because an acknowledged write is never lost, and each change is atomic. What a
 delete leaves in the files behind the store (SQLite's WAL, Redis's AOF and RDB files) is gone after
 ``purge``; until then erasure is pending.
+
+One writer: a server keeps the state in memory and saves it as the checkpoint, dropping the log, so two
+servers on one store would erase each other's acknowledged writes. ``claim`` makes this process the store's
+one writer until ``close``; a second claim, from any process, is refused with ``StoreHeld`` naming the
+holder. A holder that dies without closing (SIGKILL) does not block the next: SQLite's lock goes with the
+process, a Redis lease lapses within ``redis_store.LEASE_TTL_S``. A store nobody claims (tools, tests reading
+it) is not stopped: the claim keeps servers apart, not every connection.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ from torch import Tensor
 
 class StoreError(RuntimeError):
     """The store could not be reached or refused the operation."""
+
+
+class StoreHeld(RuntimeError):
+    """Another process is the store's one writer (``Store.claim``); the message names it. Not a StoreError: that
+    one means "unreachable, try again", while this one stays until the holder stops."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,11 @@ class Stored:
 
 class Store(Protocol):
     def ping(self) -> bool: ...
+
+    def claim(self, owner: str) -> None:
+        """Make this process the store's one writer until ``close`` (``owner`` names it: host, pid, since when).
+        StoreHeld (naming the holder): another process holds it; StoreError: the store is out of reach."""
+        ...
 
     def names(self) -> list[str]:
         """Every memory with anything stored."""
@@ -143,4 +160,6 @@ class Store(Protocol):
         """Make every delete so far reach every file the store writes (blocking until it has)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection, and the claim where this process made one."""
+        ...

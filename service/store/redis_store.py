@@ -9,9 +9,18 @@ Keys, for memory ``m`` under prefix ``p``:
     p:m:m:oplog             stream, one entry per write since the checkpoint, id <seq>-1, field ids
     p:m:m:documents         hash: document id -> its record (JSON)
     p:documents             set of memory names that have document records
+    p:writer                the one writer's lease (``claim``): its owner, expiring LEASE_TTL_S after renewal
+    p:writer:last           the owner of the last claim, until it closes (no expiry): whether anyone claimed
+                            the store since this process's lease lapsed
 Every change is one MULTI transaction. Durability is the server's: run Redis with ``appendonly yes`` and
 ``appendfsync always`` (docker/redis.conf). A deleted fact's commands stay in the AOF and in RDB files until
 they are rewritten: ``purge`` runs BGREWRITEAOF (and BGSAVE where RDB snapshots are on) and waits for them.
+
+The one writer holds a lease: ``SET p:writer <owner> NX PX ttl``, renewed every third of the TTL by a
+thread while it is still its own (compare-and-pexpire, one Lua script) and deleted by ``close`` if still its
+own. A SIGKILLed holder stops renewing, so its lease lapses within the TTL and a restart's ``claim``, which
+waits that long for it, goes on. A lease that lapsed while Redis was out of reach is taken again if no one
+claimed the store meanwhile; if someone did, this store refuses every change from then on.
 
 Memories in the layout before this one (``p:m:m:snapshot`` and ``p:m:m:log`` as a list) are migrated on start.
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,18 +38,64 @@ import redis
 from torch import Tensor
 
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError
+from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld
 from service.store.sqlite_store import import_old
 
 log = logging.getLogger(__name__)
 NEW_PARTS = ("config", "order", "pos", "checkpoint", "oplog", "documents")
 OLD_PARTS = ("snapshot", "log")  # the layout before per-fact records
+# The writer lease. A restart after a SIGKILL waits up to this long for the dead holder's lease to lapse, so it
+# is short; renewals every third of it let a live holder miss two (a slow Redis, a paused process) and keep it.
+LEASE_TTL_S = 10.0
+LEASE_MARGIN_S = 1.0  # a claim waits TTL + this for a held lease to lapse before it refuses
+
+# KEYS[1] the lease, KEYS[2] the last claim's owner; ARGV[1] owner, ARGV[2] TTL in ms
+_CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('set', KEYS[2], ARGV[1])
+    return 1
+end
+return 0
+"""
+# 1: renewed; 2: it had lapsed and no one claimed since: taken again; 0: someone else claimed it
+_RENEW = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 1
+end
+if not holder and redis.call('get', KEYS[2]) == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 2
+end
+return 0
+"""
+# both keys, each only if still ours (a renewal running late then finds nothing to take again)
+_RELEASE = """
+local n = 0
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    n = redis.call('del', KEYS[1])
+end
+if redis.call('get', KEYS[2]) == ARGV[1] then
+    redis.call('del', KEYS[2])
+end
+return n
+"""
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "larimar") -> None:
+    def __init__(self, url: str, prefix: str = "larimar", lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
         self.prefix = prefix
+        self.lease_ttl_s = lease_ttl_s
+        self._scripts = {name: self.client.register_script(src)
+                         for name, src in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE))}
+        self._lease_lock = threading.Lock()
+        self._owner: str | None = None  # set while this store holds the lease
+        self._renewing = threading.Event()  # set: the renewer stops
+        self._renewer: threading.Thread | None = None
+        self._lost: str | None = None  # why changes are refused: someone else claimed the store
+        self._closed = False
 
     def _k(self, name: str, part: str) -> str:
         return f"{self.prefix}:m:{name}:{part}"
@@ -62,12 +118,93 @@ class RedisStore:
             raise StoreError(f"redis: {e}") from e
 
     def _multi(self, build: Callable[[redis.client.Pipeline], object]) -> list:
+        if self._lost:
+            raise StoreError(self._lost)
+
         def run() -> list:
             pipe = self.client.pipeline(transaction=True)
             build(pipe)
             return pipe.execute()
 
         return self._call(run)
+
+    # --- the one writer -------------------------------------------------------------------
+
+    @property
+    def _lease(self) -> list[str]:
+        return [f"{self.prefix}:writer", f"{self.prefix}:writer:last"]
+
+    def _where(self) -> str:
+        kw = self.client.connection_pool.connection_kwargs  # no password in what is named
+        place = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+        return f"redis store {place} prefix {self.prefix!r}"
+
+    def _holder(self) -> str | None:
+        raw = self._call(lambda: self.client.get(self._lease[0]))
+        return None if raw is None else raw.decode(errors="replace")
+
+    def claim(self, owner: str) -> None:
+        """Take the lease ``p:writer`` (SET NX PX) and renew it until ``close``. A lease held by another is waited
+        for up to TTL + LEASE_MARGIN_S, as a crashed holder's lapses in that time; then StoreHeld names it."""
+        with self._lease_lock:
+            if self._closed:
+                raise StoreError(f"{self._where()}: closed")
+            if self._owner is not None:
+                return  # already ours
+        ttl_ms = int(self.lease_ttl_s * 1000)
+        t0 = time.monotonic()
+        deadline = t0 + self.lease_ttl_s + LEASE_MARGIN_S
+        seen: str | None = None  # the holder waited for
+        while not self._call(lambda: self._scripts["claim"](keys=self._lease, args=[owner, ttl_ms])):
+            holder = self._holder()
+            if holder is not None and holder != seen:
+                seen = holder
+                log.warning("%s is held by %s: waiting up to %.0f s for its lease to lapse (a holder that died "
+                            "stops renewing it)", self._where(), holder, deadline - time.monotonic())
+            if time.monotonic() >= deadline:
+                raise StoreHeld(f"{self._where()} is held by {seen}: another larimar server writes it "
+                                "(one server per store); stop that one first")
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        with self._lease_lock:
+            if self._closed:  # closed while this waited: give the lease straight back
+                self._release(owner)
+                raise StoreError(f"{self._where()}: closed")
+            self._owner, self._lost = owner, None
+            self._renewing.clear()
+            self._renewer = threading.Thread(target=self._renew, args=(owner, ttl_ms), name="larimar-lease",
+                                             daemon=True)
+            self._renewer.start()
+        if seen is not None:
+            log.info("%s: the lease of %s lapsed after %.1f s", self._where(), seen, time.monotonic() - t0)
+        log.info("%s: this process (%s) is its one writer", self._where(), owner)
+
+    def _renew(self, owner: str, ttl_ms: int) -> None:
+        every = self.lease_ttl_s / 3
+        while not self._renewing.wait(every):
+            try:
+                renewed = self._scripts["renew"](keys=self._lease, args=[owner, ttl_ms])
+            except redis.RedisError as e:
+                log.warning("%s: writer lease not renewed (%s): trying again in %.1f s", self._where(), e, every)
+                continue
+            if renewed == 2:
+                log.warning("%s: the writer lease had lapsed (Redis out of reach for over %.0f s); no one claimed "
+                            "the store since: taken again", self._where(), self.lease_ttl_s)
+            elif not renewed:
+                try:
+                    holder = self._holder()
+                except StoreError:
+                    holder = None
+                self._lost = (f"{self._where()}: the writer lease lapsed and {holder or 'another process'} claimed "
+                              "the store since; this server refuses changes: restart it")
+                log.critical(self._lost)
+                return
+
+    def _release(self, owner: str) -> None:
+        try:
+            self._scripts["release"](keys=self._lease, args=[owner])
+        except redis.RedisError as e:
+            log.warning("%s: writer lease not released (%s): it lapses within %.0f s", self._where(), e,
+                        self.lease_ttl_s)
 
     def ping(self) -> bool:
         try:
@@ -284,4 +421,13 @@ class RedisStore:
         return done
 
     def close(self) -> None:
+        with self._lease_lock:
+            self._closed = True
+            owner, self._owner = self._owner, None
+            renewer, self._renewer = self._renewer, None
+        if owner is not None:
+            self._renewing.set()
+            if renewer is not None:
+                renewer.join(timeout=1.0)  # a renewal under way ends within the socket timeout anyway
+            self._release(owner)  # compare-and-delete: a lease someone else took meanwhile stays theirs
         self.client.close()

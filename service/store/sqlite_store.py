@@ -7,18 +7,25 @@ readers (queries fetching a recalled fact's text) run beside a writer; ``synchro
 durable before it returns. A delete still has old page images in the WAL until a checkpoint copies them
 back and the WAL is truncated: ``purge`` does that (``PRAGMA wal_checkpoint(TRUNCATE)``).
 
+The one writer (``claim``) holds an exclusive ``flock`` on ``<db>.lock`` beside the database, with its owner
+written in the file so a refusal can name it. The kernel drops the lock with the process, however it ends: a
+SIGKILL leaves nothing stale.
+
 Memories kept in the layout before this one (``DIR/<memory>/snapshot.safetensors`` and ``log.bin`` under a
 ``file://DIR`` store) are migrated into the database when the store opens, then removed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +34,7 @@ from typing import Any
 from torch import Tensor
 
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError
+from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,10 @@ class SqliteStore:
             raise StoreError(f"sqlite store {self.path}: {e}") from e
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._old_layout = old_layout
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._claim_lock = threading.Lock()
+        self._lock_fd: int | None = None  # the claim: an fd holding the flock
+        self._closed = False
 
     def migrate(self, default_config: dict[str, Any]) -> list[str]:
         """Memories of a ``file://DIR`` store in the layout before this one, moved into the database."""
@@ -103,6 +114,51 @@ class SqliteStore:
                 return self._r.execute(sql, args).fetchall()
             except sqlite3.Error as e:
                 raise StoreError(f"sqlite store: {e}") from e
+
+    # --- the one writer ------------------------------------------------------------------
+
+    def claim(self, owner: str) -> None:
+        """An exclusive, non-blocking flock on ``<db>.lock``, held until ``close``; ``owner`` is written into the
+        file once locked. Another open file holding it, in this process or another, means StoreHeld."""
+        with self._claim_lock:
+            if self._closed:
+                raise StoreError(f"sqlite store {self.path}: closed")
+            if self._lock_fd is not None:
+                return  # already ours
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+            except OSError as e:
+                raise StoreError(f"sqlite store {self.lock_path}: {e}") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreHeld(f"sqlite store {self.path} is held by {holder}: another larimar server writes it "
+                                "(one server per store); stop that one first") from None
+            except OSError as e:
+                os.close(fd)
+                raise StoreError(f"sqlite store {self.lock_path}: {e}") from e
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, owner.encode(), 0)
+            except OSError as e:
+                os.close(fd)  # drops the lock
+                raise StoreError(f"sqlite store {self.lock_path}: {e}") from e
+            self._lock_fd = fd
+        log.info("sqlite store %s: this process (%s) is its one writer", self.path, owner)
+
+    def _release(self) -> None:
+        with self._claim_lock:
+            self._closed = True
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is None:
+                return
+            try:
+                os.ftruncate(fd, 0)  # the name goes before the lock: no later refusal names this process
+            except OSError:
+                pass
+            os.close(fd)  # closing the last fd of the open file drops the flock
 
     def ping(self) -> bool:
         try:
@@ -223,6 +279,21 @@ class SqliteStore:
         with self._wlock, self._rlock:
             self._r.close()
             self._w.close()
+        self._release()  # after the last commit
+
+
+def _holder(fd: int, tries: int = 20, wait_s: float = 0.025) -> str:
+    """The owner written in a lock file someone else holds. Its holder writes it just after locking, so an empty
+    file is read again a few times (bounded) before the refusal names no one."""
+    for _ in range(tries):
+        try:
+            name = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        except OSError:
+            name = ""
+        if name:
+            return name
+        time.sleep(wait_s)
+    return "another process (its name not written yet)"
 
 
 # --- the layout before per-fact records ---------------------------------------------------------

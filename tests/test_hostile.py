@@ -1,0 +1,161 @@
+"""Hostile input and load: every request bounded, generation admitted by a queue, bad input refused whole.
+
+Each test here failed on the code before the fix it covers (issue 24's findings)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from models.chunking import split_document
+from service.admission import Admission
+from service.errors import Busy
+
+BASE = "/v1/memories/demo"
+LYON = "The capital of France is Lyon."
+
+
+def test_admission_runs_a_bounded_number_queues_a_bounded_number_and_refuses_the_rest_at_once() -> None:
+    admission = Admission(concurrency=1, queue=1, wait_s=0.3)
+    holding, release = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    def hold() -> None:
+        with admission.slot():
+            holding.set()
+            release.wait(5)
+
+    def wait_for_a_slot() -> None:
+        try:
+            with admission.slot():
+                outcomes.append("ran")
+        except Busy as e:
+            outcomes.append(f"busy after waiting, retry in {e.retry_after}")
+
+    first = threading.Thread(target=hold)
+    first.start()
+    assert holding.wait(5)
+    waiter = threading.Thread(target=wait_for_a_slot)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while admission.inside < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with pytest.raises(Busy) as refused:  # one running, one waiting: a third is refused at once
+        with admission.slot():
+            pass
+    assert refused.value.retry_after >= 1
+    waiter.join(5)
+    assert outcomes == ["busy after waiting, retry in 1"], "no slot came free within wait_s"
+    release.set()
+    first.join(5)
+    with admission.slot():  # free again
+        assert admission.inside == 1
+    assert admission.inside == 0
+
+
+def test_a_full_llm_answers_503_with_retry_after_and_the_probes_still_answer(make_client: Callable,
+                                                                             tmp_path: Path) -> None:
+    with make_client(f"file://{tmp_path / 'store'}", llm_concurrency=1, llm_queue=0, llm_wait_s=0.2) as c:
+        c.post(f"{BASE}/facts", json={"text": LYON})
+        admission = c.app.state.editor.admission
+        with admission.slot():  # the one slot is taken, as by a long generation
+            t0 = time.monotonic()
+            for path, body in ((f"{BASE}/query", {"prompt": "What is the capital of France?"}),
+                               (f"{BASE}/score", {"prompt": "The capital of France is", "candidates": ["Lyon"]}),
+                               ("/v1/chat/completions", {"model": "larimar/demo",
+                                                         "messages": [{"role": "user", "content": "Hi"}]}),
+                               ("/v1/chat/completions", {"model": "larimar", "stream": True,
+                                                         "messages": [{"role": "user", "content": "Hi"}]})):
+                r = c.post(path, json=body)
+                assert r.status_code == 503, (path, r.text)
+                assert int(r.headers["Retry-After"]) >= 1 and r.json()["detail"]
+            assert time.monotonic() - t0 < 10, "refused at once, not after a generation"
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").json()["status"] == "ready"
+            assert c.post(f"{BASE}/facts", json={"text": "Ice is hot."}).status_code == 201, "writes need no LLM slot"
+        r = c.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 8})
+        assert r.status_code == 200 and "admission" in r.json()["timings_ms"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"stop": ["x" * 4000]}, "stop string"),
+    ({"messages": [{"role": "user", "content": "Hi."}] * 65}, "messages holds 65"),
+    ({"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 390} for i in range(63)]},
+     "window"),
+])
+def test_chat_requests_past_a_limit_get_422_naming_it(client: TestClient, body: dict, message: str) -> None:
+    request = {"model": "larimar", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4} | body
+    r = client.post("/v1/chat/completions", json=request)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+
+
+def _page(client: TestClient) -> list[dict]:
+    r = client.get(f"{BASE}/facts")
+    assert r.status_code == 200, "listing keeps working"
+    return r.json()["facts"]
+
+
+@pytest.mark.parametrize("metadata", [
+    {"document": "x"},  # a client cannot make a fact pass for a document's piece
+    {"note": "\ud800"},  # a lone surrogate: cannot be stored as UTF-8, answered or exported
+    {"deep": json.loads("[" * 9 + "]" * 9)},
+])
+def test_bad_metadata_is_refused_on_every_route_that_takes_it(client: TestClient, metadata: dict) -> None:
+    fact = client.post(f"{BASE}/facts", json={"text": LYON}).json()
+    before = _page(client)
+    body = json.dumps({"text": "Ice is hot.", "metadata": metadata})  # json.dumps keeps a lone surrogate escaped
+    headers = {"content-type": "application/json"}
+    for method, path, content in (
+        ("POST", f"{BASE}/facts", body),
+        ("POST", f"{BASE}/facts/batch", json.dumps({"facts": [json.loads(body)]})),
+        ("PUT", f"{BASE}/facts/{fact['id']}", json.dumps({"metadata": metadata})),
+        ("POST", f"{BASE}/import", body + "\n"),
+    ):
+        r = client.request(method, path, content=content, headers=headers)
+        assert r.status_code == 422, (method, path, r.text)
+        assert r.json()["detail"]
+    assert _page(client) == before, "nothing changed"
+    assert client.get(f"{BASE}/export").status_code == 200
+
+
+def test_a_lone_surrogate_in_a_text_is_refused(client: TestClient) -> None:
+    r = client.post(f"{BASE}/facts", content=json.dumps({"text": "Ice is \ud800 hot."}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "Unicode" in r.json()["detail"]
+
+
+def test_a_fact_stored_with_a_document_key_of_its_own_is_answered_as_a_plain_fact(client: TestClient) -> None:
+    """Facts written before the key was reserved: a query that recalls one answers 200 and cites no piece."""
+    editor = client.app.state.editor
+    editor.registry.write("demo", [(LYON, {"document": "x"})], editor.encoder.encode([LYON]))
+    r = client.post(f"{BASE}/query", json={"prompt": "What is the capital of France?", "max_new_tokens": 8})
+    assert r.status_code == 200, r.text
+    assert r.json()["facts"] and r.json()["facts"][0]["source"] is None
+
+
+def test_no_document_piece_is_longer_than_a_fact(client: TestClient) -> None:
+    text = "Ada Quill founded the Quill works in Oslo. " + "x" * 30_000 + " The works closed in 1990 after a fire."
+    r = client.post(f"{BASE}/documents", json={"text": text})
+    assert r.status_code == 201, r.text
+    facts = client.get(f"{BASE}/facts", params={"limit": 1000}).json()["facts"]
+    limit = client.app.state.settings.max_text_chars
+    assert facts and max(len(f["text"]) for f in facts) <= limit
+    assert "".join(f["text"] for f in facts).replace(" ", "") == text.replace(" ", ""), "nothing dropped"
+
+
+def test_splitting_cuts_long_runs_at_white_space_and_packs_chunks_within_the_limit() -> None:
+    words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
+    text = "One short opening sentence here. " + "abc " * 3000 + "Closing words of the text."
+    for chunking in ("sentences", "chunks"):
+        pieces = split_document(text, chunking, 10_000, words, max_chars=500)
+        assert all(len(p.text) <= 500 and text[p.start : p.end] == p.text for p in pieces)
+        assert all(not p.text.startswith(" ") and not p.text.endswith(" ") for p in pieces)
+    unbroken = split_document("y" * 1234, "sentences", 10, words, max_chars=500)
+    assert [len(p.text) for p in unbroken] == [500, 500, 234]
