@@ -6,6 +6,8 @@ was trained; any other Hugging Face encoder directory works the same way.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 from transformers import AutoModel, AutoTokenizer
@@ -16,9 +18,15 @@ ENCODE_TOKENS = 2048  # padded tokens per forward pass when many texts are encod
 
 
 class TextEncoder:
+    """Safe to call from many threads: every use of the tokenizer holds ``tokenizer_lock`` (a Rust fast tokenizer
+    shared by threads raises "Already borrowed" when one call changes its truncation or padding while another
+    tokenizes), the forward pass runs outside it. Code outside this class counts tokens with ``count_tokens``
+    and never calls ``tokenizer`` itself."""
+
     def __init__(self, spec: str, device: str = "cpu", max_length: int = 256) -> None:
         path = resolve(spec)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer_lock = threading.Lock()  # tokenizing is cheap next to the forward pass: one at a time
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)
         self.max_length = max_length
@@ -33,7 +41,8 @@ class TextEncoder:
         batches of 32 texts and 1.5k in unsorted batches of 256)."""
         if not texts:
             return torch.empty((0, self.dim), device=self.device)  # (0, C)
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # once, unpadded
+        with self.tokenizer_lock:
+            tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)  # once, unpadded
         lengths = [len(ids) for ids in tokens["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty((len(texts), self.dim), device=self.device)  # (N, C)
@@ -46,10 +55,18 @@ class TextEncoder:
                 batch.append(i)
         return out
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, special tokens included and nothing truncated (how ``service.documents`` sizes
+        pieces; a text longer than ``max_length`` counts in full, though ``encode`` reads only its start)."""
+        with self.tokenizer_lock:
+            return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
     @torch.inference_mode()
     def _encode(self, tokens: dict[str, list[list[int]]]) -> Tensor:
         """Token ids of some texts (unpadded) -> their latents, in one padded forward pass."""
-        batch = self.tokenizer.pad(tokens, padding=True, return_tensors="pt").to(self.device)
+        with self.tokenizer_lock:
+            batch = self.tokenizer.pad(tokens, padding=True, return_tensors="pt")
+        batch = batch.to(self.device)
         hidden = self.model(**batch).last_hidden_state  # (N, T, C)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (N, C)

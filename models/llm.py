@@ -5,6 +5,7 @@ is a batch of one, so what the benchmarks measure is what the service serves).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -147,6 +148,7 @@ class CausalLM:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.lead = leading_special_ids(self.tokenizer)
+        self._drawing = threading.Lock()  # sampled generations, one at a time (generate_batch)
 
     # --- prompts -------------------------------------------------------------
 
@@ -192,9 +194,20 @@ class CausalLM:
         gives the same answer, alone or among others. With a latent ``prefix`` the decoding loop is
         ``generate_prefixed``; ``bias`` boosts tokens per row (``AnswerBias``); a ``streamer`` (a batch of
         one) gets the prompt's ids, then each new token as it is chosen.
+
+        Sampled answers draw from torch's one global generator, so they run one at a time (``_drawing``): a
+        seeded answer is then the same whatever other requests sample meanwhile. Greedy ones draw nothing.
         """
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        if sampling.greedy:
+            return self._generate_batch(texts, max_new_tokens, min_new_tokens, prefix, bias, sampling, streamer)
+        with self._drawing:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            return self._generate_batch(texts, max_new_tokens, min_new_tokens, prefix, bias, sampling, streamer)
+
+    def _generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int, prefix: KVPrefix | None,
+                        bias: AnswerBias | None, sampling: Sampling, streamer: BaseStreamer | None
+                        ) -> list[Generation]:
         if prefix is not None:
             return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens, bias, sampling, streamer)
         ids, mask = self._left_padded(texts)

@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
                          description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
     app.state.settings = settings
     app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
-    app.state.metrics = Metrics(app)
+    app.state.metrics = Metrics(app, settings.metrics_memory_names)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes,
                        max_document_bytes=settings.max_document_bytes)
     app.middleware("http")(app.state.metrics.middleware)

@@ -1,5 +1,6 @@
 """Dependencies the routes receive: the editor, the documents, and the API-key check of the role each route
-names (``READ``, ``WRITE``, ``ADMIN``; every /v1 route names one, and a test holds them to it)."""
+names (``READ``, ``WRITE``, ``ADMIN``; every /v1 route names one, and a test holds them to it), which also
+spends a token of the caller's rate limit (service/ratelimit.py) before any work."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
-from service import auth
+from service import auth, ratelimit
 from service.auth import ApiKey, Role
 from service.documents import Documents
 from service.editor import Editor
@@ -24,14 +25,16 @@ def get_documents(request: Request) -> Documents:
 
 
 def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
-    """The check of a route that needs ``need``: with keys configured, the call names a key
-    (``Authorization: Bearer <key>``) whose role and memories cover it (service/auth.py), else 401 or 403.
+    """The check of a route that needs ``need``: first the caller's rate limit (429 with Retry-After past it;
+    by key, or by client address for a call naming no valid key), then, with keys configured, the call names a
+    key (``Authorization: Bearer <key>``) whose role and memories cover it (service/auth.py), else 401 or 403.
     It returns that key (None: no keys configured)."""
 
     def check(request: Request) -> ApiKey | None:
+        keys, authorization = request.app.state.api_keys, request.headers.get("authorization")
+        throttle(request, auth.from_header(authorization, keys) if keys else None)
         try:
-            return auth.check(request.app.state.api_keys, request.headers.get("authorization"),
-                              request.path_params.get("memory"), need)
+            return auth.check(keys, authorization, request.path_params.get("memory"), need)
         except auth.Unauthenticated as e:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
         except auth.Forbidden as e:
@@ -39,6 +42,18 @@ def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
 
     check.role = need  # type: ignore[attr-defined] - read by the test that every route names a role
     return check
+
+
+def throttle(request: Request, key: ApiKey | None) -> None:
+    """Spend a token of ``key``'s bucket (None: of the client address's), else 429 naming the limit."""
+    limiter = ratelimit.for_app(request.app.state)
+    if limiter is None:
+        return
+    try:
+        limiter.check(key, request.client.host if request.client else None)
+    except ratelimit.RateLimited as e:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(e),
+                            headers={"Retry-After": str(e.retry_after)}) from e
 
 
 def require(key: ApiKey | None, memory: str | None, need: Role) -> None:

@@ -140,13 +140,8 @@ class Documents:
     # --- the work ----------------------------------------------------------------------
 
     def pieces(self, text: str) -> list[Piece]:
-        tokenizer = self.encoder.tokenizer
-
-        def count(texts: list[str]) -> list[int]:
-            return [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-
-        return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens, count,
-                              self.settings.max_text_chars)
+        return split_document(text, self.settings.document_chunking, self.settings.document_piece_tokens,
+                              self.encoder.count_tokens, self.settings.max_text_chars)
 
     def _ingest(self, job: Job, record: DocumentRecord, pieces: list[Piece], inline: bool = False) -> None:
         """Write the pieces not yet in the memory, a batch (one memory update, one store write) at a time. A
@@ -199,11 +194,7 @@ class Documents:
         ids = [piece_id(record.id, i) for i in range(record.pieces)]
         step = self.settings.max_batch_facts
         for start in range(0, len(ids), step):
-            part = ids[start : start + step]
-            for _ in range(3):
-                held = [i for i, h in zip(part, self.registry.holds(memory, part), strict=True) if h]
-                if not held or self.registry.forget(memory, *held):
-                    break
+            self.registry.forget_held(memory, *ids[start : start + step])
 
     def _run(self) -> None:
         """Resume what a restart interrupted, then ingest queued documents one at a time."""

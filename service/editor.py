@@ -50,7 +50,7 @@ class WriteResult:
     facts: list[Fact]
     timings_ms: dict[str, float]  # validate, encode, [conflicts,] lock, store_append, apply, [compaction,] total
     conflicts: list[list[RecalledFact]] = field(default_factory=list)  # per fact: see Editor.conflicts
-    superseded: list[list[str]] = field(default_factory=list)  # per fact: the ids it replaced, now forgotten
+    superseded: list[list[str]] = field(default_factory=list)  # per fact: the ids this write forgot (see add_facts)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,8 @@ class Editor:
                   supersedes: list[list[str]] | None = None) -> WriteResult:
         """Write facts as one memory update (a batch is one rank-N Woodbury step), report each one's
         ``conflicts``, then forget the facts each names in ``supersedes`` (after the write, so a failure in
-        between leaves old and new, never neither)."""
+        between leaves old and new, never neither). ``superseded`` lists those this write forgot: one forgotten
+        meanwhile by another request is left out, and the others are forgotten all the same."""
         timer = Timer()
         checked = self.limits.facts(items)
         supersedes = supersedes or [[] for _ in items]
@@ -115,9 +116,8 @@ class Editor:
                      zip(self.conflicts(memory, [t for t, _ in checked], latents), supersedes, strict=True)]
         timer.lap("conflicts")
         facts = self.registry.write(memory, checked, latents, timer)
-        if gone := [i for ids in supersedes for i in ids]:  # one step; False: forgotten meanwhile, as was asked
-            self.registry.forget(memory, *gone)
-        return WriteResult(facts, timer.total(), conflicts, supersedes)
+        forgot = set(self.registry.forget_held(memory, *(i for ids in supersedes for i in ids)))  # in one step
+        return WriteResult(facts, timer.total(), conflicts, [[i for i in ids if i in forgot] for ids in supersedes])
 
     def conflicts(self, memory: str, texts: list[str], latents: Tensor) -> list[list[RecalledFact]]:
         """Per new fact, the facts the memory holds that look like the same statement with another answer
@@ -179,11 +179,11 @@ class Editor:
         given stays. New text is encoded and takes the old text's place in the memory."""
         if text is None and metadata is None:
             raise InvalidInput("give text, metadata or both")
-        old = self.get_fact(memory, fact_id)
-        new_text = old.text if text is None else self.limits.text(text)
-        new_metadata = old.metadata if metadata is None else self.limits.metadata(metadata)
-        latent = None if new_text == old.text else self.encoder.encode([new_text])[0]  # (C,)
-        fact = self.registry.replace(memory, fact_id, new_text, new_metadata, latent)
+        self.get_fact(memory, fact_id)  # 404 first; the stored fact is merged with these under the memory's lock
+        text = None if text is None else self.limits.text(text)
+        metadata = None if metadata is None else self.limits.metadata(metadata)
+        latent = None if text is None else self.encoder.encode([text])[0]  # (C,) before the lock, used if text changed
+        fact = self.registry.replace(memory, fact_id, text, metadata, latent)
         if fact is None:  # forgotten meanwhile
             raise NotFound(f"fact {fact_id!r} is not in memory {memory!r}")
         return fact

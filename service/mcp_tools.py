@@ -20,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import auth
+from service import auth, ratelimit
 from service.auth import ApiKey, Role, listed
 from service.editor import Editor
 from service.errors import Conflict, InvalidInput, NotFound
@@ -125,14 +125,27 @@ def build(app: FastAPI) -> MCPServer:
 
 
 def require_key(app: FastAPI, inner: ASGIApp) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """401 before MCP for a call without a valid key, when keys are configured (as for /v1)."""
+    """Before MCP sees a request: its token of the caller's rate limit (429 with Retry-After past it, as for
+    /v1: every tool call is a request, so it counts against its key's bucket), then 401 for a call without a
+    valid key, when keys are configured (as for /v1)."""
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and app.state.api_keys:
+        if scope["type"] == "http":
+            keys = app.state.api_keys
             authorization = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
                                  None)
+            if (limiter := ratelimit.for_app(app.state)) is not None:
+                client = scope.get("client")
+                try:
+                    limiter.check(auth.from_header(authorization, keys) if keys else None,
+                                  client[0] if client else None)
+                except ratelimit.RateLimited as e:
+                    response = JSONResponse({"detail": str(e)}, status_code=429,
+                                            headers={"Retry-After": str(e.retry_after)})
+                    await response(scope, receive, send)
+                    return
             try:
-                auth.check(app.state.api_keys, authorization, None, "read")  # any key: tools check their own role
+                auth.check(keys, authorization, None, "read")  # any key: tools check their own role
             except auth.Unauthenticated as e:
                 response = JSONResponse({"detail": str(e)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)

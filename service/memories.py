@@ -453,12 +453,26 @@ class MemoryRegistry:
             fact_ids = tuple(dict.fromkeys(fact_ids))
             if h is None or not fact_ids or any(i not in h.row_of for i in fact_ids):
                 return False
-            view = h.without(*fact_ids)
-            cp = h.checkpoint(view.state, h.seq + 1)
-            if not self.store.forget(name, list(fact_ids), cp):  # raises StoreError: nothing changed
-                return False
-            self._publish_removal(h, view, cp, [h.row_of.pop(i) for i in fact_ids])
-            return True
+            return self._forget(h, fact_ids)
+
+    def forget_held(self, name: str, *fact_ids: str) -> list[str]:
+        """Forget those of these facts the memory holds now, in one step as ``forget`` does, and return them (in
+        the order given, once each): one forgotten meanwhile by another request is left out, not an error (how a
+        write's ``supersedes`` forgets what it replaces)."""
+        if not fact_ids:
+            return []
+        with self._holding(name) as h:
+            held = [] if h is None else [i for i in dict.fromkeys(fact_ids) if i in h.row_of]
+            return held if held and self._forget(h, tuple(held)) else []
+
+    def _forget(self, h: MemoryHandle, fact_ids: tuple[str, ...]) -> bool:
+        """Forget facts the memory holds, distinct (caller holds ``h.lock``); False: the store had one no more."""
+        view = h.without(*fact_ids)
+        cp = h.checkpoint(view.state, h.seq + 1)
+        if not self.store.forget(h.name, list(fact_ids), cp):  # raises StoreError: nothing changed
+            return False
+        self._publish_removal(h, view, cp, [h.row_of.pop(i) for i in fact_ids])
+        return True
 
     def _publish_removal(self, h: MemoryHandle, view: MemoryView, cp: Checkpoint, rows: list[int]) -> None:
         """After a forget or a replace is stored with checkpoint ``cp``: drop the dead ``rows`` from the index,
@@ -474,27 +488,34 @@ class MemoryRegistry:
         h.unpurged += len(rows)  # old texts and latents stay in the store's files until purged
         self.erasure_pending()
 
-    def replace(self, name: str, fact_id: str, text: str, metadata: dict[str, Any], latent: Tensor | None
-                ) -> Fact | None:
-        """Give a fact new text (its new ``latent``: the memory forgets the old one and writes this one) or new
-        metadata only (``latent`` None), durably in one store step, then publish: readers see the old fact or
-        the new one. None: no such fact."""
+    def replace(self, name: str, fact_id: str, text: str | None, metadata: dict[str, Any] | None,
+                latent: Tensor | None) -> Fact | None:
+        """Give a fact new ``text`` and/or new ``metadata`` (None: keep the stored one) durably in one store step,
+        then publish: readers see the old fact or the new one. None: no such fact.
+
+        The stored fact is read and merged with what changes here, under the memory's lock, so two updates of
+        one fact never undo each other (a metadata-only update racing a text update keeps the new text). New
+        text comes with ``latent`` (C,), its encoding, made by the caller before the lock (encoding is slow):
+        the memory forgets the old latent and writes this one, unless the stored text already equals ``text``
+        (then nothing in the memory changes and ``latent`` is unused)."""
         with self._holding(name) as h:
             if h is None or fact_id not in h.row_of:
                 return None
             (old,) = self.store.facts(name, [fact_id])
             if old is None:
                 return None
-            if latent is None:  # the memory holds latents only: nothing in it changes
-                if not self.store.replace(name, Fact(fact_id, text, metadata, old.created_at), None):
-                    return None
-                return Fact(fact_id, text, metadata, old.created_at)
+            new = Fact(fact_id, old.text if text is None else text, old.metadata if metadata is None else metadata,
+                       old.created_at)
+            if new.text == old.text:  # the memory holds latents only: nothing in it changes
+                return new if self.store.replace(name, new, None) else None
+            if latent is None:
+                raise ValueError(f"new text for fact {fact_id!r} comes without its latent")
             latent = latent.to(LATENT_DTYPE).float()  # (C,)
             row, n = h.row_of[fact_id], h.view.n
             view = h.appended([fact_id], latent[None], base=h.without(fact_id))  # nothing published yet
             try:
                 cp = h.checkpoint(view.state, h.seq + 1)
-                if not self.store.replace(name, Fact(fact_id, text, metadata, old.created_at, latent), cp):
+                if not self.store.replace(name, Fact(fact_id, new.text, new.metadata, old.created_at, latent), cp):
                     raise LookupError(fact_id)
             except BaseException as e:  # the published view stays: put back what appending changed
                 h.row_of[fact_id] = row
@@ -503,7 +524,7 @@ class MemoryRegistry:
                     return None
                 raise
             self._publish_removal(h, view, cp, [row])  # the new row is indexed later, like any write
-            return Fact(fact_id, text, metadata, old.created_at)
+            return new
 
     def snapshot(self, name: str) -> MemoryInfo | None:
         with self._holding(name) as h:
@@ -607,7 +628,7 @@ class MemoryRegistry:
             log.info("migrated %d memories from the old storage layout: %s", len(migrated), ", ".join(migrated))
         names = self.store.names()
         for k, name in enumerate(names):
-            self.restoring = f"memory {k + 1} of {len(names)}: {name}"
+            self.restoring = f"memory {k + 1} of {len(names)}"  # no name: /readyz answers anyone
             h = self._restore_one(name)
             with self._lock:
                 self._handles[name] = h

@@ -1,4 +1,8 @@
-"""Prometheus metrics: per-route request counts and latency, plus facts per memory read at scrape time."""
+"""Prometheus metrics: per-route request counts and latency, plus memory and fact counts read at scrape time.
+
+``/metrics`` answers without a key (scrapers call it), so by default it names no memory: the counts are totals,
+and per-memory gauges come only with ``LARIMAR_METRICS_MEMORY_NAMES``. Every label value comes from the route
+table or a fixed list (a client's method or path never makes a new series)."""
 
 from __future__ import annotations
 
@@ -12,28 +16,40 @@ from prometheus_client.registry import Collector
 
 from service.store import StoreError
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")  # any other is counted as "other"
+
 
 class _MemoryCollector(Collector):
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, names: bool) -> None:
         self.app = app
+        self.names = names  # one series per memory, labelled with its name
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
-        pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted", labels=["memory"])
         editor = getattr(self.app.state, "editor", None)
         try:
             infos = editor.memories() if editor is not None else []
         except StoreError:  # not restored yet: nothing to report
             infos = []
-        for m in infos:
-            facts.add_metric([m.name], m.facts)
-            pending.add_metric([m.name], m.log_entries)
-        yield facts
-        yield pending
+        yield GaugeMetricFamily("larimar_memories", "Memories held", value=len(infos))
+        yield GaugeMetricFamily("larimar_facts", "Facts currently written, all memories",
+                                value=sum(m.facts for m in infos))
+        if self.names:
+            facts = GaugeMetricFamily("larimar_memory_facts", "Facts currently written in a memory", labels=["memory"])
+            pending = GaugeMetricFamily("larimar_memory_log_entries", "Log entries not yet compacted",
+                                        labels=["memory"])
+            for m in infos:
+                facts.add_metric([m.name], m.facts)
+                pending.add_metric([m.name], m.log_entries)
+            yield facts
+            yield pending
 
 
 def route_template(request: Request) -> str:
-    """The path with parameters put back as {names}, so memory names and ids do not explode cardinality."""
+    """The matched route's path with its parameters put back as {names} ("/v1/memories/{memory}/facts"), so
+    memory names and ids never become label values; "unmatched" for a path no route matched. (The route object
+    of an included router knows its path without the router's prefix, hence the rebuild from the URL.)"""
+    if "route" not in request.scope:
+        return "unmatched"
     names = {v: k for k, v in request.path_params.items()}
     return "/".join(f"{{{names[seg]}}}" if seg in names else seg for seg in request.url.path.split("/"))
 
@@ -41,19 +57,20 @@ def route_template(request: Request) -> str:
 class Metrics:
     """One registry per app, so several apps in one process (tests) never collide."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, memory_names: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("larimar_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("larimar_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.registry.register(_MemoryCollector(app))
+        self.registry.register(_MemoryCollector(app, memory_names))
 
     async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         response = await call_next(request)
-        path = route_template(request) if "route" in request.scope else "unmatched"
-        self.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        self.requests.labels(request.method, path, str(response.status_code)).inc()
+        path = route_template(request)
+        method = request.method if request.method in METHODS else "other"
+        self.latency.labels(method, path).observe(time.perf_counter() - start)
+        self.requests.labels(method, path, str(response.status_code)).inc()
         return response

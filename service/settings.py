@@ -57,6 +57,8 @@ class Settings(BaseSettings):
         "[names or prefixes ending in *]} (service/auth.py)."
     )
     log_level: str = "info"
+    metrics_memory_names: bool = Field(False, description="/metrics (open to scrapers) labels gauges with memory "
+                                       "names; off, it reports totals only.")
 
     # --- persistence
     store_url: str = Field(
@@ -162,6 +164,12 @@ class Settings(BaseSettings):
     llm_queue: int = Field(16, ge=0, description="Requests that may wait for the LLM beyond those running; more "
                            "get 503 at once.")
     llm_wait_s: float = Field(30.0, gt=0, description="Longest wait for the LLM before a 503.")
+    # per-key rate limits (429 with Retry-After past them; service/ratelimit.py)
+    rate_per_s: float = Field(100.0, ge=0, description="Requests per second each API key (a call naming no valid "
+                              "key: its client address) may make, sustained, on /v1 and /mcp; past its bucket 429 "
+                              "with Retry-After. 0 turns rate limits off.")
+    rate_burst: int = Field(300, ge=0, description="Requests a key (or client address) may make at once before "
+                            "rate_per_s applies: the bucket's size. 0 turns rate limits off.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import re
 import zlib
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from memory_core import MemoryConfig
+from service.memories import MemoryRegistry
+from service.store import open_store
 
 _WORD = re.compile(r"\w+")
 
@@ -37,3 +42,11 @@ class StubEncoder:
             ws = [w.lower() for w in _WORD.findall(text)] or [""]
             out[i] = torch.stack([self.word_vector(w) for w in ws]).sum(0)
         return torch.nn.functional.normalize(out, dim=-1)  # (N, C)
+
+
+def open_stub_registry(directory: Path, dim: int = 64) -> MemoryRegistry:
+    """A restored registry on a SQLite store in ``directory``, sized for the stub's latents (K = 128 >= C + 8)."""
+    registry = MemoryRegistry(open_store(f"file://{directory / 'store'}"), MemoryConfig(dim=dim, slots=128), "cpu",
+                              snapshot_every=100)
+    registry.restore()
+    return registry

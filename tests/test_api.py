@@ -442,10 +442,19 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["checks"] == {"models": True, "store": True}
     write(client, LYON)
     client.get(f"{BASE}/facts/nope")
+    client.request("BREW", f"{BASE}/facts")
     text = client.get("/metrics").text
-    assert 'larimar_memory_facts{memory="demo"} 1.0' in text
+    assert "larimar_facts 1.0" in text and "larimar_memories 1.0" in text
+    assert "demo" not in text, "an open endpoint names no memory unless asked to"
     assert 'larimar_http_requests_total{method="POST",route="/v1/memories/{memory}/facts",status="201"} 1.0' in text
     assert 'route="/v1/memories/{memory}/facts/{fact_id}",status="404"' in text
+    assert 'method="other"' in text and "BREW" not in text, "label values come from a fixed list"
+
+
+def test_metrics_name_memories_when_asked(make_client, tmp_path) -> None:  # noqa: ANN001
+    with make_client(f"file://{tmp_path / 'store'}", metrics_memory_names=True) as c:
+        write(c, LYON)
+        assert 'larimar_memory_facts{memory="demo"} 1.0' in c.get("/metrics").text
 
 
 def test_docs_and_redoc_load_every_asset_from_the_service_itself(client: TestClient) -> None:

@@ -159,3 +159,53 @@ def test_splitting_cuts_long_runs_at_white_space_and_packs_chunks_within_the_lim
         assert all(not p.text.startswith(" ") and not p.text.endswith(" ") for p in pieces)
     unbroken = split_document("y" * 1234, "sentences", 10, words, max_chars=500)
     assert [len(p.text) for p in unbroken] == [500, 500, 234]
+
+
+def test_an_import_file_is_parsed_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing a 256 MiB file on the event loop would hold every other request, the probes included."""
+    import asyncio
+
+    from service import transfer
+
+    on_loop: list[bool] = []
+    parse = transfer.parse
+
+    def watched(body: bytes) -> list:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return parse(body)
+
+    monkeypatch.setattr(transfer, "parse", watched)
+    r = client.post(f"{BASE}/import", content=json.dumps({"text": LYON}) + "\n")
+    assert r.status_code == 200, r.text
+    assert on_loop == [False]
+
+
+def test_metrics_and_readiness_name_no_memory(client: TestClient) -> None:
+    client.post(f"{BASE}/facts", json={"text": LYON})
+    assert "demo" not in client.get("/metrics").text
+    assert "demo" not in client.get("/readyz").text
+
+
+def test_a_seeded_sampled_answer_is_the_same_whatever_runs_beside_it(models) -> None:  # noqa: ANN001
+    """The seed was process-global: concurrent sampled requests drew from each other's generator."""
+    from models.llm import Sampling
+
+    llm = models.llm
+    prompt = llm.render([{"role": "user", "content": "Write a sentence about the sea."}])
+    alone = {s: llm.generate_batch([prompt], 12, sampling=Sampling(1.0, 1.0, (), s))[0].text for s in range(4)}
+    together: dict[int, list[str]] = {s: [] for s in range(4)}
+
+    def run(seed: int) -> None:
+        for _ in range(2):
+            together[seed].append(llm.generate_batch([prompt], 12, sampling=Sampling(1.0, 1.0, (), seed))[0].text)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(together[s] == [alone[s]] * 2 for s in range(4)), (alone, together)

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 
-from memory_core import MemoryConfig
 from models.chunking import split_document
 from models.relation import RelationGate
 from models.scope import ScopeRule
@@ -22,9 +21,9 @@ from service.errors import NotFound
 from service.memories import MemoryRegistry
 from service.pieces import piece_id, piece_metadata
 from service.recall import Recaller
-from service.store import Fact, open_store
+from service.store import Fact
 from service.timing import utc_now
-from tests.stubs import StubEncoder
+from tests.stubs import StubEncoder, open_stub_registry
 
 DIM = 64
 GENEROUS = 1.0  # every fact with a cosine >= 0 to the query lies within it
@@ -43,9 +42,7 @@ def encoder() -> StubEncoder:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[MemoryRegistry]:
-    reg = MemoryRegistry(open_store(f"file://{tmp_path / 'store'}"), MemoryConfig(dim=DIM, slots=128), "cpu",
-                         snapshot_every=100)
-    reg.restore()
+    reg = open_stub_registry(tmp_path, DIM)
     yield reg
     reg.close()
 
