@@ -23,7 +23,7 @@ from models.encoder import TextEncoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
 from models.scope import ScopeRule
-from service import mcp_tools
+from service import mcp_tools, ratelimit
 from service.auth import load_keys
 from service.documents import Documents
 from service.editor import Editor
@@ -207,6 +207,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
                          description="Knowledge editing for LLMs: write, forget and query facts in an episodic memory.")
     app.state.settings = settings
     app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
+    app.state.rate_limiter = ratelimit.from_settings(settings)  # None: off; a test may set its own
     app.state.metrics = Metrics(app, settings.metrics_memory_names)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes,
                        max_document_bytes=settings.max_document_bytes)

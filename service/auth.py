@@ -107,9 +107,13 @@ class Forbidden(PermissionError):
 def check(keys: list[ApiKey], authorization: str | None, memory: str | None, need: Role) -> ApiKey | None:
     """The key an ``Authorization`` header names, once it may do ``need`` to ``memory`` (None: a call that
     names no memory); None when no keys are configured. REST, chat and MCP all check calls through this."""
+    return permit(keys, from_header(authorization, keys) if keys else None, memory, need)
+
+
+def permit(keys: list[ApiKey], key: ApiKey | None, memory: str | None, need: Role) -> ApiKey | None:
+    """``check`` for a key already looked up (``from_header``)."""
     if not keys:
         return None
-    key = from_header(authorization, keys)
     if key is None:
         raise Unauthenticated("missing or wrong API key")
     if why := key.refusal(memory, need):

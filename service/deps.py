@@ -31,10 +31,13 @@ def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
     It returns that key (None: no keys configured)."""
 
     def check(request: Request) -> ApiKey | None:
-        keys, authorization = request.app.state.api_keys, request.headers.get("authorization")
-        throttle(request, auth.from_header(authorization, keys) if keys else None)
         try:
-            return auth.check(keys, authorization, request.path_params.get("memory"), need)
+            return ratelimit.admit(request.app.state, request.headers.get("authorization"),
+                                   request.client.host if request.client else None, request.path_params.get("memory"),
+                                   need)
+        except ratelimit.RateLimited as e:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(e),
+                                headers={"Retry-After": str(e.retry_after)}) from e
         except auth.Unauthenticated as e:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
         except auth.Forbidden as e:
@@ -42,18 +45,6 @@ def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
 
     check.role = need  # type: ignore[attr-defined] - read by the test that every route names a role
     return check
-
-
-def throttle(request: Request, key: ApiKey | None) -> None:
-    """Spend a token of ``key``'s bucket (None: of the client address's), else 429 naming the limit."""
-    limiter = ratelimit.for_app(request.app.state)
-    if limiter is None:
-        return
-    try:
-        limiter.check(key, request.client.host if request.client else None)
-    except ratelimit.RateLimited as e:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(e),
-                            headers={"Retry-After": str(e.retry_after)}) from e
 
 
 def require(key: ApiKey | None, memory: str | None, need: Role) -> None:

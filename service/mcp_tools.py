@@ -131,24 +131,18 @@ def require_key(app: FastAPI, inner: ASGIApp) -> Callable[[Scope, Receive, Send]
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            keys = app.state.api_keys
             authorization = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
                                  None)
-            if (limiter := ratelimit.for_app(app.state)) is not None:
-                client = scope.get("client")
-                try:
-                    limiter.check(auth.from_header(authorization, keys) if keys else None,
-                                  client[0] if client else None)
-                except ratelimit.RateLimited as e:
-                    response = JSONResponse({"detail": str(e)}, status_code=429,
-                                            headers={"Retry-After": str(e.retry_after)})
-                    await response(scope, receive, send)
-                    return
-            try:
-                auth.check(keys, authorization, None, "read")  # any key: tools check their own role
+            client = scope.get("client")
+            try:  # any key passes here: each tool checks its own role
+                ratelimit.admit(app.state, authorization, client[0] if client else None, None, "read")
+            except ratelimit.RateLimited as e:
+                await JSONResponse({"detail": str(e)}, status_code=429,
+                                   headers={"Retry-After": str(e.retry_after)})(scope, receive, send)
+                return
             except auth.Unauthenticated as e:
-                response = JSONResponse({"detail": str(e)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
+                await JSONResponse({"detail": str(e)}, status_code=401,
+                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
         await inner(scope, receive, send)
 

@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 from starlette.datastructures import State
 
-from service.auth import ApiKey
+from service import auth
+from service.auth import ApiKey, Role
 from service.settings import Settings
 
 MAX_BUCKETS = 10_000
@@ -89,19 +90,19 @@ class RateLimiter:
                               "(LARIMAR_RATE_PER_S, LARIMAR_RATE_BURST); retry later", max(1, math.ceil(wait)))
 
 
-_making = threading.Lock()
-_UNSET = object()
+def from_settings(settings: Settings) -> RateLimiter | None:
+    """The app's limiter (None: limiting is off); ``create_app`` keeps it as ``state.rate_limiter``."""
+    on = settings.rate_per_s > 0 and settings.rate_burst > 0
+    return RateLimiter(settings.rate_per_s, settings.rate_burst) if on else None
 
 
-def for_app(state: State) -> RateLimiter | None:
-    """The app's limiter, made from its settings at first use (None: limiting is off); an app (or a test) may
-    set ``state.rate_limiter`` itself."""
-    limiter = getattr(state, "rate_limiter", _UNSET)
-    if limiter is not _UNSET:
-        return limiter  # type: ignore[return-value]
-    with _making:
-        if not hasattr(state, "rate_limiter"):
-            settings: Settings = state.settings
-            on = settings.rate_per_s > 0 and settings.rate_burst > 0
-            state.rate_limiter = RateLimiter(settings.rate_per_s, settings.rate_burst) if on else None
-        return state.rate_limiter
+def admit(state: State, authorization: str | None, client: str | None, memory: str | None, need: Role
+          ) -> ApiKey | None:
+    """The gate of every /v1 and /mcp request, before any work: a token of the caller's bucket (``RateLimited``;
+    by key, or by client address for a call naming no valid key), then the key check (``auth.Unauthenticated``,
+    ``auth.Forbidden``). The key is looked up once for both. Returns it (None: no keys configured)."""
+    keys: list[ApiKey] = state.api_keys
+    key = auth.from_header(authorization, keys) if keys else None
+    if state.rate_limiter is not None:
+        state.rate_limiter.check(key, client)
+    return auth.permit(keys, key, memory, need)

@@ -94,19 +94,15 @@ def test_buckets_are_bounded_and_the_least_recently_used_goes_first() -> None:
 
 
 def test_settings_of_zero_turn_limits_off_and_others_are_checked() -> None:
-    from starlette.datastructures import State
-
-    from service.ratelimit import for_app
+    from service.app import create_app
+    from service.ratelimit import from_settings
 
     for rate, burst in ((0, 10), (10, 0)):
-        state = State()
-        state.settings = Settings(rate_per_s=rate, rate_burst=burst)
-        assert for_app(state) is None
-    state = State()
-    state.settings = Settings(rate_per_s=5, rate_burst=7)
-    limiter = for_app(state)
+        assert from_settings(Settings(rate_per_s=rate, rate_burst=burst)) is None
+    limiter = from_settings(Settings(rate_per_s=5, rate_burst=7))
     assert limiter is not None and (limiter.buckets.rate, limiter.buckets.burst) == (5, 7)
-    assert for_app(state) is limiter, "one limiter per app"
+    app = create_app(Settings(rate_per_s=5, rate_burst=7))
+    assert (app.state.rate_limiter.buckets.rate, app.state.rate_limiter.buckets.burst) == (5, 7), "one per app"
     fields = Settings.model_fields  # the defaults, whatever the environment sets
     assert fields["rate_per_s"].default >= 50 and fields["rate_burst"].default >= 200, \
         "a single well-behaved client (the test suite's busiest: ~45 requests/s for 8 s) never meets them"
