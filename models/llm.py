@@ -150,6 +150,11 @@ class CausalLM:
         self.lead = leading_special_ids(self.tokenizer)
         self._drawing = threading.Lock()  # sampled generations, one at a time (generate_batch)
 
+    @property
+    def window(self) -> int:
+        """Tokens the LLM reads at most, prompt and answer together (its position embeddings)."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
+
     # --- prompts -------------------------------------------------------------
 
     def render(self, messages: list[dict[str, str]]) -> str:

@@ -231,7 +231,7 @@ class Editor:
             timer.lap("admission")
             recall = self.recall(memory, chat.prompt, mode, timer) if memory else Recall(False, None, [])
             prompt_tokens = len(self.llm.token_ids(self.decoder.generation_text(self.llm, chat, recall.readout)))
-            if prompt_tokens + n > (window := self._window()):
+            if prompt_tokens + n > (window := self.llm.window):
                 raise InvalidInput(f"the conversation is {prompt_tokens} tokens (the recalled facts included); with "
                                    f"{what}={n} it passes the LLM's window of {window}: send fewer or shorter turns")
             (answer,) = self.decoder.generate_batch(self.llm, [(chat, recall.readout)], n, sampling=sampling,
@@ -247,10 +247,6 @@ class Editor:
             recall = self.recall(memory, prompt, mode)
             (scores,) = self.decoder.score_batch(self.llm, [(prompt, candidates, recall.readout)])
         return ScoreResult(recall.in_scope, self.decoder.name, recall.facts, scores)
-
-    def _window(self) -> int:
-        """Tokens the LLM reads at most, prompt and answer together (its position embeddings)."""
-        return int(getattr(self.llm.model.config, "max_position_embeddings", None) or 2048)
 
     # --- memories ----------------------------------------------------------------
 
