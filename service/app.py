@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,10 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memory_core import MemoryConfig
@@ -25,11 +30,13 @@ from models.relation import RelationGate, find_gate, load_gate
 from models.scope import ScopeRule
 from service import mcp_tools, ratelimit
 from service.auth import load_keys
+from service.cancel import ClientGone
 from service.documents import Documents
 from service.editor import Editor
 from service.errors import Busy, Conflict, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
+from service.origin import SameOrigin, served_hosts
 from service.routes import documents, facts, health, memories, openai, query
 from service.settings import Settings, get_settings
 from service.store import Store, StoreError, StoreHeld, open_store
@@ -37,6 +44,7 @@ from service.timing import utc_now
 
 log = logging.getLogger("larimar")
 CONSOLE = Path(__file__).resolve().parent / "console"
+CLIENT_GONE = 499  # nginx's "client closed request": what /metrics counts for a generation stopped that way
 
 
 def decoder_choice(settings: Settings) -> DecoderChoice:
@@ -44,19 +52,26 @@ def decoder_choice(settings: Settings) -> DecoderChoice:
     return choose_decoder(settings.llm, settings.encoder, settings.decoder, settings.adapter, settings.scope_threshold)
 
 
-def build_editor(settings: Settings, models: LoadedModels, background: bool = False) -> Editor:
+def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedModels], background: bool = False
+                 ) -> Editor:
     """The editor over the configured store, decoder and scope threshold (set, or chosen on development data).
 
     ``background`` (the server): restore runs while the service already answers, unready, and forgets are
     purged from the store's files ``purge_delay_s`` after them. Otherwise restore is done on return.
 
     The server first claims the store as its one writer (``Store.claim``): a store another server holds stops
-    the start with StoreHeld, naming it. A store out of reach is claimed by the background restore before it
-    reads anything; a holder found only then is logged as critical and the process stopped.
+    the start with StoreHeld, naming it, before ``models`` (given as a loader) are loaded, so a refused server
+    exits at once. A store out of reach is claimed by the background restore before it reads anything; a holder
+    found only then is logged as critical and the process stopped.
     """
     device = settings.resolved_device()
     store = open_store(settings.store_url)
     claim = claim_store(store, settings.store_url) if background else None
+    try:
+        models = models() if callable(models) else models
+    except BaseException:
+        store.close()  # gives the claim back
+        raise
     registry = MemoryRegistry(store, memory_config(settings, models.encoder.dim), device, settings.snapshot_every,
                               settings.purge_delay_s, claim=claim)
     try:
@@ -136,11 +151,39 @@ def relation_gate(settings: Settings, encoder: TextEncoder) -> RelationGate | No
     return gate
 
 
+class ErrorResponse(JSONResponse):
+    """JSON that can always be sent: a message or a validation error may quote the client's input, and a lone
+    surrogate in it (JSON's \\ud800 escape) cannot be encoded as UTF-8; such a body is sent \\u-escaped instead
+    of failing with a 500."""
+
+    def render(self, content: object) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _error(code: int) -> object:
     async def handler(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        return ErrorResponse(status_code=code, content={"detail": str(exc)})
 
     return handler
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for a request that fails its schema, in the same shape, sendable whatever it quotes."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return ErrorResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         content={"detail": jsonable_encoder(errors)})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException (a body for every status that may have one), sendable whatever its
+    detail quotes."""
+    response = await http_exception_handler(request, exc)  # type: ignore[arg-type]
+    if isinstance(response, JSONResponse) and isinstance(exc, StarletteHTTPException):
+        return ErrorResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
+    return response
 
 
 async def _busy(_: Request, exc: Exception) -> JSONResponse:
@@ -151,37 +194,37 @@ async def _busy(_: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse oversized bodies: from their Content-Length before anything reads them, and, for a body sent
-    without one (chunked), as soon as what has arrived passes the limit, whatever route reads it. An import
-    file or a document may be larger than other bodies."""
+    """Refuse oversized bodies with 413, naming the limit: from their Content-Length before any byte is read,
+    and, for a body sent without one (chunked), as soon as what has arrived passes the limit. The limit is the
+    matched route's (``deps.body_limit``: an import file or a document may be larger), else max_body_bytes.
+    It is looked up when the body is first read, after routing: nothing is read before (the server stops
+    reading a connection whose body nobody asks for)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int, max_document_bytes: int) -> None:
-        self.app = app
-        self.max_bytes, self.max_import_bytes, self.max_document_bytes = max_bytes, max_import_bytes, max_document_bytes
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
 
-    def limit(self, path: str) -> int:
-        if path.endswith("/import"):
-            return self.max_import_bytes
-        return self.max_document_bytes if path.endswith("/documents") else self.max_bytes
+    def limit(self, scope: Scope) -> tuple[int, str]:
+        """The byte limit of the route matched, and the setting that holds it."""
+        name = getattr(getattr(scope.get("route"), "endpoint", None), "body_limit", "max_body_bytes")
+        return getattr(self.settings, name), name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit(scope["path"])
-        too_large = f"request body over {limit} bytes"
         length = next((v.decode() for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            await JSONResponse({"detail": too_large}, status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
-            return
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:  # raised where the route reads its body: FastAPI answers it as it is
-                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, too_large)
+            message = await receive()  # at most one chunk of the server's buffer before the check below
+            if message["type"] == "http.request":
+                most, name = self.limit(scope)
+                seen += len(message.get("body", b""))
+                if seen > most or (length is not None and (not length.isdigit() or int(length) > most)):
+                    # raised where the route reads its body: FastAPI answers it as it is
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                                        f"request body over {most} bytes (LARIMAR_{name.upper()})")
             return message
 
         await self.app(scope, counted, send)
@@ -193,7 +236,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.editor = build_editor(settings, models or load_models(settings), background=True)
+        app.state.editor = build_editor(settings, models or (lambda: load_models(settings)), background=True)
         app.state.documents = Documents(app.state.editor)
         log.info("larimar ready")
         async with mcp.session_manager.run():  # the MCP endpoint's sessions live as long as the app
@@ -209,14 +252,18 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.state.api_keys = load_keys(settings.api_keys, settings.api_keys_file)  # a bad file stops the start
     app.state.rate_limiter = ratelimit.from_settings(settings)  # None: off; a test may set its own
     app.state.metrics = Metrics(app, settings.metrics_memory_names)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_import_bytes=settings.max_import_bytes,
-                       max_document_bytes=settings.max_document_bytes)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(SameOrigin, hosts=served_hosts(settings, bool(app.state.api_keys)),
+                       origins=settings.allowed_origins)  # DNS rebinding and cross-site writes
+    app.add_middleware(app.state.metrics.middleware)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(InvalidInput, _error(status.HTTP_422_UNPROCESSABLE_CONTENT))
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
     app.add_exception_handler(Busy, _busy)
+    app.add_exception_handler(ClientGone, _error(CLIENT_GONE))
 
     v1 = APIRouter(prefix="/v1")  # each route names the role it needs (service/deps.py)
     for r in (facts.router, documents.router, query.router, memories.router, openai.router):

@@ -5,7 +5,7 @@ spends a token of the caller's rate limit (service/ratelimit.py) before any work
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
@@ -14,6 +14,8 @@ from service.auth import ApiKey, Role
 from service.documents import Documents
 from service.editor import Editor
 from service.schemas import MEMORY_NAME
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def get_editor(request: Request) -> Editor:
@@ -51,6 +53,17 @@ def require(key: ApiKey | None, memory: str | None, need: Role) -> None:
     """403 with the reason when ``key`` may not do ``need`` to a memory the body names (None: no keys)."""
     if key is not None and (why := key.refusal(memory, need)):
         raise HTTPException(status.HTTP_403_FORBIDDEN, why)
+
+
+def body_limit(setting: str) -> Callable[[F], F]:
+    """Declare a route's body limit: the setting (a byte count) that ``BodyLimit`` (service/app.py) holds its
+    bodies to instead of max_body_bytes."""
+
+    def mark(endpoint: F) -> F:
+        endpoint.body_limit = setting  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
 
 
 async def import_body(request: Request) -> bytes:

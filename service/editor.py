@@ -148,11 +148,16 @@ class Editor:
                 for fact, z in self.registry.exported(memory, EXPORT_CHUNK))
 
     def import_facts(self, memory: str, records: list[Imported], keep_ids: bool = True) -> int:
-        """Write exported facts, in their order, batch by batch; texts are encoded by this service's encoder
-        whatever wrote the file (a latent in it is never used). With ``keep_ids`` the facts keep their ids and
-        created times, and an id the memory already holds fails the whole import before any write."""
+        """Write exported facts, in their order, all or nothing: encoded first, then one store transaction and
+        one published view (``MemoryRegistry.write`` with ``entry_size``), so a failure or a restart leaves
+        none of the file and a retry is the same request. Texts are encoded by this service's encoder whatever
+        wrote the file (a latent in it is never used). With ``keep_ids`` the facts keep their ids and created
+        times, and an id the memory already holds fails the whole import."""
         if not records:
             raise InvalidInput("the file holds no facts")
+        if len(records) > self.settings.max_import_facts:
+            raise InvalidInput(f"the file holds {len(records)} facts, over max_import_facts="
+                               f"{self.settings.max_import_facts}: split it")
         checked = [(self.limits.text(r.text, f"line {r.line}: text"), self.limits.metadata(r.metadata))
                    for r in records]
         kept = None
@@ -162,16 +167,12 @@ class Editor:
             if len(set(ids)) < len(ids):
                 raise InvalidInput("the file holds a fact id twice")
             if taken := next((i for i, h in zip(ids, self.registry.holds(memory, ids), strict=True) if h), None):
-                raise Conflict(f"memory {memory!r} already holds fact {taken!r} (import with keep_ids=false "
-                               "to give the facts new ids)")
-        step = self.settings.max_batch_facts
-        for i in range(0, len(checked), step):
-            part = checked[i : i + step]
-            latents = self.encoder.encode([t for t, _ in part])  # (n, C)
-            try:
-                self.registry.write(memory, part, latents, kept=kept[i : i + step] if kept else None)
-            except DuplicateFact as e:  # written meanwhile by another request
-                raise Conflict(f"{e}; the first {i} facts of the file were imported") from e
+                raise _taken(f"memory {memory!r} already holds fact {taken!r}")  # before encoding it all
+        latents = self.encoder.encode([t for t, _ in checked])  # (N, C), in batches of similar lengths
+        try:
+            self.registry.write(memory, checked, latents, kept=kept, entry_size=self.settings.max_batch_facts)
+        except DuplicateFact as e:  # written meanwhile by another request
+            raise _taken(str(e)) from e
         return len(checked)
 
     def update_fact(self, memory: str, fact_id: str, text: str | None, metadata: dict[str, Any] | None) -> Fact:
@@ -212,10 +213,11 @@ class Editor:
     def recall(self, memory: str, prompt: str, mode: MemoryMode, timer: Timer | None = None) -> Recall:
         return self.recaller.recall(memory, prompt, mode, timer)
 
-    def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode) -> Answer:
+    def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode,
+              streamer: BaseStreamer | None = None) -> Answer:
         """One greedy answer: a conversation of one turn, as the benchmarks run it."""
         return self.chat(memory, [{"role": "user", "content": self.limits.text(prompt, "prompt")}], max_new_tokens,
-                         Sampling(), mode, what="max_new_tokens")
+                         Sampling(), mode, streamer, what="max_new_tokens")
 
     def chat(self, memory: str | None, messages: list[dict[str, str]], max_new_tokens: int | None,
              sampling: Sampling, mode: MemoryMode, streamer: BaseStreamer | None = None,
@@ -293,3 +295,7 @@ class Editor:
         if reading is None:
             raise no_such_memory(memory)
         return reading
+
+
+def _taken(why: str) -> Conflict:
+    return Conflict(f"{why} (import with keep_ids=false to give the facts new ids); nothing was imported")

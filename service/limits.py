@@ -41,7 +41,7 @@ class Limits:
         if reserved := next((k for k in RESERVED_METADATA if k in metadata), None):
             raise InvalidInput(f"metadata key {reserved!r} is reserved: the service sets it on document pieces "
                                "(POST .../documents)")
-        if _depth(metadata) > MAX_METADATA_DEPTH:
+        if _depth(metadata, MAX_METADATA_DEPTH + 1) > MAX_METADATA_DEPTH:
             raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
         encoded = json.dumps(metadata, ensure_ascii=False)
         if len(encoded) > MAX_METADATA_CHARS:
@@ -118,10 +118,12 @@ def _unicode(text: str, what: str) -> None:
         raise InvalidInput(f"{what} holds a character that is not valid Unicode (at {e.start})") from e
 
 
-def _depth(value: object) -> int:
-    """How deeply objects and lists nest in a JSON value (a scalar is 0)."""
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _depth(value: object, stop: int) -> int:
+    """How deeply objects and lists nest in a JSON value (a scalar is 0), counted without recursion (a value
+    nested thousands deep would exhaust the stack) and no further than ``stop``."""
+    deepest, level = 0, [value]
+    while level and deepest < stop:
+        nested = [v for x in level if isinstance(x, dict | list) for v in (x.values() if isinstance(x, dict) else x)]
+        deepest += any(isinstance(x, dict | list) for x in level)
+        level = nested
+    return deepest

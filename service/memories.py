@@ -40,7 +40,7 @@ from memory_core import EpisodicMemory, MemoryConfig, MemoryState, hierarchical_
 from service import indexer
 from service.errors import DuplicateFact, NoMemory
 from service.lookup import FactIndex, top_k
-from service.store import Checkpoint, Fact, Store, StoreError, codec
+from service.store import Checkpoint, Fact, Store, StoreError, codec, entries
 from service.timing import Timer, utc_now
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ class MemoryRegistry:
         self._memories: dict[MemoryConfig, EpisodicMemory] = {}  # one M_ref per configuration, shared
         self._lock = threading.Lock()
         self._purge_lock = threading.Lock()
+        self._purged_from = -1.0  # when the last purge that succeeded began (time.monotonic())
         self._pending_since: float | None = None  # when the oldest unpurged forget or delete happened
         self._stop = threading.Event()  # ends the background threads
         self.restored = False  # nothing is served before the stored memories are back
@@ -406,13 +407,15 @@ class MemoryRegistry:
                     return
 
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
-              timer: Timer | None = None, kept: list[tuple[str, str]] | None = None, create: bool = True
-              ) -> list[Fact]:
+              timer: Timer | None = None, kept: list[tuple[str, str]] | None = None, create: bool = True,
+              entry_size: int | None = None) -> list[Fact]:
         """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step.
 
         ``kept``: each fact's (id, created_at) from elsewhere (an import), instead of new ones; an id the memory
         already holds raises ``DuplicateFact`` before anything is stored. Without ``create`` a memory that does
-        not exist (deleted meanwhile) raises ``NoMemory`` instead of being made anew."""
+        not exist (deleted meanwhile) raises ``NoMemory`` instead of being made anew. ``entry_size`` (an import):
+        still one store transaction and one published view, so readers and a restart see all of it or none,
+        applied and logged as updates of at most that many facts (``Store.write``), each a small solve."""
         timer = timer or Timer()
         with self._holding(name, create=create) as h:
             if h is None:
@@ -427,14 +430,18 @@ class MemoryRegistry:
             latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
             facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
             try:
-                self.store.write(name, h.seq + 1, facts, asdict(h.mem.cfg))
+                self.store.write(name, h.seq + 1, facts, asdict(h.mem.cfg), entry_size)
             except Exception:
                 self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
                 raise
             timer.lap("store_append")
-            h.seq += 1
-            h.log_entries += 1
-            h.view = h.appended([f.id for f in facts], latents)
+            view, start = h.view, 0
+            for op in entries(facts, entry_size):
+                h.seq += 1
+                h.log_entries += 1
+                view = h.appended([f.id for f in op], latents[start : start + len(op)], view)  # (len(op), C)
+                start += len(op)
+            h.view = view
             timer.lap("apply")
             if h.log_entries >= self.snapshot_every:
                 self._checkpoint_logged(h)
@@ -565,9 +572,19 @@ class MemoryRegistry:
                 self._pending_since = time.monotonic()
 
     def purge(self) -> None:
-        """Make every forget and delete so far reach every file the store writes; blocks until it has."""
+        """Make every forget and delete so far reach every file the store writes; blocks until it has.
+
+        Coalesced: callers that arrive while a purge runs wait for it, and the first of them runs one more (a
+        purge covers what was deleted before it began); the rest return with that one. So a client calling it
+        in a loop costs one store purge at a time, however many wait. Reads and writes of memories never wait
+        for it on Redis (a background rewrite); on SQLite only for the WAL checkpoint, bounded by the WAL's
+        size (SqliteStore keeps it small by checkpointing as it goes)."""
         self.require_restored()
+        asked = time.monotonic()
         with self._purge_lock:
+            if self._purged_from >= asked:  # one that began after this call was made has done it
+                return
+            began = time.monotonic()
             with self._lock:
                 counts = {h.name: h.unpurged for h in self._handles.values()}
                 self._pending_since = None
@@ -576,6 +593,7 @@ class MemoryRegistry:
             except Exception:
                 self.erasure_pending()
                 raise
+            self._purged_from = began
             with self._lock:
                 for h in self._handles.values():
                     h.unpurged -= min(h.unpurged, counts.get(h.name, 0))

@@ -7,12 +7,13 @@ table or a fixed list (a client's method or path never makes a new series)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.store import StoreError
 
@@ -66,11 +67,29 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.registry.register(_MemoryCollector(app, memory_names))
 
-    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = route_template(request)
-        method = request.method if request.method in METHODS else "other"
-        self.latency.labels(method, path).observe(time.perf_counter() - start)
-        self.requests.labels(method, path, str(response.status_code)).inc()
-        return response
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Pure ASGI, not Starlette's ``BaseHTTPMiddleware``: under that one a route cannot see its client
+        disconnect (``Request.is_disconnected`` never turns true), and generation could not be stopped
+        (service/cancel.py). The latency runs to the response's last byte, streamed ones included."""
+
+        async def measured(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start, status = time.perf_counter(), 500  # 500: the app raised before it answered
+
+            async def sent(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, sent)
+            finally:
+                path = route_template(Request(scope))
+                method = scope["method"] if scope["method"] in METHODS else "other"
+                self.latency.labels(method, path).observe(time.perf_counter() - start)
+                self.requests.labels(method, path, str(status)).inc()
+
+        return measured

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         None, description="JSON list of scoped keys: {key | key_sha256, role: read|write|admin, memories: "
         "[names or prefixes ending in *]} (service/auth.py)."
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated host names requests may name (\"*\": any); empty: "
+        "loopback names and LARIMAR_HOST without API keys, any with them (service/origin.py)."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated browser origins (https://app.example.com) that may "
+        "send POST, PUT, PATCH and DELETE besides the service's own (\"*\": any)."
+    )
     log_level: str = "info"
     metrics_memory_names: bool = Field(False, description="/metrics (open to scrapers) labels gauges with memory "
                                        "names; off, it reports totals only.")
@@ -150,6 +158,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 before parsing.")
     max_import_bytes: int = Field(256 << 20, ge=1024, description="Larger import files get 413 (POST .../import).")
+    max_import_facts: int = Field(100_000, ge=1, description="Most facts in one import file (else 422): a file is "
+                                  "applied all or nothing, so its latents are held at once (1.5 KB a fact).")
     max_document_chars: int = Field(4_000_000, ge=1, description="Longest document text (about a million tokens).")
     max_document_bytes: int = Field(32 << 20, ge=1024, description="Larger document bodies get 413 (POST "
                                     ".../documents).")
@@ -171,7 +181,7 @@ class Settings(BaseSettings):
     rate_burst: int = Field(300, ge=0, description="Requests a key (or client address) may make at once before "
                             "rate_per_s applies: the bucket's size. 0 turns rate limits off.")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
         if isinstance(v, str):

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
+import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bench.processes import RedisServer  # noqa: E402
+from bench.processes import RedisServer, free_port  # noqa: E402
 from models.loading import LoadedModels, load_models  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
+
+LOCAL = "http://127.0.0.1"  # the test client's Host: a loopback name, as the service without keys wants
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +78,40 @@ def make_client(models: LoadedModels) -> Callable[..., object]:
     @contextmanager
     def factory(store_url: str, **overrides: object) -> Iterator[TestClient]:
         settings = Settings(store_url=store_url, **overrides)
-        with TestClient(create_app(settings, models)) as client:
+        with TestClient(create_app(settings, models), base_url=LOCAL) as client:
             registry = client.app.state.editor.registry  # restore runs in the background: wait for it
             deadline = time.monotonic() + 120
             while (registry.restoring or (not registry.restored and registry.reachable())) \
                     and time.monotonic() < deadline:
                 time.sleep(0.02)
             yield client
+
+    return factory
+
+
+@pytest.fixture
+def make_server(models: LoadedModels) -> Callable[..., object]:
+    """``with make_server(store_url, **settings) as base_url:`` the app served by uvicorn on a free loopback port,
+    in a thread, sharing the session's models: for what only a real connection shows (a client that goes)."""
+
+    @contextmanager
+    def factory(store_url: str, **overrides: object) -> Iterator[str]:
+        app = create_app(Settings(store_url=store_url, **overrides), models)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.config.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with suppress(httpx.HTTPError):
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            time.sleep(0.05)
+        try:
+            yield base
+        finally:
+            server.should_exit = True
+            thread.join(30)
 
     return factory
 

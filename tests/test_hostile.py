@@ -184,6 +184,130 @@ def test_an_import_file_is_parsed_off_the_event_loop(client: TestClient, monkeyp
     assert on_loop == [False]
 
 
+def test_an_import_is_all_or_nothing_and_a_retry_after_a_store_failure_imports_it_all(
+        make_client: Callable, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It committed batch by batch: a store failure at the end of a file kept its start, and a retry with the
+    file's ids answered 409. Now a failure leaves nothing, and the file's 3 batches replay after a restart."""
+    from service.store import RedisStore, SqliteStore, StoreError
+
+    lines = "".join(json.dumps({"text": f"Ledger entry {i} records a delivery of {i} crates.", "id": f"f{i}"}) + "\n"
+                    for i in range(600))  # three batches of max_batch_facts=256
+    for cls in (SqliteStore, RedisStore):
+        write = cls.write
+
+        def failing(self, name, seq, facts, *rest, _write=write):  # noqa: ANN001, ANN202
+            if any(f.id == "f599" for f in facts):
+                raise StoreError("the disk is full")
+            return _write(self, name, seq, facts, *rest)
+
+        monkeypatch.setattr(cls, "write", failing)
+    with make_client(store_url) as c:
+        c.post("/v1/memories/other/facts", json={"text": LYON})
+        r = c.post(f"{BASE}/import", content=lines)
+        assert r.status_code == 503, r.text
+        assert c.get(BASE).status_code == 404  # nothing of the file, not even the memory
+        monkeypatch.undo()
+        r = c.post(f"{BASE}/import", content=lines)
+        assert r.status_code == 200 and r.json()["imported"] == 600, r.text
+    with make_client(store_url) as c:  # restarted: the three logged updates replay into the same memory
+        assert c.get(BASE).json()["facts"] == 600
+        hit = c.get(f"{BASE}/facts", params={"q": "Ledger entry 417 records a delivery of 417 crates.", "limit": 1})
+        assert hit.json()["facts"][0]["id"] == "f417"
+
+
+def test_body_limits_follow_the_route_not_the_end_of_the_path(make_client: Callable, tmp_path: Path) -> None:
+    """The limit was chosen by path suffix: a fact whose id is "import" was updated with a body of up to the
+    import limit (256 MiB by default), and a memory named "documents" was written to with the document limit."""
+    with make_client(f"file://{tmp_path / 's'}", max_body_bytes=2048, max_import_bytes=1 << 20,
+                     max_document_bytes=1 << 20) as c:
+        big = {"text": "y " * 3000}
+        for method, path in [("PUT", f"{BASE}/facts/import"), ("POST", "/v1/memories/import/facts"),
+                             ("POST", "/v1/memories/documents/facts")]:
+            r = c.request(method, path, json=big)
+            assert r.status_code == 413 and "LARIMAR_MAX_BODY_BYTES" in r.json()["detail"], (path, r.text)
+        r = c.post(f"{BASE}/documents", json={"title": "t", "text": "Ada Quill works as a pilot. " * 200})
+        assert r.status_code in (201, 202), r.text
+        r = c.post(f"{BASE}/import", content=(json.dumps({"text": LYON}) + "\n") * 100)
+        assert r.status_code == 200, r.text
+
+
+def test_purges_asked_for_together_share_one_run_of_the_store(make_client: Callable, store_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call ran a store-wide purge of its own, one after another: a write key calling it in a loop kept
+    the store purging. Now callers that wait behind a running purge share the next one."""
+    from service.store import RedisStore, SqliteStore
+
+    runs: list[str] = []
+    for cls in (SqliteStore, RedisStore):
+        def slow(self, *a, _purge=cls.purge, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            runs.append(threading.current_thread().name)
+            time.sleep(0.3)  # long enough that every caller below arrives while one runs
+            return _purge(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "purge", slow)
+    with make_client(store_url) as c:
+        fact = c.post(f"{BASE}/facts", json={"text": LYON}).json()
+        c.delete(f"{BASE}/facts/{fact['id']}")
+        runs.clear()  # the background purge may have run meanwhile
+        answers: list[int] = []
+        callers = [threading.Thread(target=lambda: answers.append(c.post(f"{BASE}/purge").status_code))
+                   for _ in range(8)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert answers == [200] * 8
+        assert 1 <= len(runs) <= 3  # the one running, the one after it (and the background purge's, at most)
+        assert c.get(BASE).json()["erasure"] == "complete"
+
+
+def test_a_rebound_host_and_a_cross_site_write_are_refused_without_keys(client: TestClient) -> None:
+    """Without keys, a web page could rebind its own domain to 127.0.0.1 and use the service as same-origin,
+    or post to it from its own origin: both were served."""
+    assert client.post(f"{BASE}/facts", json={"text": LYON}).status_code == 201  # Host 127.0.0.1, no Origin
+    rebound = client.get(f"{BASE}/facts", headers={"Host": "evil.example:8000"})
+    assert rebound.status_code == 400 and "LARIMAR_ALLOWED_HOSTS" in rebound.json()["detail"]
+    assert client.get("/healthz", headers={"Host": "10.0.0.7:8000"}).status_code == 200  # probes: any Host
+    for origin in ("https://evil.example", "null"):
+        r = client.post(f"{BASE}/facts", json={"text": "Bananas are blue."}, headers={"Origin": origin})
+        assert r.status_code == 403 and "LARIMAR_ALLOWED_ORIGINS" in r.json()["detail"]
+    assert client.get(f"{BASE}/facts", headers={"Origin": "https://evil.example"}).status_code == 200  # a read
+    same = client.post(f"{BASE}/facts", json={"text": "Ada Quill works as a pilot."},
+                       headers={"Origin": "http://127.0.0.1"})  # the console, served from the service itself
+    assert same.status_code == 201
+    assert client.get(BASE).json()["facts"] == 2
+
+
+def test_allowed_hosts_and_origins_are_settings(make_client: Callable, tmp_path: Path) -> None:
+    with make_client(f"file://{tmp_path / 's'}", allowed_hosts=["larimar.internal"],
+                     allowed_origins=["https://app.example.com"]) as c:
+        assert c.get("/v1/memories").status_code == 400  # 127.0.0.1 is no longer listed
+        h = {"Host": "larimar.internal:8000"}
+        assert c.post(f"{BASE}/facts", json={"text": LYON}, headers=h | {"Origin": "https://app.example.com"}
+                      ).status_code == 201
+        assert c.post(f"{BASE}/facts", json={"text": LYON}, headers=h | {"Origin": "https://other.example.com"}
+                      ).status_code == 403
+    with make_client(f"file://{tmp_path / 't'}", api_keys=["k-0123456789"]) as c:  # keyed: any Host
+        assert c.get("/v1/memories", headers={"Host": "larimar.internal", "Authorization": "Bearer k-0123456789"}
+                     ).status_code == 200
+
+
+def test_input_that_broke_the_checks_themselves_gets_422(client: TestClient) -> None:
+    """Found by bench/hostile_load.py: metadata nested 400 deep exhausted the recursive depth check (500), and
+    a lone surrogate in a field of the wrong type made FastAPI's own 422 unsendable (500, connection dropped)."""
+    deep: object = "leaf"
+    for _ in range(600):  # the JSON parser's own recursion limit answers 400 past ~1000
+        deep = {"k": deep}
+    r = client.post(f"{BASE}/facts", json={"text": LYON, "metadata": deep})
+    assert r.status_code == 422 and "nests deeper" in r.json()["detail"]
+    as_json = {"content-type": "application/json"}
+    r = client.post(f"{BASE}/query", content=b'{"prompt": ["\\ud800"]}', headers=as_json)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+    r = client.post(f"{BASE}/facts", content=b'{"text": "x", "metadata": 7, "\\ud800": 1}', headers=as_json)
+    assert r.status_code == 422
+    assert client.get(BASE).status_code == 404  # nothing written
+
+
 def test_metrics_and_readiness_name_no_memory(client: TestClient) -> None:
     client.post(f"{BASE}/facts", json={"text": LYON})
     assert "demo" not in client.get("/metrics").text

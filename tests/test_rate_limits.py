@@ -178,7 +178,7 @@ def test_with_no_keys_each_client_address_has_its_own_bucket(make_client: Callab
         r = c.get("/v1/memories")
         assert r.status_code == 429 and int(r.headers["Retry-After"]) == 100
         assert "client testclient" in r.json()["detail"]
-        other = TestClient(c.app, client=("192.0.2.7", 50000))  # the app is started: no lifespan needed
+        other = TestClient(c.app, client=("192.0.2.7", 50000), base_url=str(c.base_url))  # started: no lifespan
         assert [other.get("/v1/memories").status_code for _ in range(BURST)] == [200] * BURST
         assert other.get("/v1/memories").status_code == 429
         assert c.get("/healthz").status_code == 200

@@ -20,7 +20,7 @@ def test_every_v1_route_names_its_role(tmp_path: Path) -> None:
     keys.write_text(json.dumps([{"key": f"{r}-key-0123", "role": r, "memories": ["*"]} for r in ROLES]))
     app = create_app(Settings(store_url=f"file://{tmp_path / 'store'}", api_keys_file=keys))
     app.state.editor = app.state.documents = None  # no lifespan, no models: the key check comes before any work
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1")  # a loopback Host
     role: dict[tuple[str, str], str] = {}
     for path, operations in app.openapi()["paths"].items():
         if not path.startswith("/v1"):

@@ -127,6 +127,7 @@ def test_a_second_server_is_refused_naming_the_first_and_a_killed_holder_blocks_
         assert second.proc.returncode != 0
         said = second.log_path.read_text()
         assert "StoreHeld" in said and re.search(rf"is held by \S+ pid {pid} since \S+", said), second.tail()
+        assert "loading encoder" not in said, "refused before loading any model"
 
         with httpx.Client(base_url=first.base, timeout=60) as c:  # the first goes on serving, writes and all
             assert c.get("/readyz").status_code == 200
@@ -142,7 +143,7 @@ def test_a_second_server_is_refused_naming_the_first_and_a_killed_holder_blocks_
         with httpx.Client(base_url=third.base, timeout=60) as c:
             assert c.get(FACTS).json() == listed, "the restart serves every acknowledged write"
         lapsed = re.search(r"lease of .* lapsed after ([0-9.]+) s", third.log_path.read_text())
-        if backend == "redis" and lapsed:  # models load first: the lease may have lapsed before the claim
+        if backend == "redis" and lapsed:
             assert float(lapsed.group(1)) <= LEASE_TTL_S + LEASE_MARGIN_S
         waited = f"{lapsed.group(1)} s" if lapsed else "none"
         print(f"{backend}: first ready after {started_in:.1f} s, second refused after {refused_after:.1f} s, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from service.deps import READ, WRITE, DocumentsDep, MemoryName
+from service.deps import READ, WRITE, DocumentsDep, MemoryName, body_limit
 from service.schemas import DocumentDeleted, DocumentIn, DocumentList, DocumentOut
 
 router = APIRouter(prefix="/memories/{memory}/documents", tags=["documents"])
@@ -13,6 +13,7 @@ router = APIRouter(prefix="/memories/{memory}/documents", tags=["documents"])
 @router.post("", response_model=DocumentOut, status_code=status.HTTP_201_CREATED,
              responses={202: {"model": DocumentOut, "description": "accepted: ingesting in the background"}},
              dependencies=[WRITE])
+@body_limit("max_document_bytes")
 def add_document(memory: MemoryName, body: DocumentIn, documents: DocumentsDep, response: Response) -> DocumentOut:
     """201 once every piece is written (small documents); 202 while a large one is ingested (poll its GET)."""
     doc = DocumentOut(**documents.add(memory, body.text, body.title, body.metadata))

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from service import transfer
 from service.auth import listed
-from service.deps import ADMIN, READ, WRITE, EditorDep, ImportBody, MemoryName, ReaderKey
+from service.deps import ADMIN, READ, WRITE, EditorDep, ImportBody, MemoryName, ReaderKey, body_limit
 from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary
 
 router = APIRouter(prefix="/memories", tags=["memories"])
@@ -60,6 +60,7 @@ def export(memory: MemoryName, editor: EditorDep,
 @router.post("/{memory}/import", response_model=ImportOut,
              openapi_extra={"requestBody": {"content": {transfer.MEDIA_TYPE: {}}, "required": True}},
              dependencies=[WRITE])
+@body_limit("max_import_bytes")
 async def import_facts(memory: MemoryName, body: ImportBody, editor: EditorDep,
                        keep_ids: Annotated[bool, Query(description="keep the file's ids and created times")] = True,
                        ) -> ImportOut:

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service import openai_compat as oa
 from service.auth import listed
+from service.cancel import Watched, relayed_while_connected, while_connected
 from service.deps import EditorDep, ReaderKey, require
 
 router = APIRouter(tags=["openai"])
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: oa.ChatRequest, editor: EditorDep, key: ReaderKey) -> Any:
+async def chat_completions(body: oa.ChatRequest, request: Request, editor: EditorDep, key: ReaderKey) -> Any:
+    """A client that disconnects stops its generation (service/cancel.py)."""
     memory = body.target()
     require(key, memory, "read")
+    watched = Watched()
     if not body.stream:
-        r = await run_in_threadpool(editor.chat, memory, body.turns(), body.max_new_tokens(), body.sampling(),
-                                    body.memory_mode)
+        r = await while_connected(request, watched, lambda: editor.chat(
+            memory, body.turns(), body.max_new_tokens(), body.sampling(), body.memory_mode, watched))
         return oa.completion(body, memory, r)
-    events = oa.stream(editor, body, memory)
-    first = await run_in_threadpool(next, events)  # errors (bad input, unknown memory) before any byte is sent
-    return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
+    events = oa.stream(editor, body, memory, watched)
+    first = await while_connected(request, watched, lambda: next(events))  # errors before any byte is sent
+    return StreamingResponse(relayed_while_connected(request, _prepend(first, events), watched),
+                             media_type="text/event-stream")
 
 
 def _prepend(first: str, rest: Any) -> Any:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
+from service.cancel import Watched, while_connected
 from service.deps import READ, EditorDep, MemoryName
 from service.schemas import CandidateScoreOut, QueryIn, QueryOut, RecalledFactOut, ScoreIn, ScoreOut
 
@@ -13,8 +14,11 @@ router = APIRouter(prefix="/memories/{memory}", tags=["query"])
 
 
 @router.post("/query", response_model=QueryOut, dependencies=[READ])
-def query(memory: MemoryName, body: QueryIn, editor: EditorDep) -> QueryOut:
-    r = editor.query(memory, body.prompt, body.max_new_tokens, body.memory_mode)
+async def query(memory: MemoryName, body: QueryIn, request: Request, editor: EditorDep) -> QueryOut:
+    """A client that disconnects stops its generation (service/cancel.py)."""
+    watched = Watched()
+    r = await while_connected(request, watched, lambda: editor.query(memory, body.prompt, body.max_new_tokens,
+                                                                     body.memory_mode, watched))
     return QueryOut(answer=r.answer, in_scope=r.in_scope, decoder=r.decoder, timings_ms=r.timings_ms,
                     facts=[RecalledFactOut(**asdict(f)) for f in r.facts])
 

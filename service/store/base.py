@@ -85,8 +85,11 @@ class Store(Protocol):
 
     # --- changes: atomic and durable on return --------------------------------
 
-    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any]) -> None:
-        """Add the facts and log the write as operation ``seq``; ``config`` is kept at the memory's first write."""
+    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None
+              ) -> None:
+        """Add the facts and log the write as operation ``seq``, or, with ``entry_size``, as operations ``seq``,
+        ``seq + 1``, ... of at most that many facts each (``entries``; an import: one step however large, each
+        operation small enough to replay); ``config`` is kept at the memory's first write."""
         ...
 
     def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
@@ -163,3 +166,9 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the connection, and the claim where this process made one."""
         ...
+
+
+def entries(facts: list[Fact], entry_size: int | None) -> list[list[Fact]]:
+    """The operations a write of ``facts`` is logged as (``Store.write``): one, or runs of ``entry_size``."""
+    size = entry_size or max(1, len(facts))
+    return [facts[i : i + size] for i in range(0, len(facts), size)] or [[]]

@@ -38,7 +38,7 @@ import redis
 from torch import Tensor
 
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld
+from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld, entries
 from service.store.sqlite_store import import_old
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,8 @@ class RedisStore:
 
     # --- changes ---------------------------------------------------------------------
 
-    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any]) -> None:
+    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None
+              ) -> None:
         first = self._call(lambda: self.client.incrby(self._k(name, "pos"), len(facts))) - len(facts)
 
         def build(p: redis.client.Pipeline) -> None:
@@ -229,7 +230,8 @@ class RedisStore:
                                                         "latent": codec.latent_bytes(f.latent)})
             if facts:
                 p.zadd(self._k(name, "order"), {f.id: first + i for i, f in enumerate(facts)})
-            p.xadd(self._k(name, "oplog"), {"ids": json.dumps([f.id for f in facts])}, id=f"{seq}-1")
+            for i, op in enumerate(entries(facts, entry_size)):
+                p.xadd(self._k(name, "oplog"), {"ids": json.dumps([f.id for f in op])}, id=f"{seq + i}-1")
 
         self._multi(build)
 

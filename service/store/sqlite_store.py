@@ -34,7 +34,7 @@ from typing import Any
 from torch import Tensor
 
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld
+from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld, entries
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
@@ -172,13 +172,15 @@ class SqliteStore:
 
     # --- changes --------------------------------------------------------------------
 
-    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any]) -> None:
+    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None
+              ) -> None:
         stmts: list[tuple[str, tuple]] = [
             ("INSERT OR IGNORE INTO memories VALUES (?, ?, ?)", (name, json.dumps(config), utc_now()))]
         stmts += [("INSERT INTO facts (memory, id, text, metadata, created_at, latent) VALUES (?, ?, ?, ?, ?, ?)",
                    (name, f.id, f.text, json.dumps(f.metadata), f.created_at, codec.latent_bytes(f.latent)))
                   for f in facts]
-        stmts.append(("INSERT INTO log VALUES (?, ?, ?)", (name, seq, json.dumps([f.id for f in facts]))))
+        stmts += [("INSERT INTO log VALUES (?, ?, ?)", (name, seq + i, json.dumps([f.id for f in op])))
+                  for i, op in enumerate(entries(facts, entry_size))]
         self._tx(stmts)
 
     def _checkpoint_stmts(self, name: str, cp: Checkpoint) -> list[tuple[str, tuple]]:
