@@ -24,7 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from models.answer_bias import AnswerBias, Span
 from models.latent import LatentAdapter
-from models.llm import GREEDY, CausalLM, ContinuationScore, Generation, Sampling
+from models.llm import GREEDY, CausalLM, ContinuationScore, Generation, MaxNewTokens, Sampling, row_limits
 from models.text import STOPWORDS, stem, words
 
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
@@ -70,7 +70,7 @@ class Decoder(Protocol):
 
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]: ...
 
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: MaxNewTokens,
                        min_new_tokens: int = 0, sampling: Sampling = GREEDY,
                        streamer: BaseStreamer | None = None) -> list[Generation]: ...
 
@@ -154,7 +154,7 @@ class ContextDecoder:
     def score_batch(self, llm: CausalLM, items: Sequence[ScoreRequest]) -> list[list[ContinuationScore]]:
         return llm.score_batch([(self.scoring_prefix(llm, p, r), c) for p, c, r in items])
 
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: MaxNewTokens,
                        min_new_tokens: int = 0, sampling: Sampling = GREEDY,
                        streamer: BaseStreamer | None = None) -> list[Generation]:
         return llm.generate_batch([self.generation_text(llm, p, r) for p, r in items], max_new_tokens,
@@ -220,21 +220,22 @@ class LatentDecoder:
         return out
 
     @torch.inference_mode()
-    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: int,
+    def generate_batch(self, llm: CausalLM, items: Sequence[GenerateRequest], max_new_tokens: MaxNewTokens,
                        min_new_tokens: int = 0, sampling: Sampling = GREEDY,
                        streamer: BaseStreamer | None = None) -> list[Generation]:
         on, off, Z = self._split([r for _, r in items])
+        limits = row_limits(max_new_tokens, len(items))
         out: list[Generation] = [Generation("", 0)] * len(items)
         texts = [self.generation_text(llm, p, r) for p, r in items]
         if off:  # the plain LLM, exactly as the context decoder runs it without a readout
-            res = llm.generate_batch([texts[i] for i in off], max_new_tokens, min_new_tokens, sampling=sampling,
-                                     streamer=streamer)
+            res = llm.generate_batch([texts[i] for i in off], [limits[i] for i in off], min_new_tokens,
+                                     sampling=sampling, streamer=streamer)
             for i, g in zip(off, res, strict=True):
                 out[i] = g
         if on:
             bias = answer_bias(llm, [items[i] for i in on], self.answer_bias)
-            res = llm.generate_batch([texts[i] for i in on], max_new_tokens, min_new_tokens, prefix=self.adapter(Z),
-                                     bias=bias, sampling=sampling, streamer=streamer)
+            res = llm.generate_batch([texts[i] for i in on], [limits[i] for i in on], min_new_tokens,
+                                     prefix=self.adapter(Z), bias=bias, sampling=sampling, streamer=streamer)
             for i, g in zip(on, res, strict=True):
                 out[i] = g
         return out

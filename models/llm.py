@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -129,6 +130,18 @@ def score_chunks(lengths: list[int]) -> list[range]:
     return chunks
 
 
+MaxNewTokens = int | Sequence[int]  # one limit for every row, or one per row
+
+
+def row_limits(max_new_tokens: MaxNewTokens, rows: int) -> list[int]:
+    """Each row's limit of new tokens."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * rows
+    if len(max_new_tokens) != rows:
+        raise ValueError(f"{len(max_new_tokens)} limits for {rows} rows")
+    return list(max_new_tokens)
+
+
 def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special tokens a tokenizer puts before any text (Gemma's <bos>; none for SmolLM2). Rendered text is
     tokenised without special tokens, so ``CausalLM.token_ids`` adds these unless a chat template spelled them:
@@ -192,13 +205,15 @@ class CausalLM:
         return self.pad([self.token_ids(t) for t in texts], left=True)
 
     @torch.inference_mode()
-    def generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int = 0,
+    def generate_batch(self, texts: list[str], max_new_tokens: MaxNewTokens, min_new_tokens: int = 0,
                        prefix: KVPrefix | None = None, bias: AnswerBias | None = None, sampling: Sampling = GREEDY,
                        streamer: BaseStreamer | None = None) -> list[Generation]:
         """Answers to rendered prompts in one left-padded batch; greedy by default, so the same prompt always
-        gives the same answer, alone or among others. With a latent ``prefix`` the decoding loop is
-        ``generate_prefixed``; ``bias`` boosts tokens per row (``AnswerBias``); a ``streamer`` (a batch of
-        one) gets the prompt's ids, then each new token as it is chosen.
+        gives the same answer, alone or among others. ``max_new_tokens`` is one limit, or one per row (requests
+        batched together: each answer is cut at its own, as it would have been alone). With a latent ``prefix``
+        the decoding loop is ``generate_prefixed``; ``bias`` boosts tokens per row (``AnswerBias``); a
+        ``streamer`` gets the prompt's ids, then each new token as it is chosen (a batch of one, or a streamer
+        that only watches, as ``service.cancel`` does).
 
         Sampled answers draw from torch's one global generator, so they run one at a time (``_drawing``): a
         seeded answer is then the same whatever other requests sample meanwhile. Greedy ones draw nothing.
@@ -210,11 +225,12 @@ class CausalLM:
                 torch.manual_seed(sampling.seed)
             return self._generate_batch(texts, max_new_tokens, min_new_tokens, prefix, bias, sampling, streamer)
 
-    def _generate_batch(self, texts: list[str], max_new_tokens: int, min_new_tokens: int, prefix: KVPrefix | None,
-                        bias: AnswerBias | None, sampling: Sampling, streamer: BaseStreamer | None
-                        ) -> list[Generation]:
+    def _generate_batch(self, texts: list[str], max_new_tokens: MaxNewTokens, min_new_tokens: int,
+                        prefix: KVPrefix | None, bias: AnswerBias | None, sampling: Sampling,
+                        streamer: BaseStreamer | None) -> list[Generation]:
         if prefix is not None:
             return self.generate_prefixed(texts, prefix, max_new_tokens, min_new_tokens, bias, sampling, streamer)
+        limits = row_limits(max_new_tokens, len(texts))
         ids, mask = self._left_padded(texts)
         extra = {"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer} if sampling.stop else {}
         if not sampling.greedy:
@@ -222,7 +238,7 @@ class CausalLM:
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(limits),
             min_new_tokens=min_new_tokens,
             do_sample=not sampling.greedy,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -230,20 +246,24 @@ class CausalLM:
             streamer=streamer,
             **extra,
         )
-        return self._generations(out[:, ids.shape[1] :], max_new_tokens, sampling)  # rows that ended early are padded
+        return self._generations(out[:, ids.shape[1] :], limits, sampling)  # rows that ended early are padded
 
-    def _generations(self, new: Tensor, max_new_tokens: int, sampling: Sampling) -> list[Generation]:
-        """(B, n) generated ids -> answers: text up to the end token (or a stop string), tokens counted to it."""
-        ended = torch.isin(new, torch.tensor(self._eos_ids(), device=new.device))  # (B, n)
-        first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])  # (B,)
+    def _generations(self, new: Tensor, limits: list[int], sampling: Sampling) -> list[Generation]:
+        """(B, n) generated ids -> answers: each row within its limit, text up to the end token (or a stop
+        string), tokens counted to it."""
+        eos = torch.tensor(self._eos_ids(), device=new.device)
         out = []
-        for row, n, has_end in zip(new, first_end.tolist(), ended.any(1).tolist(), strict=True):
+        for row, limit in zip(new, limits, strict=True):
+            ended = torch.isin(row[:limit], eos)  # (<= limit,)
+            has_end = bool(ended.any())
+            n = int(ended.int().argmax()) + 1 if has_end else int(ended.shape[0])
             text, cut = sampling.cut(self.tokenizer.decode(row[:n], skip_special_tokens=True))
-            out.append(Generation(text.strip(), int(n), cut or has_end or n < max_new_tokens))
+            out.append(Generation(text.strip(), n, cut or has_end or n < limit))
         return out
 
     @torch.inference_mode()
-    def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: int, min_new_tokens: int = 0,
+    def generate_prefixed(self, texts: list[str], prefix: KVPrefix, max_new_tokens: MaxNewTokens,
+                          min_new_tokens: int = 0,
                           bias: AnswerBias | None = None, sampling: Sampling = GREEDY,
                           streamer: BaseStreamer | None = None) -> list[Generation]:
         """Decoding behind a latent prefix, whose embedding bias every generated token gets as well.
@@ -252,6 +272,8 @@ class CausalLM:
         """
         ids, mask = self._left_padded(texts)
         B, P = ids.shape[0], prefix.length
+        limits = row_limits(max_new_tokens, B)
+        last_step = torch.tensor(limits, device=self.device) - 1  # (B,) the step at which each row is done
         eos = torch.tensor(self._eos_ids(), device=self.device)
         warpers = sampling.warpers()
         if streamer is not None:
@@ -261,7 +283,7 @@ class CausalLM:
         embed = self.model.get_input_embeddings()
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         new: list[Tensor] = []
-        for step in range(max_new_tokens):
+        for step in range(max(limits)):
             logits = out.logits[:, -1].float()  # (B, V)
             if bias is not None:
                 logits = bias(new[-1][:, None] if new else ids, logits)  # it reads the last token only
@@ -276,11 +298,11 @@ class CausalLM:
             new.append(nxt)
             if streamer is not None:
                 streamer.put(nxt.cpu())
-            done |= torch.isin(nxt, eos)
+            done |= torch.isin(nxt, eos) | (last_step <= step)
             if sampling.stop:  # a stop string ends its row (the text is cut before it below)
                 so_far = self.tokenizer.batch_decode(torch.stack(new, 1), skip_special_tokens=True)
                 done |= torch.tensor([sampling.cut(t)[1] for t in so_far], device=self.device)
-            if bool(done.all()) or step == max_new_tokens - 1:
+            if bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
             attn = torch.cat([mask.new_ones(B, P), mask], 1)
@@ -291,7 +313,7 @@ class CausalLM:
         if streamer is not None:
             streamer.end()
         toks = torch.stack(new, 1) if new else ids.new_zeros(B, 0)  # (B, n)
-        return self._generations(toks, max_new_tokens, sampling)
+        return self._generations(toks, limits, sampling)
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

@@ -36,25 +36,39 @@ class Admission:
         return self._inside
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the ``concurrency`` slots for the block; ``Busy`` when running and waiting are full, or
-        when no slot came free within ``wait_s``."""
+    def admitted(self) -> Iterator[None]:
+        """Count the block as running or waiting; ``Busy`` at once when those are full. What runs inside takes
+        a slot itself, through ``slot`` or, for generation, the batcher (service/batching.py)."""
         with self._lock:
             if self._inside >= self.concurrency + self.queue:
                 raise Busy(f"{self._inside} requests are running or waiting for the LLM; retry later",
-                           self._retry_after())
+                           self.retry_after())
             self._inside += 1
         try:
-            if not self._slots.acquire(timeout=self.wait_s):
-                raise Busy(f"no LLM slot came free within {self.wait_s:g} s; retry later", self._retry_after())
-            try:
-                yield
-            finally:
-                self._slots.release()
+            yield
         finally:
             with self._lock:
                 self._inside -= 1
 
-    def _retry_after(self) -> int:
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Be admitted and hold one of the ``concurrency`` slots for the block; ``Busy`` when running and
+        waiting are full, or when no slot came free within ``wait_s``."""
+        with self.admitted():
+            if not self._slots.acquire(timeout=self.wait_s):
+                raise Busy(f"no LLM slot came free within {self.wait_s:g} s; retry later", self.retry_after())
+            try:
+                yield
+            finally:
+                self._slots.release()
+
+    def try_acquire(self) -> bool:
+        """Take a free slot now, if there is one (a batch's leader; ``release`` it after)."""
+        return self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def retry_after(self) -> int:
         """Seconds a refused client should wait: about one queue's worth of turns, at least one."""
         return max(1, math.ceil(self.wait_s * self._inside / max(1, self.concurrency + self.queue)))

@@ -2,9 +2,10 @@
 
 A generation holds one of the LLM's few admission slots for seconds; a client that times out or closes the
 connection would otherwise keep that slot until the last token, while the clients still waiting are refused.
-Both generation paths hand every token to a streamer (``CausalLM.generate_batch``), so the cut is a streamer
-that raises once its client is known to be gone: the generation stops at the next token, frees its slot, and
-nothing is written (generation never writes).
+Here a route learns that its client has gone and sets the request's ``gone`` event; the batcher then drops
+the request if its answer has not begun, and stops a batch whose clients have all gone at the next token
+(``batching.Watching``: both generation paths hand every token to a streamer). Nothing is written either way
+(generation never writes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import TypeVar
 import anyio
 from fastapi import Request
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from transformers.generation.streamers import BaseStreamer
 
 T = TypeVar("T")
 POLL_S = 0.1  # how often a waiting route asks the server whether its client is still connected
@@ -26,36 +26,18 @@ class ClientGone(Exception):
     """The client closed the connection: its generation was stopped (answered 499 to no one, and counted)."""
 
 
-class Watched(BaseStreamer):
-    """A streamer that raises ``ClientGone`` once ``gone`` is set, passing tokens on to ``inner`` until then."""
-
-    def __init__(self, inner: BaseStreamer | None = None) -> None:
-        self.inner = inner
-        self.gone = threading.Event()
-
-    def put(self, value: object) -> None:
-        if self.gone.is_set():
-            raise ClientGone("the client closed the connection; its generation was stopped")
-        if self.inner is not None:
-            self.inner.put(value)
-
-    def end(self) -> None:
-        if self.inner is not None:
-            self.inner.end()
-
-
-async def _watch(request: Request, watched: Watched) -> None:
+async def _watch(request: Request, gone: threading.Event) -> None:
     while not await request.is_disconnected():
         await anyio.sleep(POLL_S)
-    watched.gone.set()
+    gone.set()
 
 
-async def while_connected(request: Request, watched: Watched, work: Callable[[], T]) -> T:
-    """``work()`` on a worker thread; if the client disconnects meanwhile, ``watched`` stops its generation.
+async def while_connected(request: Request, gone: threading.Event, work: Callable[[], T]) -> T:
+    """``work()`` on a worker thread; ``gone`` is set if the client disconnects meanwhile (its generation stops).
     What ``work`` raises is raised as it is (not inside the task group's exception group)."""
     error: Exception | None = None
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch, request, watched)
+        tasks.start_soon(_watch, request, gone)
         try:
             result = await run_in_threadpool(work)
         except Exception as e:  # noqa: BLE001 - re-raised below, outside the group
@@ -67,7 +49,8 @@ async def while_connected(request: Request, watched: Watched, work: Callable[[],
     return result
 
 
-async def relayed_while_connected(request: Request, events: Iterator[str], watched: Watched) -> AsyncIterator[str]:
+async def relayed_while_connected(request: Request, events: Iterator[str], gone: threading.Event
+                                  ) -> AsyncIterator[str]:
     """A streamed answer's events, each read on a worker thread. A client found gone between two events, or
     the server closing this generator (a disconnect seen while sending, cancellation), stops the generation
     behind them. No task is started here: a generator may be closed from another task than the one that ran it.
@@ -78,4 +61,4 @@ async def relayed_while_connected(request: Request, events: Iterator[str], watch
                 break
             yield event
     finally:
-        watched.gone.set()
+        gone.set()

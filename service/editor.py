@@ -9,6 +9,7 @@ exactly as if no memory existed. Everything it returns is plain values, so route
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from models.decoders import Decoder
 from models.encoder import TextEncoder
-from models.llm import CausalLM, ContinuationScore, Sampling
+from models.llm import CausalLM, ContinuationScore, Generation, Sampling
 from models.scope import ScopeRule
 from service.admission import Admission, default_concurrency
+from service.batching import Batcher, Job
 from service.errors import Conflict, DuplicateFact, InvalidInput, NotFound, no_such_memory
 from service.limits import Limits
 from service.memories import MemoryInfo, MemoryRegistry, Reading
@@ -29,20 +31,10 @@ from service.recall import MemoryMode, Recall, RecalledFact, Recaller
 from service.settings import Settings
 from service.store import Fact
 from service.timing import Timer, utc_now
+from service.transfer import Imported
 
 CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
 EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
-
-
-@dataclass(frozen=True)
-class Imported:
-    """One fact of an import file, as ``service.transfer`` parsed it."""
-
-    line: int
-    text: str
-    metadata: dict[str, Any] | None = None
-    id: str | None = None
-    created_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +79,7 @@ class Editor:
         self.recaller = Recaller(registry, rule, settings.recalled_facts, settings.memory_read, settings.read_segment)
         concurrency = settings.llm_concurrency or default_concurrency(settings.resolved_device(), os.cpu_count() or 1)
         self.admission = Admission(concurrency, settings.llm_queue, settings.llm_wait_s)
+        self.batcher = Batcher(self.admission, self._generate, settings.llm_batch)
 
     @property
     def rule(self) -> ScopeRule:
@@ -166,13 +159,11 @@ class Editor:
             ids = [i for i, _ in kept]
             if len(set(ids)) < len(ids):
                 raise InvalidInput("the file holds a fact id twice")
-            if taken := next((i for i, h in zip(ids, self.registry.holds(memory, ids), strict=True) if h), None):
-                raise _taken(f"memory {memory!r} already holds fact {taken!r}")  # before encoding it all
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C), in batches of similar lengths
         try:
             self.registry.write(memory, checked, latents, kept=kept, entry_size=self.settings.max_batch_facts)
-        except DuplicateFact as e:  # written meanwhile by another request
-            raise _taken(str(e)) from e
+        except DuplicateFact as e:  # found before anything is stored
+            raise Conflict(f"{e} (import with keep_ids=false to give the facts new ids); nothing was imported") from e
         return len(checked)
 
     def update_fact(self, memory: str, fact_id: str, text: str | None, metadata: dict[str, Any] | None) -> Fact:
@@ -214,33 +205,42 @@ class Editor:
         return self.recaller.recall(memory, prompt, mode, timer)
 
     def query(self, memory: str, prompt: str, max_new_tokens: int | None, mode: MemoryMode,
-              streamer: BaseStreamer | None = None) -> Answer:
+              gone: threading.Event | None = None) -> Answer:
         """One greedy answer: a conversation of one turn, as the benchmarks run it."""
         return self.chat(memory, [{"role": "user", "content": self.limits.text(prompt, "prompt")}], max_new_tokens,
-                         Sampling(), mode, streamer, what="max_new_tokens")
+                         Sampling(), mode, gone=gone, what="max_new_tokens")
 
     def chat(self, memory: str | None, messages: list[dict[str, str]], max_new_tokens: int | None,
              sampling: Sampling, mode: MemoryMode, streamer: BaseStreamer | None = None,
-             what: str = "max_tokens") -> Answer:
+             gone: threading.Event | None = None, what: str = "max_tokens") -> Answer:
         """One answer to a conversation. The scope rule and the readout read its last user turn (what is
         asked now); the turns before it reach the LLM as they were. ``memory`` None: the plain LLM. A
-        ``streamer`` gets the answer's tokens as they come (``openai_compat.stream``)."""
+        ``streamer`` gets the answer's tokens as they come (``openai_compat.stream``); ``gone``, set when the
+        client disconnects, stops the answer (service/cancel.py). The answer is generated in a batch with the
+        others waiting for the LLM (service/batching.py)."""
         chat = self.limits.conversation(messages)
         n = self.limits.max_new_tokens(max_new_tokens, what)
         self.limits.sampling(sampling)
         timer = Timer()
-        with self.admission.slot():
-            timer.lap("admission")
+        with self.admission.admitted():
             recall = self.recall(memory, chat.prompt, mode, timer) if memory else Recall(False, None, [])
             prompt_tokens = len(self.llm.token_ids(self.decoder.generation_text(self.llm, chat, recall.readout)))
             if prompt_tokens + n > (window := self.llm.window):
                 raise InvalidInput(f"the conversation is {prompt_tokens} tokens (the recalled facts included); with "
                                    f"{what}={n} it passes the LLM's window of {window}: send fewer or shorter turns")
-            (answer,) = self.decoder.generate_batch(self.llm, [(chat, recall.readout)], n, sampling=sampling,
-                                                    streamer=streamer)
+            timer.lap("prompt")
+            job = Job(chat, recall.readout, n, sampling, streamer, gone)
+            answer = self.batcher.answer(job)
+        timer.lap("admission", job.started)  # waiting for the LLM
         timer.lap("generate")
         return Answer(answer.text, recall.in_scope, self.decoder.name, recall.facts, timer.total(), prompt_tokens,
                       answer.new_tokens, "stop" if answer.stopped else "length")
+
+    def _generate(self, jobs: list[Job], streamer: BaseStreamer) -> list[Generation]:
+        """One batch of answers (``Batcher``): the jobs share a sampling; each keeps its own limit."""
+        return self.decoder.generate_batch(self.llm, [(j.chat, j.readout) for j in jobs],
+                                           [j.max_new_tokens for j in jobs], sampling=jobs[0].sampling,
+                                           streamer=streamer)
 
     def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
         self.limits.text(prompt, "prompt")
@@ -295,7 +295,3 @@ class Editor:
         if reading is None:
             raise no_such_memory(memory)
         return reading
-
-
-def _taken(why: str) -> Conflict:
-    return Conflict(f"{why} (import with keep_ids=false to give the facts new ids); nothing was imported")

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import TextIteratorStreamer
 
 from models.llm import Sampling
-from service.cancel import Watched
 from service.editor import Answer, Editor
 from service.errors import InvalidInput, NotFound
 from service.recall import MemoryMode
@@ -119,22 +118,21 @@ def until_stop(pieces: Iterable[str], stop: tuple[str, ...]) -> Iterator[str]:
         yield text[sent:]
 
 
-def stream(editor: Editor, req: ChatRequest, memory: str | None, watched: Watched) -> Iterator[str]:
+def stream(editor: Editor, req: ChatRequest, memory: str | None, gone: threading.Event) -> Iterator[str]:
     """Server-sent events of one streamed answer: a chunk per piece of text as the LLM makes it, a last
     chunk with the finish reason (and usage, when asked), then ``[DONE]``. Bad input or an unknown memory
     fails before the first event (the route reads one event first).
 
     Generation runs in a thread of its own, which lives only while it holds or waits for one of the LLM's
     admission slots (``Editor.chat``): past them it is refused at once, so at most concurrency + queue such
-    threads exist. ``watched`` stops the generation when the client goes (service/cancel.py)."""
+    threads exist. ``gone``, set when the client goes, stops the generation (service/cancel.py)."""
     streamer = TextIteratorStreamer(editor.llm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    watched.inner = streamer
     done: dict[str, Any] = {}
 
     def run() -> None:
         try:
             done["result"] = editor.chat(memory, req.turns(), req.max_new_tokens(), req.sampling(), req.memory_mode,
-                                         watched)
+                                         streamer, gone)
         except BaseException as e:  # noqa: BLE001 - handed to the reader, which re-raises it
             done["error"] = e
             streamer.end()

@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     llm_queue: int = Field(16, ge=0, description="Requests that may wait for the LLM beyond those running; more "
                            "get 503 at once.")
     llm_wait_s: float = Field(30.0, gt=0, description="Longest wait for the LLM before a 503.")
+    llm_batch: int = Field(8, ge=1, description="Most answers generated in one batch: answers waiting for the LLM "
+                           "together are generated together (service/batching.py); 1 turns batching off.")
     # per-key rate limits (429 with Retry-After past them; service/ratelimit.py)
     rate_per_s: float = Field(100.0, ge=0, description="Requests per second each API key (a call naming no valid "
                               "key: its client address) may make, sustained, on /v1 and /mcp; past its bucket 429 "

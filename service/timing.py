@@ -18,8 +18,9 @@ class Timer:
         self.marks: dict[str, float] = {}
         self._start = self._t = time.perf_counter()
 
-    def lap(self, name: str) -> None:
-        t = time.perf_counter()
+    def lap(self, name: str, at: float | None = None) -> None:
+        """``at``: a ``time.perf_counter()`` reading taken earlier, where the lap ended (default: now)."""
+        t = time.perf_counter() if at is None else at
         self.marks[name] = round(self.marks.get(name, 0.0) + (t - self._t) * 1e3, 3)
         self._t = t
 

@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from service.editor import Imported
 from service.errors import InvalidInput
 
 MEDIA_TYPE = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One fact of an import file, as parsed here (``Editor.import_facts`` writes them)."""
+
+    line: int
+    text: str
+    metadata: dict[str, Any] | None = None
+    id: str | None = None
+    created_at: str | None = None
 
 
 class ExportedFact(BaseModel):

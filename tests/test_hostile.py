@@ -4,6 +4,7 @@ Each test here failed on the code before the fix it covers (issue 24's findings)
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -159,6 +160,29 @@ def test_splitting_cuts_long_runs_at_white_space_and_packs_chunks_within_the_lim
         assert all(not p.text.startswith(" ") and not p.text.endswith(" ") for p in pieces)
     unbroken = split_document("y" * 1234, "sentences", 10, words, max_chars=500)
     assert [len(p.text) for p in unbroken] == [500, 500, 234]
+
+
+@pytest.mark.parametrize("unit", ["Dr. ", "e.g. ", ". ", '."', "\n ", "a", "A.b"])
+def test_splitting_adversarial_text_takes_time_in_proportion_to_its_length(unit: str) -> None:
+    """The splitter re-searched after each abbreviation: 0.4 / 1.4 / 6.4 s at 8 / 16 / 32 KB of "Dr. ". A ratio
+    of two lengths, not a time: 8x the text must cost well under the 64x of a quadratic splitter."""
+    words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
+
+    def seconds(n: int) -> float:
+        text, best = unit * (n // len(unit)), float("inf")
+        gc.collect()
+        gc.disable()  # a collection inside one run would count against it
+        try:
+            for _ in range(5):
+                t0 = time.perf_counter()
+                split_document(text, "sentences", 128, words, max_chars=2000)
+                best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.enable()
+        return best
+
+    small, large = seconds(32_000), seconds(256_000)
+    assert large / small < 32, f"{unit!r}: {small:.4f} s at 32 KB, {large:.4f} s at 256 KB"
 
 
 def test_an_import_file_is_parsed_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from service import openai_compat as oa
 from service.auth import listed
-from service.cancel import Watched, relayed_while_connected, while_connected
+from service.cancel import relayed_while_connected, while_connected
 from service.deps import EditorDep, ReaderKey, require
 
 router = APIRouter(tags=["openai"])
@@ -20,14 +21,14 @@ async def chat_completions(body: oa.ChatRequest, request: Request, editor: Edito
     """A client that disconnects stops its generation (service/cancel.py)."""
     memory = body.target()
     require(key, memory, "read")
-    watched = Watched()
+    gone = threading.Event()
     if not body.stream:
-        r = await while_connected(request, watched, lambda: editor.chat(
-            memory, body.turns(), body.max_new_tokens(), body.sampling(), body.memory_mode, watched))
+        r = await while_connected(request, gone, lambda: editor.chat(
+            memory, body.turns(), body.max_new_tokens(), body.sampling(), body.memory_mode, gone=gone))
         return oa.completion(body, memory, r)
-    events = oa.stream(editor, body, memory, watched)
-    first = await while_connected(request, watched, lambda: next(events))  # errors before any byte is sent
-    return StreamingResponse(relayed_while_connected(request, _prepend(first, events), watched),
+    events = oa.stream(editor, body, memory, gone)
+    first = await while_connected(request, gone, lambda: next(events))  # errors before any byte is sent
+    return StreamingResponse(relayed_while_connected(request, _prepend(first, events), gone),
                              media_type="text/event-stream")
 
 

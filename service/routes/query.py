@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 
 from fastapi import APIRouter, Request
 
-from service.cancel import Watched, while_connected
+from service.cancel import while_connected
 from service.deps import READ, EditorDep, MemoryName
 from service.schemas import CandidateScoreOut, QueryIn, QueryOut, RecalledFactOut, ScoreIn, ScoreOut
 
@@ -16,9 +17,9 @@ router = APIRouter(prefix="/memories/{memory}", tags=["query"])
 @router.post("/query", response_model=QueryOut, dependencies=[READ])
 async def query(memory: MemoryName, body: QueryIn, request: Request, editor: EditorDep) -> QueryOut:
     """A client that disconnects stops its generation (service/cancel.py)."""
-    watched = Watched()
-    r = await while_connected(request, watched, lambda: editor.query(memory, body.prompt, body.max_new_tokens,
-                                                                     body.memory_mode, watched))
+    gone = threading.Event()
+    r = await while_connected(request, gone, lambda: editor.query(memory, body.prompt, body.max_new_tokens,
+                                                                  body.memory_mode, gone))
     return QueryOut(answer=r.answer, in_scope=r.in_scope, decoder=r.decoder, timings_ms=r.timings_ms,
                     facts=[RecalledFactOut(**asdict(f)) for f in r.facts])
 
