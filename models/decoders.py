@@ -24,7 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from models.answer_bias import AnswerBias, Span
 from models.latent import LatentAdapter
-from models.llm import GREEDY, CausalLM, ContinuationScore, Generation, MaxNewTokens, Sampling, row_limits
+from models.llm import GREEDY, CausalLM, ContinuationScore, Generation, MaxNewTokens, RowsStreamer, Sampling, row_limits
 from models.text import STOPWORDS, stem, words
 
 ScoreRequest = tuple[str, list[str], "Readout | None"]  # prompt, candidates, readout
@@ -227,17 +227,21 @@ class LatentDecoder:
         limits = row_limits(max_new_tokens, len(items))
         out: list[Generation] = [Generation("", 0)] * len(items)
         texts = [self.generation_text(llm, p, r) for p, r in items]
+        parts = isinstance(streamer, RowsStreamer)  # else a batch of one: one part, which ends the streamer itself
         if off:  # the plain LLM, exactly as the context decoder runs it without a readout
             res = llm.generate_batch([texts[i] for i in off], [limits[i] for i in off], min_new_tokens,
-                                     sampling=sampling, streamer=streamer)
+                                     sampling=sampling, streamer=streamer.rows(off) if parts else streamer)
             for i, g in zip(off, res, strict=True):
                 out[i] = g
         if on:
             bias = answer_bias(llm, [items[i] for i in on], self.answer_bias)
             res = llm.generate_batch([texts[i] for i in on], [limits[i] for i in on], min_new_tokens,
-                                     prefix=self.adapter(Z), bias=bias, sampling=sampling, streamer=streamer)
+                                     prefix=self.adapter(Z), bias=bias, sampling=sampling,
+                                     streamer=streamer.rows(on) if parts else streamer)
             for i, g in zip(on, res, strict=True):
                 out[i] = g
+        if parts:
+            streamer.end()
         return out
 
 

@@ -20,13 +20,17 @@ ENCODE_TOKENS = 2048  # padded tokens per forward pass when many texts are encod
 class TextEncoder:
     """Safe to call from many threads: every use of the tokenizer holds ``tokenizer_lock`` (a Rust fast tokenizer
     shared by threads raises "Already borrowed" when one call changes its truncation or padding while another
-    tokenizes), the forward pass runs outside it. Code outside this class counts tokens with ``count_tokens``
-    and never calls ``tokenizer`` itself."""
+    tokenizes), and forward passes run one at a time (``forward_lock``): each already uses every core, and
+    several at once from request threads oversubscribe them (on this project's 2-core CPU, 8 threads encoding
+    at once slowed a generation beside them from 6.6 s to 34 s; one at a time, 8 threads took no longer than
+    one). Callers queue a batch at a time, so a long document's encoding interleaves with short writes. Code
+    outside this class counts tokens with ``count_tokens`` and never calls ``tokenizer`` itself."""
 
     def __init__(self, spec: str, device: str = "cpu", max_length: int = 256) -> None:
         path = resolve(spec)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer_lock = threading.Lock()  # tokenizing is cheap next to the forward pass: one at a time
+        self.forward_lock = threading.Lock()
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)
         self.max_length = max_length
@@ -67,7 +71,8 @@ class TextEncoder:
         with self.tokenizer_lock:
             batch = self.tokenizer.pad(tokens, padding=True, return_tensors="pt")
         batch = batch.to(self.device)
-        hidden = self.model(**batch).last_hidden_state  # (N, T, C)
+        with self.forward_lock:
+            hidden = self.model(**batch).last_hidden_state  # (N, T, C)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (N, C)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)

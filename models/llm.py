@@ -133,6 +133,15 @@ def score_chunks(lengths: list[int]) -> list[range]:
 MaxNewTokens = int | Sequence[int]  # one limit for every row, or one per row
 
 
+class RowsStreamer(BaseStreamer):
+    """A streamer for a whole batch that can also be handed a part of it: ``rows(indices)`` is a streamer for a
+    sub-batch whose row r is this batch's row ``indices[r]`` and whose ``end`` waits for this one's (a decoder
+    that generates a batch in parts, as ``LatentDecoder`` does, ends it once, after the last part)."""
+
+    def rows(self, indices: list[int]) -> BaseStreamer:
+        raise NotImplementedError
+
+
 def row_limits(max_new_tokens: MaxNewTokens, rows: int) -> list[int]:
     """Each row's limit of new tokens."""
     if isinstance(max_new_tokens, int):

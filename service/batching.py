@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
 from transformers.generation.streamers import BaseStreamer
 
 from models.decoders import Chat, Readout
-from models.llm import Generation, Sampling
+from models.llm import Generation, RowsStreamer, Sampling
 from service.admission import Admission
 from service.cancel import ClientGone
 from service.errors import Busy
@@ -60,28 +60,48 @@ class Job:
 Generate = Callable[[list[Job], BaseStreamer], list[Generation]]  # one batch -> one answer per job
 
 
-class Watching(BaseStreamer):
+class Watching(RowsStreamer):
     """The streamer a batch runs with: it stops the batch (``ClientGone``) once every client in it has gone,
     and passes each streamed job its own row: the prompt first, then one token a step up to the job's limit
-    (a streamer such as transformers' ``TextIteratorStreamer`` takes a batch of one)."""
+    (a streamer such as transformers' ``TextIteratorStreamer`` takes a batch of one). A decoder may generate
+    the batch in parts (``rows``)."""
 
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
-        self.streamed = [(i, j) for i, j in enumerate(jobs) if j.streamer is not None]
-        self.steps = 0  # new tokens put so far
+        self.sent = [0] * len(jobs)  # new tokens passed on to each job's streamer
 
     def put(self, value: Tensor) -> None:
+        self.put_rows(value, range(len(self.jobs)))
+
+    def put_rows(self, value: Tensor, rows: Sequence[int]) -> None:
+        """``value``'s row r is job ``rows[r]``'s: (B, T) the prompts first, then (B,) a token a step."""
         if all(j.left for j in self.jobs):
             raise ClientGone("every client of this generation closed its connection; it was stopped")
-        prompt = value.dim() == 2  # (B, T) the prompts first, then (B,) a token a step
-        for i, j in self.streamed:
-            if prompt or self.steps < j.max_new_tokens:
-                j.streamer.put(value[i : i + 1])  # type: ignore[union-attr]
-        self.steps += not prompt
+        prompt = value.dim() == 2
+        for r, i in enumerate(rows):
+            job = self.jobs[i]
+            if job.streamer is not None and (prompt or self.sent[i] < job.max_new_tokens):
+                job.streamer.put(value[r : r + 1])
+                self.sent[i] += not prompt
+
+    def rows(self, indices: list[int]) -> BaseStreamer:
+        return _Part(self, indices)
 
     def end(self) -> None:
-        for _, j in self.streamed:
-            j.streamer.end()  # type: ignore[union-attr]
+        for j in self.jobs:
+            if j.streamer is not None:
+                j.streamer.end()
+
+
+class _Part(BaseStreamer):
+    def __init__(self, whole: Watching, rows: list[int]) -> None:
+        self.whole, self.rows = whole, rows
+
+    def put(self, value: Tensor) -> None:
+        self.whole.put_rows(value, self.rows)
+
+    def end(self) -> None:
+        """The whole batch ends once, after its last part (the decoder ends it)."""
 
 
 class Batcher:

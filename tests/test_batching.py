@@ -19,7 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 from models.decoders import Chat
 from models.llm import Generation, Sampling
 from service.admission import Admission
-from service.batching import Batcher, Job
+from service.batching import Batcher, Job, Watching
 from service.cancel import ClientGone
 from service.errors import Busy
 
@@ -29,18 +29,24 @@ class StandIn:
     puts the prompts (B, 2), then a token a step (B,), to the batch's streamer, as both generation paths do:
     row i's token at step k is 100 i + k."""
 
-    def __init__(self, step_s: float = 0.02, fail: bool = False) -> None:
-        self.step_s, self.fail = step_s, fail
+    def __init__(self, step_s: float = 0.02, fail: bool = False, parts: bool = False) -> None:
+        self.step_s, self.fail, self.parts = step_s, fail, parts
         self.batches: list[list[str]] = []
 
-    def __call__(self, jobs: list[Job], streamer: BaseStreamer) -> list[Generation]:
+    def __call__(self, jobs: list[Job], streamer: Watching) -> list[Generation]:
+        """With ``parts``, the odd rows, then the even ones, as LatentDecoder generates in-scope rows apart."""
         self.batches.append([j.chat.prompt for j in jobs])
-        rows = torch.arange(len(jobs))
-        streamer.put(torch.stack([rows, rows], 1))
-        for k in range(max(j.max_new_tokens for j in jobs)):
-            streamer.put(100 * rows + k)
-            time.sleep(self.step_s)
-        streamer.end()
+        parts = [list(range(1, len(jobs), 2)), list(range(0, len(jobs), 2))] if self.parts else [None]
+        for part in [p for p in parts if p != []]:
+            rows = torch.arange(len(jobs)) if part is None else torch.tensor(part)
+            out = streamer if part is None else streamer.rows(part)
+            out.put(torch.stack([rows, rows], 1))
+            for k in range(max(jobs[i].max_new_tokens for i in rows.tolist())):
+                out.put(100 * rows + k)
+                time.sleep(self.step_s)
+            out.end()
+        if self.parts:
+            streamer.end()
         if self.fail:
             raise RuntimeError("the LLM failed")
         return [Generation(f"{j.chat.prompt}/{j.max_new_tokens}", j.max_new_tokens) for j in jobs]
@@ -93,8 +99,9 @@ class Recorded(BaseStreamer):
         self.ended = True
 
 
-def test_sampled_answers_run_alone_and_streamed_ones_get_their_own_rows() -> None:
-    llm = StandIn()
+@pytest.mark.parametrize("parts", [False, True])
+def test_sampled_answers_run_alone_and_streamed_ones_get_their_own_rows(parts: bool) -> None:
+    llm = StandIn(parts=parts)
     batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8)
     streams = [Recorded(), Recorded()]
     jobs = [job("first"), job("sampled", sampling=Sampling(0.7, 0.9, (), 1)), job("greedy-a"),
