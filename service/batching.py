@@ -7,9 +7,10 @@ answers (greedy decoding gives a prompt the same answer alone or among others, e
 
 A request that needs the LLM becomes a ``Job``. When an admission slot is free, the request that finds it
 takes the oldest waiting job and every later one that can share its batch (greedy, the same stop strings),
-at most ``max_batch``, runs them as one batch, and hands each its answer, a streamed one token by token: the
-requests' own threads do the work, as leader and followers, with no thread of this module's own. A sampled
-answer runs alone (a seeded draw must not depend on what runs beside it).
+at most ``max_batch`` of them and ``max_tokens`` padded tokens, runs them as one batch, and hands each its
+answer, a streamed one token by token: the requests' own threads do the work, as leader and followers, with
+no thread of this module's own. A sampled answer runs alone (a seeded draw must not depend on what runs
+beside it).
 
 A job whose client has gone (``Job.gone``) is dropped before its batch starts; a batch stops at the next
 token once every client in it has gone (service/cancel.py).
@@ -41,6 +42,7 @@ class Job:
     readout: Readout | None
     max_new_tokens: int
     sampling: Sampling
+    tokens: int  # the prompt's tokens plus max_new_tokens: its row's length at most
     streamer: BaseStreamer | None = None
     gone: threading.Event | None = None
     started: float | None = None  # time.perf_counter() when its batch began
@@ -105,8 +107,11 @@ class _Part(BaseStreamer):
 
 
 class Batcher:
-    def __init__(self, admission: Admission, generate: Generate, max_batch: int) -> None:
-        self.admission, self.generate, self.max_batch = admission, generate, max_batch
+    def __init__(self, admission: Admission, generate: Generate, max_batch: int, max_tokens: int) -> None:
+        """``max_tokens``: most padded tokens in a batch (rows x the longest row), which bounds its memory; a job
+        longer than that runs alone."""
+        self.admission, self.generate = admission, generate
+        self.max_batch, self.max_tokens = max_batch, max_tokens
         self._waiting: list[Job] = []
         self._changed = threading.Condition()  # guards _waiting and every job's done; notified when a batch ends
 
@@ -147,8 +152,12 @@ class Batcher:
         if not self._waiting:
             return []
         first = self._waiting[0]
-        batch = [first] if first.alone else [j for j in self._waiting
-                                             if not j.alone and j.sampling == first.sampling][: self.max_batch]
+        batch = [first]
+        for j in self._waiting[1:] if not first.alone else []:
+            longest = max(j.tokens, *(b.tokens for b in batch))
+            if len(batch) < self.max_batch and not j.alone and j.sampling == first.sampling \
+                    and (len(batch) + 1) * longest <= self.max_tokens:
+                batch.append(j)
         for j in batch:
             self._waiting.remove(j)
         return batch

@@ -79,7 +79,7 @@ class Editor:
         self.recaller = Recaller(registry, rule, settings.recalled_facts, settings.memory_read, settings.read_segment)
         concurrency = settings.llm_concurrency or default_concurrency(settings.resolved_device(), os.cpu_count() or 1)
         self.admission = Admission(concurrency, settings.llm_queue, settings.llm_wait_s)
-        self.batcher = Batcher(self.admission, self._generate, settings.llm_batch)
+        self.batcher = Batcher(self.admission, self._generate, settings.llm_batch, settings.llm_batch_tokens)
 
     @property
     def rule(self) -> ScopeRule:
@@ -229,7 +229,7 @@ class Editor:
                 raise InvalidInput(f"the conversation is {prompt_tokens} tokens (the recalled facts included); with "
                                    f"{what}={n} it passes the LLM's window of {window}: send fewer or shorter turns")
             timer.lap("prompt")
-            job = Job(chat, recall.readout, n, sampling, streamer, gone)
+            job = Job(chat, recall.readout, n, sampling, prompt_tokens + n, streamer, gone)
             answer = self.batcher.answer(job)
         timer.lap("admission", job.started)  # waiting for the LLM
         timer.lap("generate")

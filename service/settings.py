@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     llm_wait_s: float = Field(30.0, gt=0, description="Longest wait for the LLM before a 503.")
     llm_batch: int = Field(8, ge=1, description="Most answers generated in one batch: answers waiting for the LLM "
                            "together are generated together (service/batching.py); 1 turns batching off.")
+    llm_batch_tokens: int = Field(4096, ge=1, description="Most padded tokens in one batch (answers x the longest "
+                                  "prompt plus its new tokens): bounds a batch's memory; a longer answer runs alone.")
     # per-key rate limits (429 with Retry-After past them; service/ratelimit.py)
     rate_per_s: float = Field(100.0, ge=0, description="Requests per second each API key (a call naming no valid "
                               "key: its client address) may make, sustained, on /v1 and /mcp; past its bucket 429 "

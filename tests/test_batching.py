@@ -53,7 +53,8 @@ class StandIn:
 
 
 def job(prompt: str, n: int = 5, **kw: object) -> Job:
-    return Job(Chat((), prompt), None, n, kw.pop("sampling", Sampling()), **kw)  # type: ignore[arg-type]
+    sampling, tokens = kw.pop("sampling", Sampling()), kw.pop("tokens", 20 + n)
+    return Job(Chat((), prompt), None, n, sampling, tokens, **kw)  # type: ignore[arg-type]
 
 
 def run_all(batcher: Batcher, jobs: list[Job], stagger_s: float = 0.01) -> list[Generation | BaseException]:
@@ -77,7 +78,7 @@ def run_all(batcher: Batcher, jobs: list[Job], stagger_s: float = 0.01) -> list[
 
 def test_jobs_waiting_together_share_a_batch_and_each_gets_its_own_answer() -> None:
     llm = StandIn(step_s=0.03)
-    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=4)
+    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=4, max_tokens=4096)
     jobs = [job(f"q{i}", n=5 + i) for i in range(9)]
     answers = run_all(batcher, jobs)
     assert [a.text for a in answers] == [f"q{i}/{5 + i}" for i in range(9)]  # type: ignore[union-attr]
@@ -99,10 +100,20 @@ class Recorded(BaseStreamer):
         self.ended = True
 
 
+def test_a_batch_holds_at_most_its_padded_tokens() -> None:
+    llm = StandIn(step_s=0.03)
+    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8, max_tokens=1000)
+    jobs = [job("first", n=10), *(job(f"short{i}", tokens=200) for i in range(4)), job("long", tokens=900),
+            job("too long", tokens=5000)]
+    answers = run_all(batcher, jobs)
+    assert all(isinstance(a, Generation) for a in answers)
+    assert llm.batches[1:] == [["short0", "short1", "short2", "short3"], ["long"], ["too long"]]
+
+
 @pytest.mark.parametrize("parts", [False, True])
 def test_sampled_answers_run_alone_and_streamed_ones_get_their_own_rows(parts: bool) -> None:
     llm = StandIn(parts=parts)
-    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8)
+    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8, max_tokens=4096)
     streams = [Recorded(), Recorded()]
     jobs = [job("first"), job("sampled", sampling=Sampling(0.7, 0.9, (), 1)), job("greedy-a"),
             job("streamed", n=3, streamer=streams[0]), job("greedy-b"), job("streamed too", n=6, streamer=streams[1]),
@@ -117,7 +128,7 @@ def test_sampled_answers_run_alone_and_streamed_ones_get_their_own_rows(parts: b
 
 def test_an_error_reaches_every_job_of_its_batch_and_the_next_batch_runs() -> None:
     failing = StandIn(fail=True)
-    batcher = Batcher(Admission(1, 16, 10.0), failing, max_batch=8)
+    batcher = Batcher(Admission(1, 16, 10.0), failing, max_batch=8, max_tokens=4096)
     answers = run_all(batcher, [job("a"), job("b"), job("c")])
     assert all(isinstance(a, RuntimeError) for a in answers)
     failing.fail = False
@@ -126,7 +137,7 @@ def test_an_error_reaches_every_job_of_its_batch_and_the_next_batch_runs() -> No
 
 def test_a_job_whose_client_went_is_dropped_and_a_batch_whose_clients_all_went_stops() -> None:
     llm = StandIn(step_s=0.05)
-    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8)
+    batcher = Batcher(Admission(1, 16, 10.0), llm, max_batch=8, max_tokens=4096)
     gone = threading.Event()
     gone.set()
     answers = run_all(batcher, [job("runs", n=10), job("left before", gone=gone), job("stays")])
@@ -143,7 +154,7 @@ def test_a_job_whose_client_went_is_dropped_and_a_batch_whose_clients_all_went_s
 
 def test_a_job_not_started_within_the_wait_is_refused_busy() -> None:
     llm = StandIn(step_s=0.1)
-    batcher = Batcher(Admission(1, 16, 0.3), llm, max_batch=1)
+    batcher = Batcher(Admission(1, 16, 0.3), llm, max_batch=1, max_tokens=4096)
     answers = run_all(batcher, [job("long", n=20), job("waits")])
     assert isinstance(answers[0], Generation)
     assert isinstance(answers[1], Busy) and answers[1].retry_after >= 1
