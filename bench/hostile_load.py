@@ -82,6 +82,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)  # a queued generation may wait LARIMAR_LLM_WAIT_S (30 s), then run
 HEALTHZ_INTERVAL_S = 0.05
 HEALTHZ_GOAL_S = 0.100
+RSS_BOUND_MIB = 4096  # the bound the README states for the default settings: models, batches and buffers
 RSS_INTERVAL_S = 0.5
 CHAT_MAX_TOKENS = 32
 FLOOD_PARALLEL = 32  # connections one client's burst uses at once (its requests are cheap GETs)
@@ -884,6 +885,8 @@ def summarize(args: argparse.Namespace, mach: dict, settings: dict, startup_s: f
         "no_transport_error_on_normal_requests": not transport_normal,
         "hostile_requests_refused": not accepted_hostile,
         "server_alive_and_ready_after": alive and ready_after,
+        "peak_rss_under_bound": bool(rss_mib) and max(rss_mib) < RSS_BOUND_MIB,
+        "answered_at_least_baseline": bool(base["answered_per_s"]) and per_s >= base["answered_per_s"],
     }
     return {
         "benchmark": "hostile_load",

@@ -38,6 +38,7 @@ from service.memories import MemoryRegistry
 from service.metrics import Metrics
 from service.origin import SameOrigin, served_hosts
 from service.routes import documents, facts, health, memories, openai, query
+from service.schemas import ERRORS
 from service.settings import Settings, get_settings
 from service.store import Store, StoreError, StoreHeld, open_store
 from service.timing import utc_now
@@ -265,7 +266,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(ClientGone, _error(CLIENT_GONE))
 
-    v1 = APIRouter(prefix="/v1")  # each route names the role it needs (service/deps.py)
+    v1 = APIRouter(prefix="/v1", responses=ERRORS)  # each route names the role it needs (service/deps.py)
     for r in (facts.router, documents.router, query.router, memories.router, openai.router):
         v1.include_router(r)
     app.include_router(v1)

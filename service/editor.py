@@ -97,7 +97,7 @@ class Editor:
         timer = Timer()
         checked = self.limits.facts(items)
         supersedes = supersedes or [[] for _ in items]
-        if named := [i for ids in supersedes for i in ids]:  # 404 before anything is written
+        if named := list(self.limits.fact_ids(tuple(i for ids in supersedes for i in ids), "supersedes")):
             self._require(memory)
             if gone := next((i for i, f in zip(named, self.registry.facts(memory, named), strict=True)
                              if f is None), None):
@@ -245,6 +245,8 @@ class Editor:
     def score(self, memory: str, prompt: str, candidates: list[str], mode: MemoryMode) -> ScoreResult:
         self.limits.text(prompt, "prompt")
         self.limits.candidates(candidates)
+        asked = len(self.llm.token_ids(prompt))
+        self.limits.scored([asked + len(self.llm.token_ids(c)) for c in candidates], self.llm.window)
         with self.admission.slot():
             recall = self.recall(memory, prompt, mode)
             (scores,) = self.decoder.score_batch(self.llm, [(prompt, candidates, recall.readout)])

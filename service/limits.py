@@ -63,7 +63,22 @@ class Limits:
         """Fact ids of one forget."""
         if not 1 <= len(ids) <= self.settings.max_batch_facts:
             raise InvalidInput(f"ids must hold 1 to {self.settings.max_batch_facts} fact ids")
+        return self.fact_ids(ids, "ids")
+
+    def fact_ids(self, ids: tuple[str, ...], what: str) -> tuple[str, ...]:
+        """Fact ids a request names (a lone surrogate could not even be looked up in the store)."""
+        for i, fact_id in enumerate(ids):
+            _unicode(fact_id, f"{what}[{i}]")
         return ids
+
+    def scored(self, pairs: list[int], window: int) -> None:
+        """A score request's cost, from the tokens of the prompt with each candidate (each is read in full)."""
+        if (longest := max(pairs, default=0)) > window:
+            raise InvalidInput(f"the prompt with a candidate is {longest} tokens, past the LLM's window of {window}")
+        if (tokens := sum(pairs)) > self.settings.max_score_tokens:
+            raise InvalidInput(f"scoring these candidates reads {tokens} tokens (the prompt once per candidate); "
+                               f"the limit is max_score_tokens={self.settings.max_score_tokens}: send fewer or "
+                               "shorter candidates")
 
     def title(self, title: str | None) -> str | None:
         if title is not None and not 1 <= len(title) <= MAX_TITLE_CHARS:

@@ -53,7 +53,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes
     n: int = 1
     memory: str | None = Field(None, description="the memory to read (else the model name's)")
     memory_mode: MemoryMode = "auto"

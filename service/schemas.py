@@ -11,6 +11,21 @@ from service.recall import MemoryMode
 MEMORY_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
+class Problem(BaseModel):
+    """Every error's body. A request that fails its schema gets FastAPI's list of errors (each with its
+    location); any other error says what went wrong, and which limit or setting, in one string."""
+
+    detail: str | list[dict[str, Any]]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem, "description": why} for code, why in {
+    400: "the body is not JSON, or not UTF-8", 401: "no valid API key", 403: "the key's role or memories do not "
+    "cover this, or a browser sent it from another origin", 404: "no such memory, fact or document",
+    409: "conflicts with what the memory holds", 413: "the body is over this route's limit",
+    422: "invalid input, or past a limit (the message names it)", 429: "past the key's rate limit (Retry-After)",
+    503: "the LLM is full or the store unreachable (Retry-After)"}.items()}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1)
     max_batch_facts: int = Field(256, ge=1)
     max_candidates: int = Field(32, ge=1)
+    max_score_tokens: int = Field(8192, ge=1, description="Most tokens one /score may read (the prompt once per "
+                                  "candidate plus the candidates; each pair must also fit the LLM's window), else "
+                                  "422: about what one chat at the full window costs.")
     max_new_tokens: int = Field(256, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 before parsing.")
     max_import_bytes: int = Field(256 << 20, ge=1024, description="Larger import files get 413 (POST .../import).")

@@ -73,6 +73,8 @@ def parse(body: bytes) -> list[Imported]:
             f = ExportedFact.model_validate(json.loads(line))
         except json.JSONDecodeError as e:
             raise InvalidInput(f"line {n}: not JSON ({e.msg})") from e
+        except RecursionError as e:  # the parser recurses per level: a line nested 100,000 deep exhausts the stack
+            raise InvalidInput(f"line {n}: nested too deeply") from e
         except ValidationError as e:
             err = e.errors()[0]
             raise InvalidInput(f"line {n}: {'.'.join(map(str, err['loc'])) or 'fact'}: {err['msg']}") from e

@@ -332,6 +332,30 @@ def test_input_that_broke_the_checks_themselves_gets_422(client: TestClient) -> 
     assert client.get(BASE).status_code == 404  # nothing written
 
 
+@pytest.mark.parametrize(("method", "path", "body", "code", "message"), [
+    ("GET", f"{BASE}/facts?offset=9223372036854775808", None, 422, "offset"),
+    ("POST", "/v1/chat/completions", {"model": "larimar/demo", "seed": 2**64, "temperature": 0.7,
+                                      "messages": [{"role": "user", "content": "Hi"}]}, 422, "seed"),
+    ("POST", f"{BASE}/facts", b'{"text": "A b c.", "supersedes": ["\\ud800"]}', 422, "supersedes[0]"),
+    ("POST", f"{BASE}/facts/forget", b'{"ids": ["\\ud800"]}', 422, "ids[0]"),
+    ("POST", f"{BASE}/import", b'{"text": "x", "metadata": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}\n", 422,
+     "line 1: nested too deeply"),
+    ("POST", f"{BASE}/score", {"prompt": "\U0001F600" * 1900, "candidates": ["\U0001F600" * 1900, "Lyon"]}, 422,
+     "window"),
+    ("POST", f"{BASE}/score", {"prompt": "\U0001F600" * 1000, "candidates": ["\U0001F600" * 1000, "Lyon"]}, 422,
+     "max_score_tokens"),
+])
+def test_what_the_fuzzer_found_gets_a_4xx_naming_it(client: TestClient, method: str, path: str, body: object,
+                                                     code: int, message: str) -> None:
+    """bench/fuzz.py found each of these answering 500 (or, for /score, computing for minutes)."""
+    client.post(f"{BASE}/facts", json={"text": LYON})
+    raw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else \
+        {"json": body} if body is not None else {}
+    r = client.request(method, path, **raw)
+    assert r.status_code == code and message in json.dumps(r.json()["detail"]), r.text
+    assert client.get(BASE).json()["facts"] == 1
+
+
 def test_metrics_and_readiness_name_no_memory(client: TestClient) -> None:
     client.post(f"{BASE}/facts", json={"text": LYON})
     assert "demo" not in client.get("/metrics").text

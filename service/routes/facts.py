@@ -25,6 +25,8 @@ from service.schemas import (
 )
 from service.timing import server_timing
 
+MAX_OFFSET = 2**62  # past the store's 64-bit integers there is nothing to list
+
 router = APIRouter(prefix="/memories/{memory}/facts", tags=["facts"])
 
 
@@ -65,7 +67,7 @@ def list_facts(
     memory: MemoryName,
     editor: EditorDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     q: Annotated[str | None, Query(description="list the facts nearest this text instead, best first")] = None,
 ) -> FactPage:
     if q is not None:
