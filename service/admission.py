@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from service.errors import Busy
@@ -29,6 +29,7 @@ class Admission:
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self._inside = 0  # running plus waiting
+        self.on_release: Callable[[], None] | None = None
 
     @property
     def inside(self) -> int:
@@ -60,14 +61,18 @@ class Admission:
             try:
                 yield
             finally:
-                self._slots.release()
+                self.release()
 
     def try_acquire(self) -> bool:
         """Take a free slot now, if there is one (a batch's leader; ``release`` it after)."""
         return self._slots.acquire(blocking=False)
 
     def release(self) -> None:
+        """Give a slot back, and tell whoever waits for one without blocking on it (``on_release``: the
+        batcher's followers, who would otherwise wait for their timeout after a score's slot came free)."""
         self._slots.release()
+        if self.on_release is not None:
+            self.on_release()
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about one queue's worth of turns, at least one."""

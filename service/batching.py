@@ -113,7 +113,8 @@ class Batcher:
         self.admission, self.generate = admission, generate
         self.max_batch, self.max_tokens = max_batch, max_tokens
         self._waiting: list[Job] = []
-        self._changed = threading.Condition()  # guards _waiting and every job's done; notified when a batch ends
+        self._changed = threading.Condition()  # guards _waiting and every job's done; notified when a slot frees
+        admission.on_release = self._slot_freed
 
     def answer(self, job: Job) -> Generation:
         """This job's answer, once a batch has made it. ``Busy`` when no batch took it within the admission's
@@ -122,15 +123,16 @@ class Batcher:
         with self._changed:
             self._waiting.append(job)
             while not job.done:
-                batch = self._take() if self.admission.try_acquire() else None
-                if batch is not None:
+                # lead a batch only while this job waits: one taken into another's batch waits for it (with
+                # several slots, a free one must not be taken and given back in a loop meanwhile)
+                if job in self._waiting and self.admission.try_acquire():
+                    batch = self._take()
                     self._changed.release()
                     try:
                         self._run(batch)
                     finally:
                         self._changed.acquire()
-                        self.admission.release()
-                        self._changed.notify_all()
+                        self.admission.release()  # notifies (_slot_freed; the lock is re-entrant)
                     continue
                 left = deadline - time.monotonic()
                 if job in self._waiting and left <= 0:
@@ -142,6 +144,10 @@ class Batcher:
             raise job.error
         assert job.answer is not None
         return job.answer
+
+    def _slot_freed(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def _take(self) -> list[Job]:
         """The next batch, taken off the queue (the caller holds ``_changed`` and a slot): the oldest job and

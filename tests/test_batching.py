@@ -152,6 +152,25 @@ def test_a_job_whose_client_went_is_dropped_and_a_batch_whose_clients_all_went_s
     assert time.monotonic() - t0 < 5, "stopped at the next token, not after 200 of them (10 s)"
 
 
+def test_a_job_waiting_behind_a_score_starts_when_the_score_gives_its_slot_back() -> None:
+    """A score holds an admission slot outside the batcher; when it gave the slot back, nobody told the waiting
+    jobs, which slept until their wait ran out (30 s by default) and were refused."""
+    admission = Admission(1, 16, 5.0)
+    batcher = Batcher(admission, StandIn(), max_batch=8, max_tokens=4096)
+
+    def score() -> None:
+        with admission.slot():
+            time.sleep(0.3)
+
+    scoring = threading.Thread(target=score)
+    scoring.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    assert batcher.answer(job("after the score")).text == "after the score/5"
+    assert time.monotonic() - t0 < 2.5, "started when the slot came back, not when the wait ran out"
+    scoring.join()
+
+
 def test_a_job_not_started_within_the_wait_is_refused_busy() -> None:
     llm = StandIn(step_s=0.1)
     batcher = Batcher(Admission(1, 16, 0.3), llm, max_batch=1, max_tokens=4096)
