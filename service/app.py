@@ -74,7 +74,7 @@ def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedM
         store.close()  # gives the claim back
         raise
     registry = MemoryRegistry(store, memory_config(settings, models.encoder.dim), device, settings.snapshot_every,
-                              settings.purge_delay_s, claim=claim)
+                              settings.purge_delay_s, claim=claim, fact_cache=settings.fact_cache)
     try:
         if background:
             registry.restore_in_background()

@@ -279,8 +279,8 @@ class Editor:
         self.registry.purge()
         return self.memory(memory)
 
-    def ready(self) -> bool:
-        return self.registry.ready()
+    def readiness(self) -> tuple[bool, bool]:
+        return self.registry.readiness()
 
     def restoring(self) -> str:
         """What restore is doing now, "" when it is not running."""

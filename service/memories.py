@@ -39,6 +39,7 @@ from torch import Tensor
 from memory_core import EpisodicMemory, MemoryConfig, MemoryState, hierarchical_read
 from service import indexer
 from service.errors import DuplicateFact, NoMemory
+from service.factcache import FactCache
 from service.lookup import FactIndex, top_k
 from service.store import Checkpoint, Fact, Store, StoreError, codec, entries
 from service.timing import Timer, utc_now
@@ -114,14 +115,26 @@ class Hit:
     row: int
 
 
+def cached_facts(store: Store, cache: FactCache, name: str, ids: list[str]) -> list[Fact | None]:
+    """Facts by id, in order: the cache's, and the rest from the store (kept in the cache after). With every one
+    cached no store is asked, so queries answer while it is out of reach."""
+    found: dict[str, Fact | None] = dict(cache.get(name, ids))
+    if missing := [i for i in dict.fromkeys(ids) if i not in found]:
+        epoch = cache.epoch(name)
+        fetched = store.facts(name, missing)
+        cache.fetched(name, [f for f in fetched if f is not None], epoch)
+        found |= dict(zip(missing, fetched, strict=True))
+    return [found[i] for i in ids]
+
+
 class Reading:
     """One memory as one request reads it, from a single view: a write landing meanwhile is wholly seen or not
     at all. Code outside this module reads a memory through this and nothing else (no view, index or store)."""
 
-    def __init__(self, name: str, mem: EpisodicMemory, view: MemoryView, index: FactIndex | None, store: Store
-                 ) -> None:
+    def __init__(self, name: str, mem: EpisodicMemory, view: MemoryView, index: FactIndex | None, store: Store,
+                 cache: FactCache) -> None:
         self.name = name
-        self._mem, self._view, self._index, self._store = mem, view, index, store
+        self._mem, self._view, self._index, self._store, self._cache = mem, view, index, store, cache
 
     @property
     def live(self) -> int:
@@ -168,8 +181,8 @@ class Reading:
         return self._view.latents[[h.row for h in hits]].float()  # (k, C)
 
     def facts(self, ids: list[str]) -> list[Fact | None]:
-        """The facts' texts and metadata from the store, in order; None for one forgotten since."""
-        return self._store.facts(self.name, ids)
+        """The facts' texts and metadata, in order, from the cache or the store; None for one forgotten since."""
+        return cached_facts(self._store, self._cache, self.name, ids)
 
     def nearest_facts(self, Z: Tensor, k: int) -> list[list[tuple[Fact, float]]]:
         """``nearest`` with each hit's fact, one store read for all rows (a fact forgotten meanwhile is left out)."""
@@ -266,8 +279,10 @@ class MemoryRegistry:
     """All memories of this process, created on first write, restored from the store at start."""
 
     def __init__(self, store: Store, cfg: MemoryConfig, device: str, snapshot_every: int,
-                 purge_delay_s: float = 10.0, claim: Callable[[], None] | None = None) -> None:
+                 purge_delay_s: float = 10.0, claim: Callable[[], None] | None = None, fact_cache: int = 100_000
+                 ) -> None:
         self.store = store
+        self.cache = FactCache(fact_cache)  # texts for queries while the store is out of reach
         self._claim = claim  # run once before restore first reads the store (a server claiming it: Store.claim)
         self.cfg = cfg
         self.device = device
@@ -326,7 +341,7 @@ class MemoryRegistry:
         if h is None:
             return None
         view = h.view
-        return Reading(name, h.mem, view, h.current_index(view), self.store)
+        return Reading(name, h.mem, view, h.current_index(view), self.store, self.cache)
 
     def info(self, name: str) -> MemoryInfo | None:
         h = self.get(name)
@@ -342,9 +357,9 @@ class MemoryRegistry:
             return [False] * len(ids) if h is None else [i in h.row_of for i in ids]
 
     def facts(self, name: str, ids: list[str]) -> list[Fact | None]:
-        """Facts by id from the store, in order; None for one the memory does not hold."""
+        """Facts by id from the cache or the store, in order; None for one the memory does not hold."""
         self.require_restored()
-        return self.store.facts(name, ids)
+        return cached_facts(self.store, self.cache, name, ids)
 
     def page(self, name: str, limit: int, offset: int) -> list[Fact]:
         """Facts in the order written, ``limit`` from ``offset``."""
@@ -363,9 +378,10 @@ class MemoryRegistry:
         """Whether the store answers now."""
         return self.store.ping()
 
-    def ready(self) -> bool:
-        """Restored and the store answers: what /readyz reports."""
-        return self.restored and self.reachable()
+    def readiness(self) -> tuple[bool, bool]:
+        """(restored, the store answers now): what /readyz reports. Restored without the store, queries still
+        answer (``FactCache``) while writes and forgets cannot."""
+        return self.restored, self.restored and self.reachable()
 
     # --- documents: records the store keeps beside a memory's facts (service.documents) ----
 
@@ -435,6 +451,7 @@ class MemoryRegistry:
                 self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
                 raise
             timer.lap("store_append")
+            self.cache.written(name, facts)
             view, start = h.view, 0
             for op in entries(facts, entry_size):
                 h.seq += 1
@@ -478,6 +495,7 @@ class MemoryRegistry:
         cp = h.checkpoint(view.state, h.seq + 1)
         if not self.store.forget(h.name, list(fact_ids), cp):  # raises StoreError: nothing changed
             return False
+        self.cache.removed(h.name, fact_ids)
         self._publish_removal(h, view, cp, [h.row_of.pop(i) for i in fact_ids])
         return True
 
@@ -514,7 +532,9 @@ class MemoryRegistry:
             new = Fact(fact_id, old.text if text is None else text, old.metadata if metadata is None else metadata,
                        old.created_at)
             if new.text == old.text:  # the memory holds latents only: nothing in it changes
-                return new if self.store.replace(name, new, None) else None
+                replaced = self.store.replace(name, new, None)
+                self.cache.removed(name, [fact_id])
+                return new if replaced else None
             if latent is None:
                 raise ValueError(f"new text for fact {fact_id!r} comes without its latent")
             latent = latent.to(LATENT_DTYPE).float()  # (C,)
@@ -522,7 +542,9 @@ class MemoryRegistry:
             view = h.appended([fact_id], latent[None], base=h.without(fact_id))  # nothing published yet
             try:
                 cp = h.checkpoint(view.state, h.seq + 1)
-                if not self.store.replace(name, Fact(fact_id, new.text, new.metadata, old.created_at, latent), cp):
+                replaced = self.store.replace(name, Fact(fact_id, new.text, new.metadata, old.created_at, latent), cp)
+                self.cache.removed(name, [fact_id])
+                if not replaced:
                     raise LookupError(fact_id)
             except BaseException as e:  # the published view stays: put back what appending changed
                 h.row_of[fact_id] = row
@@ -545,6 +567,7 @@ class MemoryRegistry:
             if h is None:
                 return False
             self.store.delete(name)
+            self.cache.removed(name)
             with self._lock:
                 del self._handles[name]
             self.erasure_pending()

@@ -224,6 +224,6 @@ class MemoryDeleted(BaseModel):
 
 
 class Health(BaseModel):
-    status: str  # ok (alive), ready, restoring (stored memories being read back), unavailable
+    status: str  # ok (alive), ready, degraded (reads only: the store is out of reach), restoring, unavailable
     checks: dict[str, bool] = {}
     detail: str | None = None

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
         "into memories of read_segment, their readouts into the next level, up to one; chosen by bench.documents.")
     read_segment: int = Field(64, ge=1, le=384, description="Facts per memory of a hierarchical read (at most C).")
 
+    fact_cache: int = Field(100_000, ge=0, description="Facts whose texts stay in memory (most recently used), "
+                            "so queries answer while the store is out of reach; 0: none.")
+
     # --- input limits (4xx beyond them)
     max_text_chars: int = Field(2000, ge=1)
     max_batch_facts: int = Field(256, ge=1)

@@ -488,6 +488,38 @@ def test_unreachable_store_means_unready_then_recovers(make_client, new_redis_se
         assert write(c, LYON)["text"] == LYON
 
 
+def test_with_the_store_out_of_reach_queries_answer_and_writes_wait_for_it(make_client,  # noqa: ANN001
+                                                                          new_redis_server) -> None:  # noqa: ANN001
+    """Queries read the memory and the texts of the facts they recall, which stay in memory (FactCache): they
+    answered 503 while Redis was down, and /readyz took the service out of every load balancer."""
+    server = new_redis_server()
+    server.start()
+    ask = {"prompt": "What is the capital of France?", "max_new_tokens": 12}
+    with make_client(server.url) as c:
+        lyon = write(c, LYON)
+        before = c.post(f"{BASE}/query", json=ask).json()
+        assert before["in_scope"] and before["facts"][0]["id"] == lyon["id"]
+        server.stop()
+        during = c.post(f"{BASE}/query", json=ask)
+        assert during.status_code == 200, during.text
+        assert (during.json()["answer"], during.json()["facts"]) == (before["answer"], before["facts"])
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["checks"] == {"models": True, "store": False, "reads": True, "writes": False}
+        assert c.get("/readyz", params={"writes": True}).status_code == 503
+        refused = c.post(f"{BASE}/facts", json={"text": "Bananas are blue."})
+        assert refused.status_code == 503 and refused.json()["detail"]
+        assert c.delete(f"{BASE}/facts/{lyon['id']}").status_code == 503
+        server.start()  # back, from its append-only file: writes resume with no restart of the service
+        for _ in range(100):
+            if c.get("/readyz", params={"writes": True}).status_code == 200:
+                break
+            time.sleep(0.1)
+        assert write(c, "Bananas are blue.")["text"] == "Bananas are blue."
+        assert c.get(f"{BASE}/facts/{lyon['id']}").status_code == 200, "the refused forget changed nothing"
+        assert c.get(BASE).json()["facts"] == 2
+
+
 # --- durability and concurrency -----------------------------------------------------------
 
 
