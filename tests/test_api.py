@@ -439,7 +439,8 @@ def test_api_keys(make_client, tmp_path) -> None:  # noqa: ANN001
 def test_health_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"models": True, "store": True}
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["checks"] == {"models": True, "store": True, "reads": True, "writes": True}
     write(client, LYON)
     client.get(f"{BASE}/facts/nope")
     client.request("BREW", f"{BASE}/facts")
