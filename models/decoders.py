@@ -136,13 +136,17 @@ class ContextDecoder:
         self.answer_bias = answer_bias  # logit boost of the recalled fact's answer words (0: none)
 
     def generation_text(self, llm: CausalLM, prompt: str | Chat, readout: Readout | None) -> str:
-        """The facts go into the last user turn; earlier turns stay as they were."""
+        return llm.render(self.generation_messages(prompt, readout))
+
+    def generation_messages(self, prompt: str | Chat, readout: Readout | None) -> list[dict[str, str]]:
+        """The facts go into the last user turn; earlier turns stay as they were (also what a remote engine
+        gets, ``models.remote``)."""
         before, text = history_of(prompt), prompt_of(prompt)
         if readout is None or not readout.facts:
-            return llm.render([*before, {"role": "user", "content": text}])
+            return [*before, {"role": "user", "content": text}]
         n = "fact" if len(readout.facts) == 1 else "facts"
         content = f"{facts_block(readout.shown)}\nUsing the new {n}, answer: {text}"
-        return llm.render([*before, {"role": "user", "content": content}])
+        return [*before, {"role": "user", "content": content}]
 
     def scoring_prefix(self, llm: CausalLM, prompt: str, readout: Readout | None) -> str:
         if readout is None or not readout.facts:

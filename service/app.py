@@ -27,6 +27,7 @@ from models.decoders import load_decoder
 from models.encoder import TextEncoder
 from models.loading import LoadedModels, load_models
 from models.relation import RelationGate, find_gate, load_gate
+from models.remote import EngineError
 from models.scope import ScopeRule
 from service import mcp_tools, ratelimit
 from service.auth import load_keys
@@ -263,6 +264,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(NotFound, _error(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
+    app.add_exception_handler(EngineError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
     app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(ClientGone, _error(CLIENT_GONE))
 

@@ -15,15 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
 from transformers.generation.streamers import BaseStreamer
 
 from models.decoders import Decoder
 from models.encoder import TextEncoder
 from models.llm import CausalLM, ContinuationScore, Generation, Sampling
+from models.remote import RemoteEngine
 from models.scope import ScopeRule
 from service.admission import Admission, default_concurrency
 from service.batching import Batcher, Job
+from service.engine import remote_batch
 from service.errors import Conflict, DuplicateFact, InvalidInput, NotFound, no_such_memory
 from service.limits import Limits
 from service.memories import MemoryInfo, MemoryRegistry, Reading
@@ -33,7 +34,6 @@ from service.store import Fact
 from service.timing import Timer, utc_now
 from service.transfer import Imported
 
-CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
 EXPORT_CHUNK = 1024  # facts read from the store at a time while exporting
 
 
@@ -80,6 +80,8 @@ class Editor:
         concurrency = settings.llm_concurrency or default_concurrency(settings.resolved_device(), os.cpu_count() or 1)
         self.admission = Admission(concurrency, settings.llm_queue, settings.llm_wait_s)
         self.batcher = Batcher(self.admission, self._generate, settings.llm_batch, settings.llm_batch_tokens)
+        self.engine = RemoteEngine(settings.llm_url, settings.llm_model, settings.llm_api_key,
+                                   settings.llm_timeout_s) if settings.llm_url else None
 
     @property
     def rule(self) -> ScopeRule:
@@ -106,23 +108,11 @@ class Editor:
         latents = self.encoder.encode([t for t, _ in checked])  # (N, C)
         timer.lap("encode")
         conflicts = [[c for c in found if c.id not in gone] for found, gone in
-                     zip(self.conflicts(memory, [t for t, _ in checked], latents), supersedes, strict=True)]
+                     zip(self.recaller.conflicts(memory, [t for t, _ in checked], latents), supersedes, strict=True)]
         timer.lap("conflicts")
         facts = self.registry.write(memory, checked, latents, timer)
         forgot = set(self.registry.forget_held(memory, *(i for ids in supersedes for i in ids)))  # in one step
         return WriteResult(facts, timer.total(), conflicts, [[i for i in ids if i in forgot] for ids in supersedes])
-
-    def conflicts(self, memory: str, texts: list[str], latents: Tensor) -> list[list[RecalledFact]]:
-        """Per new fact, the facts the memory holds that look like the same statement with another answer
-        (``ScopeRule.conflicting``). Callers resolve them: keep both, or write with ``supersedes``."""
-        reading = self.registry.reading(memory)
-        if reading is None or not reading.live:
-            return [[] for _ in texts]
-        out = []
-        for text, near in zip(texts, reading.nearest_facts(latents, CONFLICT_CANDIDATES), strict=True):
-            ok = self.rule.conflicting(text, [(f.text, s) for f, s in near])
-            out.append([RecalledFact(f.id, f.text, s) for (f, s), k in zip(near, ok, strict=True) if k])
-        return out
 
     def search(self, memory: str, q: str, limit: int) -> list[tuple[Fact, float]]:
         """The facts nearest ``q`` by the encoder's cosine, best first (what ``GET .../facts?q=`` lists)."""
@@ -237,7 +227,10 @@ class Editor:
                       answer.new_tokens, "stop" if answer.stopped else "length")
 
     def _generate(self, jobs: list[Job], streamer: BaseStreamer) -> list[Generation]:
-        """One batch of answers (``Batcher``): the jobs share a sampling; each keeps its own limit."""
+        """One batch of answers (``Batcher``): the jobs share a sampling; each keeps its own limit. On the
+        remote engine when one is set (service/engine.py)."""
+        if self.engine is not None:
+            return remote_batch(self.engine, jobs, streamer)
         return self.decoder.generate_batch(self.llm, [(j.chat, j.readout) for j in jobs],
                                            [j.max_new_tokens for j in jobs], sampling=jobs[0].sampling,
                                            streamer=streamer)

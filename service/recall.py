@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from models.decoders import Readout
 from models.scope import ScopeDecision, ScopeRule
@@ -48,6 +49,9 @@ class Recall:
 Found = tuple[Hit, Fact]  # a recalled fact: where the lookup found it, and what the store holds of it
 
 
+CONFLICT_CANDIDATES = 8  # nearest facts a write's conflict check reads
+
+
 class Recaller:
     """Runs the read path over the registry's memories with one ``ScopeRule`` (the one benchmarks measure)."""
 
@@ -58,6 +62,19 @@ class Recaller:
         self.recalled_facts = recalled_facts  # k: facts a readout may recall
         self.read = read
         self.read_segment = read_segment
+
+    def conflicts(self, memory: str, texts: list[str], latents: Tensor) -> list[list[RecalledFact]]:
+        """Per new fact, the facts the memory holds that look like the same statement with another answer
+        (``ScopeRule.conflicting``). A write reports them; its caller resolves them: keep both, or write again
+        with ``supersedes``."""
+        reading = self.registry.reading(memory)
+        if reading is None or not reading.live:
+            return [[] for _ in texts]
+        out = []
+        for text, near in zip(texts, reading.nearest_facts(latents, CONFLICT_CANDIDATES), strict=True):
+            ok = self.rule.conflicting(text, [(f.text, s) for f, s in near])
+            out.append([RecalledFact(f.id, f.text, s) for (f, s), k in zip(near, ok, strict=True) if k])
+        return out
 
     def recall(self, memory: str, prompt: str, mode: MemoryMode, timer: Timer | None = None,
                rule: ScopeRule | None = None) -> Recall:

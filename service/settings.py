@@ -174,6 +174,15 @@ class Settings(BaseSettings):
     max_chat_messages: int = Field(64, ge=1, description="Most messages in one chat request; the whole "
                                    "conversation must also fit the LLM's window with max_tokens (else 422).")
 
+    # --- generation on an engine of the user's (models/remote.py); unset: the in-process LLM generates
+    llm_url: str | None = Field(None, description="OpenAI-compatible base URL of an LLM engine that generates "
+                                "answers (llama.cpp's server, vLLM, TGI, Ollama), e.g. http://127.0.0.1:8080/v1. "
+                                "Memory, scope and fact lookup stay here; the prompt with the recalled facts goes "
+                                "there. Scoring and token counts stay with the in-process LLM.")
+    llm_model: str = Field("", description="The model name sent to the engine (LARIMAR_LLM_URL).")
+    llm_api_key: str | None = Field(None, description="Bearer key for the engine, if it wants one.")
+    llm_timeout_s: float = Field(120.0, gt=0, description="Longest wait for the engine's answer.")
+
     # --- admission: how many requests use the LLM at once (503 with Retry-After past them)
     llm_concurrency: int = Field(0, ge=0, description="Requests generating or scoring at once; 0: from the "
                                  "machine (4 on a GPU, a quarter of the CPU cores, at least 1).")
