@@ -174,7 +174,11 @@ def _event(data: dict[str, Any]) -> str:
 
 
 def models(editor: Editor, reaches: Any) -> dict[str, Any]:
-    """GET /v1/models: the plain LLM and one model per memory the caller reaches."""
+    """GET /v1/models: the plain LLM and one model per memory the caller reaches, each saying where its answers
+    are generated and whether the answer bias steers them (an engine gets no bias: models/remote.py)."""
     names = [BASE_MODEL] + [f"{BASE_MODEL}/{m.name}" for m in editor.memories() if reaches(m.name)]
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "larimar"}
-                                       for n in names]}
+    engine = editor.engine
+    how = {"generation": "engine" if engine else "in-process",  # not the engine's address: clients need not know it
+           "answer_bias": engine is None and editor.settings.answer_bias > 0}
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "larimar",
+                                        "larimar": how} for n in names]}

@@ -75,6 +75,9 @@ def test_answers_are_the_engines_for_the_prompt_with_the_recalled_facts(make_ser
                 if line.startswith("data: {"):
                     streamed += "".join(c["delta"].get("content") or "" for c in json.loads(line[6:])["choices"])
         assert "Lyon" in streamed, "streamed through, the fact read"
+        listed = httpx.get(base + "/v1/models").json()["data"]
+        assert {m["id"]: m["larimar"] for m in listed}["larimar/e"] == {
+            "generation": "engine", "answer_bias": False}
 
 
 def test_an_engine_out_of_reach_gets_503(make_server: Callable, tmp_path: Path) -> None:
