@@ -687,3 +687,17 @@ def test_compose_redis_needs_a_password_and_stays_on_an_internal_network(compose
     assert networks[net].get("internal") is True, "Redis's network has no route out"
     assert net in compose["services"]["larimar"]["networks"]
     assert _environment(redis).get("REDISCLI_AUTH", "").startswith("${REDIS_PASSWORD"), "the healthcheck authenticates"
+
+
+def test_the_engine_profile_serves_a_host_gguf_to_the_service_alone(compose):
+    """docker compose --profile engine: llama.cpp's server, started only when asked, unpublished, on the internal
+    network, reading the GGUF read-only; the service points at it through LARIMAR_LLM_URL."""
+    engine = compose["services"]["engine"]
+    assert engine["profiles"] == ["engine"], "not started by a plain `docker compose up`"
+    assert "ports" not in engine and engine["networks"] == compose["services"]["redis"]["networks"]
+    (volume,) = engine["volumes"]
+    assert volume.endswith(":/models/model.gguf:ro") and volume.startswith("${LLM_GGUF")
+    words = _command_words(engine["command"])
+    assert words[words.index("-m") + 1] == "/models/model.gguf" and words[words.index("--port") + 1] == "8080"
+    assert _environment(compose["services"]["larimar"])["LARIMAR_LLM_URL"].startswith("${LARIMAR_LLM_URL")
+    assert "profiles" not in compose["services"]["larimar"] and "profiles" not in compose["services"]["redis"]
