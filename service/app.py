@@ -17,6 +17,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi.utils import is_body_allowed_for_status_code
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -166,8 +167,13 @@ class ErrorResponse(JSONResponse):
 
 
 def _error(code: int) -> object:
+    """The handler answering ``code`` with the exception's message, and ``Retry-After`` when the exception says
+    when to retry (``Busy``: the LLM's slots and queue are full, service/admission.py)."""
+
     async def handler(_: Request, exc: Exception) -> JSONResponse:
-        return ErrorResponse(status_code=code, content={"detail": str(exc)})
+        retry = getattr(exc, "retry_after", None)
+        return ErrorResponse(status_code=code, content={"detail": str(exc)},
+                             headers=None if retry is None else {"Retry-After": str(retry)})
 
     return handler
 
@@ -180,19 +186,11 @@ async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's answer to an HTTPException (a body for every status that may have one), sendable whatever its
-    detail quotes."""
-    response = await http_exception_handler(request, exc)  # type: ignore[arg-type]
-    if isinstance(response, JSONResponse) and isinstance(exc, StarletteHTTPException):
-        return ErrorResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
-    return response
-
-
-async def _busy(_: Request, exc: Exception) -> JSONResponse:
-    """503 with when to retry: the LLM's slots and queue are full (service/admission.py)."""
-    retry = exc.retry_after if isinstance(exc, Busy) else 1
-    return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(exc)},
-                        headers={"Retry-After": str(retry)})
+    """FastAPI's answer to an HTTPException, sendable whatever its detail quotes (a status that takes no body
+    gets FastAPI's own)."""
+    if not isinstance(exc, StarletteHTTPException) or not is_body_allowed_for_status_code(exc.status_code):
+        return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+    return ErrorResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
 
 
 class BodyLimit:
@@ -265,7 +263,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_exception_handler(Conflict, _error(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StoreError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
     app.add_exception_handler(EngineError, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
-    app.add_exception_handler(Busy, _busy)
+    app.add_exception_handler(Busy, _error(status.HTTP_503_SERVICE_UNAVAILABLE))
     app.add_exception_handler(ClientGone, _error(CLIENT_GONE))
 
     v1 = APIRouter(prefix="/v1", responses=ERRORS)  # each route names the role it needs (service/deps.py)

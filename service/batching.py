@@ -78,7 +78,7 @@ class Watching(RowsStreamer):
     def put_rows(self, value: Tensor, rows: Sequence[int]) -> None:
         """``value``'s row r is job ``rows[r]``'s: (B, T) the prompts first, then (B,) a token a step."""
         if all(j.left for j in self.jobs):
-            raise ClientGone("every client of this generation closed its connection; it was stopped")
+            raise ClientGone.everyone()
         prompt = value.dim() == 2
         for r, i in enumerate(rows):
             job = self.jobs[i]

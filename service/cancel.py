@@ -25,6 +25,11 @@ POLL_S = 0.1  # how often a waiting route asks the server whether its client is 
 class ClientGone(Exception):
     """The client closed the connection: its generation was stopped (answered 499 to no one, and counted)."""
 
+    @classmethod
+    def everyone(cls) -> ClientGone:
+        """What a batch raises once every client in it has gone."""
+        return cls("every client of this generation closed its connection; it was stopped")
+
 
 async def _watch(request: Request, gone: threading.Event) -> None:
     while not await request.is_disconnected():

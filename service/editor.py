@@ -53,7 +53,7 @@ class Answer:
     in_scope: bool
     decoder: str
     facts: list[RecalledFact]
-    timings_ms: dict[str, float]  # admission (waiting for the LLM), encode (the prompt), scope, read, generate, total
+    timings_ms: dict[str, float]  # encode (the prompt), scope, read, prompt, admission (waiting), generate, total
     prompt_tokens: int  # of the text the LLM read (facts shown included; a latent prefix is no tokens)
     completion_tokens: int
     finish_reason: str  # stop (end of turn or a stop string) or length (max_tokens reached)

@@ -33,5 +33,5 @@ def remote_batch(engine: RemoteEngine, jobs: list[Job], streamer: BaseStreamer) 
     finally:
         streamer.end()
     if all(a is None for a in answers):
-        raise ClientGone("every client of this generation closed its connection; it was stopped")
+        raise ClientGone.everyone()
     return [a or Generation("", 0) for a in answers]
