@@ -39,6 +39,7 @@ from service.errors import Busy, Conflict, InvalidInput, NotFound
 from service.memories import MemoryRegistry
 from service.metrics import Metrics
 from service.origin import SameOrigin, served_hosts
+from service.replicas import SeqHeader
 from service.routes import documents, facts, health, memories, openai, query
 from service.schemas import ERRORS
 from service.settings import Settings, get_settings
@@ -82,6 +83,7 @@ def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedM
             registry.restore_in_background()
             registry.purge_in_background()
             registry.index_in_background(settings.index_above)
+            registry.follow_in_background()
         else:
             try:
                 n = registry.restore()
@@ -255,6 +257,7 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(SameOrigin, hosts=served_hosts(settings, bool(app.state.api_keys)),
                        origins=settings.allowed_origins)  # DNS rebinding and cross-site writes
+    app.add_middleware(SeqHeader, registry=lambda: getattr(getattr(app.state, "editor", None), "registry", None))
     app.add_middleware(app.state.metrics.middleware)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
 
-from service import auth, ratelimit
+from service import auth, ratelimit, replicas
 from service.auth import ApiKey, Role
 from service.documents import Documents
 from service.editor import Editor
@@ -30,13 +30,14 @@ def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
     """The check of a route that needs ``need``: first the caller's rate limit (429 with Retry-After past it;
     by key, or by client address for a call naming no valid key), then, with keys configured, the call names a
     key (``Authorization: Bearer <key>``) whose role and memories cover it (service/auth.py), else 401 or 403.
-    It returns that key (None: no keys configured)."""
+    A call that names ``Larimar-Seq`` then waits for this server's copy of the memory to reach it
+    (service/replicas.py). It returns that key (None: no keys configured)."""
 
     def check(request: Request) -> ApiKey | None:
+        memory = request.path_params.get("memory")
         try:
-            return ratelimit.admit(request.app.state, request.headers.get("authorization"),
-                                   request.client.host if request.client else None, request.path_params.get("memory"),
-                                   need)
+            key = ratelimit.admit(request.app.state, request.headers.get("authorization"),
+                                  request.client.host if request.client else None, memory, need)
         except ratelimit.RateLimited as e:
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(e),
                                 headers={"Retry-After": str(e.retry_after)}) from e
@@ -44,6 +45,9 @@ def allowed(need: Role) -> Callable[[Request], ApiKey | None]:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
         except auth.Forbidden as e:
             raise HTTPException(status.HTTP_403_FORBIDDEN, str(e)) from e
+        if memory is not None:  # a client that names the operation it must read from (service/replicas.py)
+            replicas.reach(request.app.state.editor.registry, memory, request.headers.get(replicas.SEQ_HEADER))
+        return key
 
     check.role = need  # type: ignore[attr-defined] - read by the test that every route names a role
     return check

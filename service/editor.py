@@ -27,7 +27,7 @@ from service.batching import Batcher, Job
 from service.engine import remote_batch
 from service.errors import Conflict, DuplicateFact, InvalidInput, NotFound, no_such_memory
 from service.limits import Limits
-from service.memories import MemoryInfo, MemoryRegistry, Reading
+from service.memories import MemoryInfo, MemoryRegistry, Reading, StateCheck
 from service.recall import MemoryMode, Recall, RecalledFact, Recaller
 from service.settings import Settings
 from service.store import Fact
@@ -255,6 +255,11 @@ class Editor:
 
     def memories(self) -> list[MemoryInfo]:
         return self.registry.infos()
+
+    def check(self, memory: str) -> StateCheck:
+        if (found := self.registry.check(memory)) is None:
+            raise no_such_memory(memory)
+        return found
 
     def delete_memory(self, memory: str) -> None:
         if not self.registry.delete(memory):

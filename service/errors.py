@@ -29,6 +29,11 @@ class Busy(RuntimeError):
         self.retry_after = retry_after  # seconds
 
 
+class Lagging(Busy):
+    """A request asked for a memory at an operation the store does not hold yet (``Larimar-Seq``,
+    service/replicas.py): 503 with ``Retry-After``."""
+
+
 class NoMemory(LookupError):
     """A write that may not create its memory found none (deleted meanwhile)."""
 

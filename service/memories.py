@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import threading
 import time
@@ -41,13 +42,15 @@ from service import indexer
 from service.errors import DuplicateFact, NoMemory
 from service.factcache import FactCache
 from service.lookup import FactIndex, top_k
-from service.store import Checkpoint, Fact, Store, StoreError, codec, entries
+from service.store import Checkpoint, Fact, Op, Stale, Store, StoreError, codec, entries
 from service.timing import Timer, utc_now
 
 log = logging.getLogger(__name__)
 MIN_CAPACITY = 1024  # rows a buffer starts with
 GROWTH = 1.25  # a full buffer grows by this factor: amortised O(1) appends, at most a quarter of it unused
 COMPACT_DEAD = 0.25  # dead rows are compacted away past this share of the rows
+STALE_TRIES = 20  # a forget or replace recomputed after another server's change, at most this often
+RELOAD_TRIES = 3  # reloads of a memory in one catch-up before it gives up (StoreError; the next one retries)
 # Latents are kept as float16: half the memory of float32 (0.7 GiB for a million 384-d facts instead of
 # 1.4) and half the bytes a scan reads, for cosines that move by about 1e-4. A write rounds its latents
 # to float16 before anything sees them, so the store, the state and the buffer hold the very same values
@@ -104,6 +107,20 @@ class MemoryInfo:
     last_snapshot: str | None  # when the state was last checkpointed
     erasure: str  # "complete", or "pending": a forget has not yet reached every file the store writes
     lookup: str  # "exact" (scans), or "index" (the approximate index is current for this memory)
+    seq: int  # the operation this server's copy is at (service/replicas.py: Larimar-Seq)
+
+
+@dataclass(frozen=True)
+class StateCheck:
+    """This server's copy of a memory against its facts, and in a form replicas compare (``MemoryRegistry.check``)."""
+
+    name: str
+    seq: int
+    facts: int
+    fingerprint: list[float]  # four fixed random projections of M: equal, to round-off, on replicas at one seq
+    norm: float  # ||M||_F: the scale of the fingerprint (a projection R.M has standard deviation ||M||_F)
+    facts_digest: str  # sha256 of the ids held, sorted, one a line: equal where the same facts are held
+    deviation: float  # max |M - M_rebuilt| / max |M_rebuilt|, M_rebuilt solved directly from the facts held
 
 
 @dataclass(frozen=True)
@@ -219,13 +236,16 @@ class MemoryHandle:
     row_of: dict[str, int] = field(default_factory=dict)  # fact id -> row, for forgets (writers only)
     unpurged: int = 0  # forgets not yet purged from the store's files
     index: FactIndex | None = None  # approximate lookup, kept by the registry's indexer above index_above facts
+    last: Op | None = None  # the operation applied last (None: unknown), to tell the store still holds it
+    absent: set[str] = field(default_factory=set)  # logged facts forgotten before their latent could be read:
+    # never in the state, so their forget subtracts nothing (a shared store, where other servers forget)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> MemoryInfo:
         cfg = self.mem.cfg
         return MemoryInfo(self.name, self.view.live, cfg.slots, cfg.dim, cfg.addressing, str(self.mem.device),
                           self.log_entries, self.last_snapshot, "pending" if self.unpurged else "complete",
-                          "index" if self.current_index(self.view) is not None else "exact")
+                          "index" if self.current_index(self.view) is not None else "exact", self.seq)
 
     def current_index(self, view: MemoryView) -> FactIndex | None:
         """The approximate index when it numbers the rows of ``view``'s buffers, else None (exact scans)."""
@@ -234,6 +254,12 @@ class MemoryHandle:
 
     def checkpoint(self, state: MemoryState, seq: int) -> Checkpoint:
         return Checkpoint(seq, codec.encode(self.mem.to_tensors(state), {}), utc_now())
+
+    def adopt(self, other: MemoryHandle) -> None:
+        """Take ``other``'s contents (a reload of this memory), keeping this handle and its lock."""
+        self.mem, self.view, self.seq, self.log_entries = other.mem, other.view, other.seq, other.log_entries
+        self.last_snapshot, self.row_of, self.absent, self.index = other.last_snapshot, other.row_of, other.absent, None
+        self.last = other.last
 
     # --- state transitions (callers hold ``lock``) ---------------------------
 
@@ -297,6 +323,7 @@ class MemoryRegistry:
         self._stop = threading.Event()  # ends the background threads
         self.restored = False  # nothing is served before the stored memories are back
         self.restoring = ""  # what restore is doing now, for /readyz
+        self.position = ""  # where this server follows the others' changes from (a shared store: Store.tail)
 
     def require_restored(self) -> None:
         if not self.restored:
@@ -422,6 +449,141 @@ class MemoryRegistry:
                     yield h
                     return
 
+    # --- following the other servers of a shared store ------------------------------------
+
+    def catch_up(self, name: str) -> int | None:
+        """Apply every operation the store logged for the memory that this server has not (another server's, on a
+        shared store); a memory made elsewhere is loaded. Returns the sequence number applied to (None: no such
+        memory). Writes read their own writes; a client reads another server's with ``Larimar-Seq``."""
+        self.require_restored()
+        if self.get(name) is None:
+            made = self._restore_one(name)
+            if made is None:
+                return None
+            with self._lock:
+                self._handles.setdefault(name, made)
+        with self._holding(name) as h:
+            return None if h is None else self._catch_up(h)
+
+    def check(self, name: str) -> StateCheck | None:
+        """``StateCheck`` of the memory as it is now (None: no such memory). Costs a direct solve over every fact
+        (O(N K^2)): an operator's check, not a request path."""
+        with self._holding(name) as h:  # the view and the operation it is at, together
+            if h is None:
+                return None
+            view, seq = h.view, h.seq
+            reading = Reading(name, h.mem, view, None, self.store, self.cache)
+        M = view.state.M.double()  # (K, C)
+        R = torch.randn((4, *M.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # (4, K, C)
+        rebuilt = reading.rebuilt().M.double() if view.live else torch.zeros_like(M)  # (K, C)
+        scale = float(rebuilt.abs().max()) or 1.0
+        ids = sorted(i for i, dead in zip(view.ids, view.dead_buffer[: view.n].tolist(), strict=True) if not dead)
+        return StateCheck(name, seq, view.live, (R * M.to(R.device)).sum((1, 2)).tolist(), float(M.norm()),
+                          hashlib.sha256("".join(i + "\n" for i in ids).encode()).hexdigest(),
+                          float((M - rebuilt).abs().max()) / scale)
+
+    def applied(self, name: str) -> int | None:
+        """The operation this server's copy of the memory is at (None: it holds none)."""
+        h = self._handles.get(name)
+        return None if h is None else h.seq
+
+    def follow_in_background(self) -> threading.Thread | None:
+        """On a shared store, apply the other servers' operations as they are logged (service.replicas)."""
+        from service import replicas  # it reads the request schemas, which read this module
+
+        return replicas.follow(self, self._stop) if self.store.shared else None
+
+    def sweep(self) -> None:
+        """Catch up every memory whose head moved, and load those made elsewhere: what ``tail`` missed (a Redis
+        restart, a trimmed change stream)."""
+        handles = {h.name: h for h in self.handles()}
+        names = sorted(set(self.store.names()) | set(handles))
+        for name, head in zip(names, self.store.heads(names), strict=True):
+            h = handles.get(name)
+            if h is None or head != h.seq:
+                self.catch_up(name)
+
+    def _current(self, h: MemoryHandle) -> bool:
+        """Caught up with the store before a forget or replace checks what the memory holds (a shared store);
+        False: the memory is gone."""
+        return not self.store.shared or self._catch_up(h) is not None
+
+    def _catch_up(self, h: MemoryHandle, own: dict[int, Tensor] | None = None) -> int | None:
+        """``catch_up`` with ``h.lock`` held; ``own``: latents (n, C) of this server's operations by sequence
+        number, so they are not read back. A gap in the log (trimmed past, a delete, a store behind this server)
+        reloads the memory; None: it is gone."""
+        for _ in range(RELOAD_TRIES):
+            head, ops = self.store.changes(h.name, h.seq)
+            if ops and ops[0].seq == h.seq:  # the operation applied last: still the same one?
+                mine, ops = ops[0], ops[1:]
+                same = h.last is None or h.last.seq != h.seq or (mine.kind, mine.ids) == (h.last.kind, h.last.ids)
+            else:
+                same = True  # trimmed past, or nothing applied yet: nothing to compare
+            if same and head == h.seq:
+                return h.seq
+            if same and head > h.seq and [op.seq for op in ops] == list(range(h.seq + 1, head + 1)):
+                if all(self._apply(h, op, own or {}) for op in ops):
+                    return h.seq
+            if not self._reload(h):
+                return None
+        raise StoreError(f"memory {h.name!r} kept changing while it was reloaded ({RELOAD_TRIES} tries)")
+
+    def _reload(self, h: MemoryHandle) -> bool:
+        """Replace ``h``'s contents by the store's (caller holds ``h.lock``); False: the store holds no such memory
+        (deleted elsewhere), and it is dropped here too."""
+        log.info("memory %r: reloading from the store (at operation %d)", h.name, h.seq)
+        self.cache.removed(h.name)
+        fresh = self._restore_one(h.name)
+        if fresh is None:
+            with self._lock:
+                if self._handles.get(h.name) is h:
+                    del self._handles[h.name]
+            return False
+        h.adopt(fresh)
+        return True
+
+    def _apply(self, h: MemoryHandle, op: Op, own: dict[int, Tensor]) -> bool:
+        """Apply another server's (or this one's) logged operation ``op``, the next after ``h.seq``, to ``h``.
+        The state then holds the latent each fact has in the store now (a later replace's, if one came since,
+        which that replace's own turn then leaves as it is). False: it cannot be applied exactly (a fact the
+        state holds whose latent this server never read): the caller reloads."""
+        fresh = [i for i in op.ids if i not in h.row_of]
+        if op.kind == "write" and len(fresh) < len(op.ids):
+            return False  # applied already: this copy is not what the log says
+        if op.kind in ("forget", "replace") and any(i not in h.absent for i in fresh):
+            return False
+        view, rows = h.view, [h.row_of[i] for i in op.ids if i in h.row_of]
+        if op.kind in ("forget", "replace") and rows:
+            view = h.without(*(i for i in op.ids if i in h.row_of))
+            for i in op.ids:
+                h.row_of.pop(i, None)
+        if op.kind == "forget":
+            h.absent.difference_update(op.ids)
+        elif op.kind in ("write", "replace"):
+            Z = own.get(op.seq)
+            found = list(Z) if Z is not None else self.store.latents_of(h.name, op.ids)  # (C,) each, or None
+            here = [(i, z) for i, z in zip(op.ids, found, strict=True) if z is not None]
+            h.absent.difference_update(i for i, _ in here)
+            h.absent.update(i for i, z in zip(op.ids, found, strict=True) if z is None)
+            if here:
+                latents = torch.stack([z for _, z in here]).to(LATENT_DTYPE).float()  # (n, C)
+                view = h.appended([i for i, _ in here], latents, base=view if rows else None)
+        if op.kind != "write":
+            self.cache.removed(h.name, op.ids)
+        h.seq, h.last = op.seq, op
+        if op.kind in ("forget", "replace"):  # it saved a checkpoint: the log before it is covered
+            h.log_entries = 0
+            for row in rows:
+                if (index := h.current_index(view)) is not None and row < index.n_indexed:
+                    index.remove(row)
+            if view.n - view.live > max(MIN_CAPACITY, COMPACT_DEAD * view.n):
+                view = h.compacted(view)
+                h.index = None
+        else:
+            h.log_entries += op.kind == "write"
+        h.view = view
+        return True
+
     def write(self, name: str, texts_meta: list[tuple[str, dict[str, Any]]], latents: Tensor,
               timer: Timer | None = None, kept: list[tuple[str, str]] | None = None, create: bool = True,
               entry_size: int | None = None) -> list[Fact]:
@@ -440,25 +602,33 @@ class MemoryRegistry:
             created = utc_now()
             if kept is None:
                 kept = [(uuid.uuid4().hex, created) for _ in texts_meta]
-            elif taken := [i for i, _ in kept if i in h.row_of]:
+            elif self.store.shared and self._catch_up(h) is None:
+                raise NoMemory(f"memory {name!r} was deleted meanwhile")
+            if kept is not None and (taken := [i for i, _ in kept if i in h.row_of]):
                 self._drop_if_unborn(h)
                 raise DuplicateFact(f"memory {name!r} already holds fact {taken[0]!r}")
             latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
             facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
             try:
-                self.store.write(name, h.seq + 1, facts, asdict(h.mem.cfg), entry_size)
+                first = self.store.write(name, facts, asdict(h.mem.cfg), entry_size)
             except Exception:
                 self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
                 raise
             timer.lap("store_append")
             self.cache.written(name, facts)
-            view, start = h.view, 0
-            for op in entries(facts, entry_size):
-                h.seq += 1
-                h.log_entries += 1
-                view = h.appended([f.id for f in op], latents[start : start + len(op)], view)  # (len(op), C)
+            ops, start = entries(facts, entry_size), 0
+            own = {}  # seq -> (len(op), C) the latents of each operation of this write
+            for k, op in enumerate(ops):
+                own[first + k] = latents[start : start + len(op)]
                 start += len(op)
-            h.view = view
+            if first == h.seq + 1:  # nothing from another server in between: apply what is in hand
+                view = h.view
+                for k, op in enumerate(ops):
+                    view = h.appended([f.id for f in op], own[first + k], view)
+                h.seq, h.log_entries, h.view = first + len(ops) - 1, h.log_entries + len(ops), view
+                h.last = Op(h.seq, "write", [f.id for f in ops[-1]])
+            else:  # another server's operations first, in the store's order
+                self._catch_up(h, own)
             timer.lap("apply")
             if h.log_entries >= self.snapshot_every:
                 self._checkpoint_logged(h)
@@ -475,7 +645,7 @@ class MemoryRegistry:
         not in the memory, none (False)."""
         with self._holding(name) as h:
             fact_ids = tuple(dict.fromkeys(fact_ids))
-            if h is None or not fact_ids or any(i not in h.row_of for i in fact_ids):
+            if h is None or not fact_ids or not self._current(h) or any(i not in h.row_of for i in fact_ids):
                 return False
             return self._forget(h, fact_ids)
 
@@ -486,23 +656,37 @@ class MemoryRegistry:
         if not fact_ids:
             return []
         with self._holding(name) as h:
-            held = [] if h is None else [i for i in dict.fromkeys(fact_ids) if i in h.row_of]
+            held = [] if h is None or not self._current(h) else [i for i in dict.fromkeys(fact_ids) if i in h.row_of]
             return held if held and self._forget(h, tuple(held)) else []
 
     def _forget(self, h: MemoryHandle, fact_ids: tuple[str, ...]) -> bool:
         """Forget facts the memory holds, distinct (caller holds ``h.lock``); False: the store had one no more."""
-        view = h.without(*fact_ids)
-        cp = h.checkpoint(view.state, h.seq + 1)
-        if not self.store.forget(h.name, list(fact_ids), cp):  # raises StoreError: nothing changed
-            return False
-        self.cache.removed(h.name, fact_ids)
-        self._publish_removal(h, view, cp, [h.row_of.pop(i) for i in fact_ids])
-        return True
+        for _ in range(STALE_TRIES):
+            view = h.without(*fact_ids)
+            cp = h.checkpoint(view.state, h.seq)  # the state after h.seq, and this forget
+            try:
+                seq = self.store.forget(h.name, list(fact_ids), cp)  # raises StoreError: nothing changed
+            except Stale:  # another server forgot or updated facts since: follow it and compute again
+                if self._catch_up(h) is None or any(i not in h.row_of for i in fact_ids):
+                    return False
+                continue
+            if not seq:
+                return False
+            self.cache.removed(h.name, fact_ids)
+            if seq == h.seq + 1:
+                self._publish_removal(h, view, Op(seq, "forget", list(fact_ids)), cp.saved_at,
+                                      [h.row_of.pop(i) for i in fact_ids])
+            else:  # other servers' writes came between: apply them, then this forget, in the store's order
+                self._catch_up(h)
+                h.unpurged += len(fact_ids)
+                self.erasure_pending()
+            return True
+        raise StoreError(f"memory {h.name!r} kept changing under this forget ({STALE_TRIES} tries): try again")
 
-    def _publish_removal(self, h: MemoryHandle, view: MemoryView, cp: Checkpoint, rows: list[int]) -> None:
+    def _publish_removal(self, h: MemoryHandle, view: MemoryView, op: Op, saved_at: str, rows: list[int]) -> None:
         """After a forget or a replace is stored with checkpoint ``cp``: drop the dead ``rows`` from the index,
         compact when dead rows pile up, publish ``view``, and mark the store's files for purging."""
-        h.seq, h.log_entries, h.last_snapshot = cp.seq, 0, cp.saved_at
+        h.seq, h.last, h.log_entries, h.last_snapshot = op.seq, op, 0, saved_at
         for row in rows:
             if (index := h.current_index(view)) is not None and row < index.n_indexed:
                 index.remove(row)  # its code goes from the index too, not only from the view
@@ -524,36 +708,49 @@ class MemoryRegistry:
         the memory forgets the old latent and writes this one, unless the stored text already equals ``text``
         (then nothing in the memory changes and ``latent`` is unused)."""
         with self._holding(name) as h:
-            if h is None or fact_id not in h.row_of:
-                return None
-            (old,) = self.store.facts(name, [fact_id])
-            if old is None:
-                return None
-            new = Fact(fact_id, old.text if text is None else text, old.metadata if metadata is None else metadata,
-                       old.created_at)
-            if new.text == old.text:  # the memory holds latents only: nothing in it changes
-                replaced = self.store.replace(name, new, None)
-                self.cache.removed(name, [fact_id])
-                return new if replaced else None
-            if latent is None:
-                raise ValueError(f"new text for fact {fact_id!r} comes without its latent")
-            latent = latent.to(LATENT_DTYPE).float()  # (C,)
-            row, n = h.row_of[fact_id], h.view.n
-            view = h.appended([fact_id], latent[None], base=h.without(fact_id))  # nothing published yet
-            try:
-                cp = h.checkpoint(view.state, h.seq + 1)
-                replaced = self.store.replace(name, Fact(fact_id, new.text, new.metadata, old.created_at, latent), cp)
-                self.cache.removed(name, [fact_id])
-                if not replaced:
-                    raise LookupError(fact_id)
-            except BaseException as e:  # the published view stays: put back what appending changed
-                h.row_of[fact_id] = row
-                del view.ids[n:]
-                if isinstance(e, LookupError):
+            for _ in range(STALE_TRIES):
+                if h is None or not self._current(h) or fact_id not in h.row_of:
                     return None
-                raise
-            self._publish_removal(h, view, cp, [row])  # the new row is indexed later, like any write
-            return new
+                (old,) = self.store.facts(name, [fact_id])
+                if old is None:
+                    return None
+                new = Fact(fact_id, old.text if text is None else text,
+                           old.metadata if metadata is None else metadata, old.created_at)
+                if new.text == old.text:  # the memory holds latents only: nothing in it changes
+                    replaced = self.store.replace(name, new, None)
+                    self.cache.removed(name, [fact_id])
+                    return new if replaced else None
+                if latent is None:
+                    raise ValueError(f"new text for fact {fact_id!r} comes without its latent")
+                latent = latent.to(LATENT_DTYPE).float()  # (C,)
+                row, n = h.row_of[fact_id], h.view.n
+                view = h.appended([fact_id], latent[None], base=h.without(fact_id))  # nothing published yet
+                try:
+                    cp = h.checkpoint(view.state, h.seq)  # the state after h.seq, and this replace
+                    seq = self.store.replace(name, Fact(fact_id, new.text, new.metadata, old.created_at, latent),
+                                             cp)
+                    self.cache.removed(name, [fact_id])
+                    if not seq:
+                        raise LookupError(fact_id)
+                except BaseException as e:  # the published view stays: put back what appending changed
+                    h.row_of[fact_id] = row
+                    del view.ids[n:]
+                    if isinstance(e, LookupError):
+                        return None
+                    if isinstance(e, Stale):  # another server forgot or updated facts first: follow, compute again
+                        continue
+                    raise
+                if seq != h.seq + 1:  # stored after other servers' writes: apply them, then this, in order
+                    h.row_of[fact_id] = row
+                    del view.ids[n:]
+                    self._catch_up(h)
+                    h.unpurged += 1
+                    self.erasure_pending()
+                    return new
+                # the new row is indexed later, as writes are
+                self._publish_removal(h, view, Op(seq, "replace", [fact_id]), cp.saved_at, [row])
+                return new
+            raise StoreError(f"memory {name!r} kept changing under this update ({STALE_TRIES} tries): try again")
 
     def snapshot(self, name: str) -> MemoryInfo | None:
         with self._holding(name) as h:
@@ -576,7 +773,12 @@ class MemoryRegistry:
     def _checkpoint(self, h: MemoryHandle) -> None:
         """Save the state as of the last operation and drop the log it covers (caller holds ``h.lock``)."""
         cp = h.checkpoint(h.view.state, h.seq)
-        self.store.checkpoint(h.name, cp)
+        try:
+            self.store.checkpoint(h.name, cp)
+        except Stale as e:  # the store lost operations this server applied (Redis restarted without them)
+            log.warning("memory %r: %s; reloading it from the store", h.name, e)
+            self._catch_up(h)
+            raise StoreError(str(e)) from e
         h.log_entries, h.last_snapshot = 0, cp.saved_at
 
     def _checkpoint_logged(self, h: MemoryHandle) -> None:
@@ -667,10 +869,14 @@ class MemoryRegistry:
         migrated = self.store.migrate(asdict(self.cfg))
         if migrated:
             log.info("migrated %d memories from the old storage layout: %s", len(migrated), ", ".join(migrated))
+        if self.store.shared:  # follow the other servers from before anything is read: nothing falls between
+            self.position = self.store.tail("", 0)[0]
         names = self.store.names()
         for k, name in enumerate(names):
             self.restoring = f"memory {k + 1} of {len(names)}"  # no name: /readyz answers anyone
             h = self._restore_one(name)
+            if h is None:  # deleted meanwhile by another server
+                continue
             with self._lock:
                 self._handles[name] = h
             if h.log_entries:  # fold the tail now: the next start replays nothing
@@ -697,9 +903,15 @@ class MemoryRegistry:
         t.start()
         return t
 
-    def _restore_one(self, name: str) -> MemoryHandle:
+    def _restore_one(self, name: str) -> MemoryHandle | None:
+        """The memory as the store holds it: its checkpoint, its facts' latents and the log after the checkpoint,
+        replayed; None: it is not stored (deleted). On a shared store, facts whose latent was written after the
+        load's head are left for ``catch_up`` (their operations follow the head); a logged write whose fact is
+        gone by the time its latent is read is ``absent``, and its forget, still to come, subtracts nothing."""
         stored = self.store.load(name)
-        cfg = MemoryConfig(**stored.config) if stored.config else self.cfg
+        if stored.config is None:
+            return None
+        cfg = MemoryConfig(**stored.config)
         seq, last = 0, None
         if stored.checkpoint is not None:
             tensors, _ = codec.decode(stored.checkpoint.state)
@@ -714,22 +926,31 @@ class MemoryRegistry:
         total = self.store.count(name)
         h = MemoryHandle(name, mem, empty_view(mem, state, capacity_for(total)), seq=seq, last_snapshot=last)
         ids = h.view.ids
-        for chunk_ids, Z in self.store.latents(name):  # in bulk, in write order, straight into the buffer
-            if len(ids) + len(chunk_ids) > h.view.buffer.shape[0]:  # written meanwhile by no one: defensive
-                raise StoreError(f"memory {name!r} changed while it was restored")
+        for chunk_ids, Z in self.store.latents(name, upto=stored.head):  # in bulk, in write order, into the buffer
+            if len(ids) + len(chunk_ids) > h.view.buffer.shape[0]:  # more were written meanwhile: grow
+                grown = empty_view(mem, state, capacity_for(len(ids) + len(chunk_ids)))
+                grown.buffer[: len(ids)] = h.view.buffer[: len(ids)]
+                h.view = MemoryView(state, 0, grown.buffer, grown.dead_buffer, ids, 0)
             h.view.buffer[len(ids) : len(ids) + len(chunk_ids)] = Z.to(h.view.buffer)
             ids += chunk_ids
             if len(ids) % 100_000 < len(chunk_ids):
                 log.info("memory %r: %d of %d facts read", name, len(ids), total)
         h.row_of = {i: r for r, i in enumerate(ids)}
         h.view = MemoryView(state, len(ids), h.view.buffer, h.view.dead_buffer, ids, len(ids))
-        for op_seq, fact_ids in stored.log:  # the writes since the checkpoint, replayed as they were made
-            if op_seq <= seq:
+        folded = stored.checkpoint.folded if stored.checkpoint else 0
+        for op in stored.log:  # the writes since the checkpoint, replayed as they were made
+            if op.seq <= seq:
                 continue
-            rows = [h.row_of[i] for i in fact_ids]
-            if rows:
-                state = mem.update(state, h.view.buffer[rows], +1.0, inplace=True)
-            seq = op_seq
+            if op.seq == folded:
+                pass  # a forget or replace the checkpoint includes already
+            elif op.kind == "write":
+                rows = [h.row_of[i] for i in op.ids if i in h.row_of]
+                h.absent.update(i for i in op.ids if i not in h.row_of)
+                if rows:
+                    state = mem.update(state, h.view.buffer[rows], +1.0, inplace=True)
+            elif op.kind != "meta":  # forgets and replaces save the checkpoint they log: none follows it
+                raise StoreError(f"memory {name!r}: a {op.kind} (operation {op.seq}) after its checkpoint")
+            seq, h.last = op.seq, op
             h.log_entries += 1
         h.seq = seq
         h.view = MemoryView(state, h.view.n, h.view.buffer, h.view.dead_buffer, h.view.ids, h.view.live)

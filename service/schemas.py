@@ -216,6 +216,20 @@ class MemoryOut(BaseModel):
                          "writes (POST .../purge forces it)")
     lookup: str = Field(description="exact (scans), or index: past LARIMAR_INDEX_ABOVE facts an approximate index, "
                         "built in the background, finds candidates that are then ranked exactly")
+    seq: int = Field(description="the operation this server's copy is at (the Larimar-Seq header: send it back to "
+                     "read at least this far on any replica)")
+
+
+class StateCheckOut(BaseModel):
+    name: str
+    seq: int = Field(description="the operation this server's copy of the memory is at")
+    facts: int
+    fingerprint: list[float] = Field(description="four fixed projections of the memory matrix M: replicas at one "
+                                     "seq agree to round-off")
+    norm: float = Field(description="||M||_F, the scale of the fingerprint: compare differences against it")
+    facts_digest: str = Field(description="sha256 of the ids of the facts held, sorted, each followed by a newline")
+    deviation: float = Field(description="max |M - M_rebuilt| / max |M_rebuilt|, M_rebuilt solved directly from the "
+                             "facts held: round-off that updates accumulated")
 
 
 class MemoryDeleted(BaseModel):

@@ -701,3 +701,31 @@ def test_the_engine_profile_serves_a_host_gguf_to_the_service_alone(compose):
     assert words[words.index("-m") + 1] == "/models/model.gguf" and words[words.index("--port") + 1] == "8080"
     assert _environment(compose["services"]["larimar"])["LARIMAR_LLM_URL"].startswith("${LARIMAR_LLM_URL")
     assert "profiles" not in compose["services"]["larimar"] and "profiles" not in compose["services"]["redis"]
+
+
+def test_the_replicas_profile_runs_several_servers_on_the_one_redis_behind_a_health_checked_proxy(compose):
+    """docker compose --profile replicas: LARIMAR_REPLICAS (3) unpublished servers, the single one's settings (keys
+    required, the same Redis), HAProxy published in front, sending requests only to replicas whose /readyz
+    answers 200, and never resending a request that reached one."""
+    services = compose["services"]
+    replica, proxy = services["replica"], services["proxy"]
+    assert replica["profiles"] == ["replicas"] and proxy["profiles"] == ["replicas"]
+    assert str(replica["deploy"]["replicas"]).startswith("${LARIMAR_REPLICAS:-3}")
+    assert not replica.get("ports"), "replicas are reached through the proxy alone"
+    assert _environment(replica) == _environment(services["larimar"]), "the same settings, Redis and keys"
+    assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert replica["healthcheck"] == services["larimar"]["healthcheck"]
+    assert proxy["image"].startswith("haproxy:")
+    assert proxy["depends_on"]["replica"]["condition"] == "service_healthy"
+    assert [str(p).split(":")[-1] for p in proxy["ports"]] == ["8080"]
+    (mount,) = proxy["volumes"]
+    src, dst = mount.split(":")[:2]
+    cfg = (ROOT / src).read_text()
+    assert dst == "/usr/local/etc/haproxy/haproxy.cfg"
+    lines = [ln.split("#", 1)[0].strip() for ln in cfg.splitlines()]
+    assert "bind :8080" in lines and "option httpchk GET /readyz" in lines and "http-check expect status 200" in lines
+    template = next(ln.split() for ln in lines if ln.startswith("server-template"))
+    assert template[3] == "replica:8000" and int(template[2]) >= 3, "every replica container, found by DNS"
+    assert "retry-on conn-failure" in lines, "only requests that never reached a replica are retried"
+    assert not any(ln.startswith("retry-on") and ("empty-response" in ln or "all-retryable" in ln) for ln in lines)
+    assert "default-server" in cfg and " check " in next(ln for ln in lines if ln.startswith("default-server")) + " "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import redis
 import torch
 
 from bench.processes import RedisServer
-from service.store import Checkpoint, Fact, RedisStore, SqliteStore, Store, StoreError, codec, open_store
+from service.errors import DuplicateFact
+from service.store import Checkpoint, Fact, Op, RedisStore, SqliteStore, Stale, Store, StoreError, codec, open_store
 
 CFG = {"slots": 8, "dim": 4, "addressing": "linear", "ridge": 0.001, "gaussian_a": 0.001, "seed": 0}
 
@@ -38,15 +40,21 @@ def test_codec_round_trip_is_exact() -> None:
 
 def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     assert store.names() == [] and store.ping()
-    store.write("m1", 1, [fact(0), fact(1)], CFG)
-    store.write("m1", 2, [fact(2)], CFG | {"slots": 99})  # the config is the first write's
-    store.write("m2", 1, [fact(9)], CFG)
+    assert store.write("m1", [fact(0), fact(1)], CFG) == 1, "the store numbers operations"
+    assert store.write("m1", [fact(2)], CFG | {"slots": 99}) == 2  # the config is the first write's
+    assert store.write("m2", [fact(9)], CFG) == 1, "per memory"
     assert store.names() == ["m1", "m2"]
+    with pytest.raises(DuplicateFact):
+        store.write("m1", [fact(5), fact(2)], CFG)  # one id taken: nothing written, whoever writes
+    assert store.count("m1") == 3 and store.heads(["m1"]) == [2]
     loaded = store.load("m1")
-    assert loaded.config == CFG and loaded.checkpoint is None and loaded.log == [(1, ["id0", "id1"]), (2, ["id2"])]
+    assert loaded.config == CFG and loaded.checkpoint is None and loaded.head == 2
+    assert loaded.log == [Op(1, "write", ["id0", "id1"]), Op(2, "write", ["id2"])]
+    assert store.changes("m1", 2) == (2, [Op(2, "write", ["id2"])]) and store.heads(["m1", "m2", "none"]) == [2, 1, 0]
     ids, Z = zip(*store.latents("m1", chunk=2), strict=True)
     assert [i for chunk in ids for i in chunk] == ["id0", "id1", "id2"]
     assert torch.equal(torch.cat(Z), torch.stack([fact(i).latent for i in range(3)]))
+    assert [z if z is None else z.tolist() for z in store.latents_of("m1", ["id2", "nope"])] == [[2.0] * 4, None]
     assert [f and f.text for f in store.facts("m1", ["id2", "nope", "id0"])] == ["fact number 2", None,
                                                                                "fact number 0"]
     page, total = store.page("m1", 2, 1), store.count("m1")
@@ -54,23 +62,70 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
 
     store.checkpoint("m1", Checkpoint(2, b"state-2", "t2"))
     assert store.load("m1").log == [] and store.load("m1").checkpoint == Checkpoint(2, b"state-2", "t2")
-    store.write("m1", 3, [fact(3)], CFG)
-    assert store.forget("m1", ["id1"], Checkpoint(4, b"state-4", "t4"))
+    store.checkpoint("m1", Checkpoint(1, b"older", "t1"))
+    assert store.load("m1").checkpoint == Checkpoint(2, b"state-2", "t2"), "an older checkpoint is ignored"
+    with pytest.raises(Stale):
+        store.checkpoint("m1", Checkpoint(9, b"ahead", "t9"))  # past the head: the store lost operations
+    assert store.write("m1", [fact(3)], CFG) == 3
+    assert store.forget("m1", ["id1"], Checkpoint(3, b"state-4", "t4")) == 4, "the state after 3, and the forget"
     after = store.load("m1")
-    assert after.checkpoint == Checkpoint(4, b"state-4", "t4") and after.log == [], "a forget checkpoints"
-    assert not store.forget("m1", ["id1"], Checkpoint(5, b"x", "t5")), "a second forget finds nothing"
+    assert after.checkpoint == Checkpoint(4, b"state-4", "t4") and after.head == 4 and after.log == []
+    with pytest.raises(Stale) as stale:
+        store.forget("m1", ["id0"], Checkpoint(3, b"x", "t"))  # a state from before the last forget
+    assert stale.value.head == 4 and store.count("m1") == 3, "and nothing changed"
+    assert not store.forget("m1", ["id1"], Checkpoint(4, b"x", "t5")), "a second forget finds nothing"
     assert store.load("m1").checkpoint.seq == 4, "and changes nothing"
     assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
-    assert not store.forget("m1", ["id0", "nope"], Checkpoint(5, b"x", "t5")), "several: all or none"
+    assert not store.forget("m1", ["id0", "nope"], Checkpoint(4, b"x", "t5")), "several: all or none"
     assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id0", "id2", "id3"]
     assert store.load("m1").checkpoint.seq == 4
-    assert store.forget("m1", ["id0", "id3"], Checkpoint(5, b"state-5", "t5"))
+    assert store.forget("m1", ["id0", "id3"], Checkpoint(4, b"state-5", "t5")) == 5
     assert [i for chunk, _ in store.latents("m1") for i in chunk] == ["id2"]
     assert store.load("m1").checkpoint == Checkpoint(5, b"state-5", "t5")
-    store.write("m1", 6, [fact(3)], CFG)
+    moved = Fact("id2", "moved", {}, "x", torch.full((4,), 7.0))
+    with pytest.raises(Stale):
+        store.replace("m1", moved, Checkpoint(4, b"state-5b", "t5b"))
+    assert store.replace("m1", moved, Checkpoint(5, b"state-6", "t6")) == 6
+    assert store.latents_of("m1", ["id2"])[0].tolist() == [7.0] * 4 and store.facts("m1", ["id2"])[0].text == "moved"
+    assert store.write("m1", [fact(3)], CFG) == 7
     store.delete("m1")
-    assert store.names() == ["m2"] and store.load("m1").checkpoint is None
+    assert store.names() == ["m2"] and store.load("m1").checkpoint is None and store.load("m1").config is None
     assert (store.page("m1", 10, 0), store.count("m1")) == ([], 0)
+
+
+def test_a_shared_store_logs_every_kind_and_says_which_memories_changed(redis_url: str) -> None:
+    """Redis: forgets, replaces and metadata changes are logged for the other servers, the head survives a
+    delete, and ``tail`` names changed memories from a position on."""
+    store = RedisStore(redis_url)
+    position, _ = store.tail("", 0)
+    store.write("a", [fact(0), fact(1)], CFG)
+    store.write("b", [fact(5)], CFG)
+    position, names = store.tail(position, 1.0)
+    assert names == ["a", "b"]
+    mark = position
+    assert store.forget("a", ["id0"], Checkpoint(1, b"s2", "t")) == 2
+    assert store.replace("a", Fact("id1", "new text", {"k": 1}, "x"), None) == 3  # same latent: meta
+    assert store.replace("a", Fact("id1", "newer", {}, "x", torch.zeros(4)), Checkpoint(3, b"s4", "t")) == 4
+    assert store.changes("a", 2) == (4, [Op(2, "forget", ["id0"]), Op(3, "meta", ["id1"]),
+                                         Op(4, "replace", ["id1"])])
+    assert store.load("a").log == [] and store.load("a").head == 4, "the log after the checkpoint is empty"
+    assert list(store.latents("a", upto=3)) == [], "a latent written by a later operation is left out"
+    assert store.write("a", [fact(8)], CFG) == 5  # another server's write, then a forget computed before it
+    assert store.forget("a", ["id1"], Checkpoint(4, b"s4+6", "t")) == 6
+    loaded = store.load("a")
+    assert loaded.checkpoint == Checkpoint(4, b"s4+6", "t", folded=6), "the forget folded into the state after 4"
+    assert loaded.log == [Op(5, "write", ["id8"]), Op(6, "forget", ["id1"])]
+    store.checkpoint("a", Checkpoint(5, b"s5", "t"))
+    assert store.load("a").checkpoint.folded == 6, "no checkpoint from before the last forget is saved"
+    with pytest.raises(Stale):
+        store.forget("a", ["id8"], Checkpoint(5, b"x", "t"))
+    t0 = time.monotonic()
+    assert store.tail(mark, 0.3)[1] == ["a"] and time.monotonic() - t0 < 0.3, "named at once"
+    assert store.tail(store.tail("", 0)[0], 0.3)[1] == [], "nothing new: waits, then nothing"
+    store.delete("a")
+    assert store.heads(["a"]) == [7] and store.changes("a", 7) == (7, []), "a delete moves the head on"
+    assert store.write("a", [fact(7)], CFG) == 8
+    store.close()
 
 
 def test_unknown_store_url() -> None:
@@ -82,16 +137,17 @@ def test_redis_keeps_acknowledged_data_across_a_server_kill(new_redis_server) ->
     server = new_redis_server()
     server.start()
     store = RedisStore(server.url)
-    store.write("m", 1, [fact(1)], CFG)
+    store.write("m", [fact(1)], CFG)
     store.checkpoint("m", Checkpoint(1, b"snap", "t"))
-    store.write("m", 2, [fact(2)], CFG)
+    store.write("m", [fact(2)], CFG)
     server.stop(kill=True)  # SIGKILL: only what appendfsync always put on disk survives
     with pytest.raises(StoreError):
-        store.write("m", 3, [fact(3)], CFG)
+        store.write("m", [fact(3)], CFG)
     assert not store.ping()
     server.start()
     loaded = RedisStore(server.url).load("m")
-    assert loaded.checkpoint == Checkpoint(1, b"snap", "t") and loaded.log == [(2, ["id2"])]
+    assert loaded.checkpoint == Checkpoint(1, b"snap", "t") and loaded.log == [Op(2, "write", ["id2"])]
+    assert loaded.head == 2
 
 
 # --- erasure on disk ---------------------------------------------------------------------------
@@ -116,12 +172,12 @@ def test_purge_leaves_no_copy_in_any_file(backend: str, tmp_path: Path) -> None:
         secret = Fact("secret", "The vault code of project Heron is 5309.", {"owner": "Heron team"},
                       "2026-01-01T00:00:00.000Z", torch.randn(384))
         needles = [b"project Heron", b"Heron team", codec.latent_bytes(secret.latent)]
-        store.write("m", 1, [fact(i) for i in range(50)] + [secret], CFG)
-        store.write("m", 2, [fact(i) for i in range(50, 60)], CFG)
+        store.write("m", [fact(i) for i in range(50)] + [secret], CFG)
+        store.write("m", [fact(i) for i in range(50, 60)], CFG)
         if backend == "redis":
             store.purge()  # an RDB and an AOF base that hold the secret, not only the AOF's increments
         assert files_holding(root, needles), "the test must see the fact on disk before it is forgotten"
-        assert store.forget("m", ["secret"], Checkpoint(3, b"state", "t"))
+        assert store.forget("m", ["secret"], Checkpoint(2, b"state", "t")) == 3
         store.purge()
         assert files_holding(root, needles) == []
         assert store.facts("m", ["id7"])[0].text == "fact number 7", "the other facts stay"
@@ -159,7 +215,7 @@ def test_an_old_file_store_is_migrated_on_start(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path / 'data'}")
     assert store.migrate(CFG) == ["m"] and not old.exists()
     loaded = store.load("m")
-    assert loaded.config == CFG and loaded.checkpoint.seq == 2 and loaded.log == [(3, ["id2"])]
+    assert loaded.config == CFG and loaded.checkpoint.seq == 1 and loaded.log == [Op(2, "write", ["id2"])]
     assert [i for chunk, _ in store.latents("m") for i in chunk] == ["id0", "id1", "id2"]
     assert store.migrate(CFG) == [], "once"
 
@@ -171,7 +227,8 @@ def test_an_old_redis_store_is_migrated_on_start(redis_url: str) -> None:
     store = RedisStore(redis_url)
     assert store.migrate(CFG) == ["m"]
     loaded = store.load("m")
-    assert loaded.config == CFG and loaded.checkpoint is None and loaded.log == [(1, ["id0"]), (2, ["id1"])]
+    assert loaded.config == CFG and loaded.checkpoint is None
+    assert loaded.log == [Op(1, "write", ["id0"]), Op(2, "write", ["id1"])]
     assert client.type("larimar:m:m:log") == b"none" and store.migrate(CFG) == []
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from service import transfer
 from service.auth import listed
 from service.deps import ADMIN, READ, WRITE, EditorDep, ImportBody, MemoryName, ReaderKey, body_limit
-from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary
+from service.schemas import ImportOut, MemoryDeleted, MemoryList, MemoryOut, MemorySummary, StateCheckOut
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 
@@ -33,6 +33,13 @@ def get_memory(memory: MemoryName, editor: EditorDep) -> MemoryOut:
 def delete_memory(memory: MemoryName, editor: EditorDep) -> MemoryDeleted:
     editor.delete_memory(memory)
     return MemoryDeleted(name=memory, deleted=True)
+
+
+@router.get("/{memory}/check", response_model=StateCheckOut, dependencies=[ADMIN])
+def check(memory: MemoryName, editor: EditorDep) -> StateCheckOut:
+    """This server's copy of the memory against a direct solve from its facts, and a fingerprint to compare
+    replicas by (a solve over every fact: admin only)."""
+    return StateCheckOut(**asdict(editor.check(memory)))
 
 
 @router.post("/{memory}/snapshot", response_model=MemoryOut, dependencies=[WRITE])

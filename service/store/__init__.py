@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.store.base import Checkpoint, Fact, Store, Stored, StoreError, StoreHeld, entries
+from service.store.base import Checkpoint, Fact, Op, Stale, Store, Stored, StoreError, StoreHeld, entries
 from service.store.redis_store import RedisStore
 from service.store.sqlite_store import DB_NAME, SqliteStore
 
@@ -22,5 +22,5 @@ def open_store(url: str) -> Store:
     raise ValueError(f"unsupported LARIMAR_STORE_URL {url!r}: use file://DIR, sqlite://FILE or redis://host:port/db")
 
 
-__all__ = ["Checkpoint", "Fact", "RedisStore", "SqliteStore", "Store", "StoreError", "StoreHeld", "Stored", "entries",
-           "open_store"]
+__all__ = ["Checkpoint", "Fact", "Op", "RedisStore", "SqliteStore", "Stale", "Store", "StoreError", "StoreHeld",
+           "Stored", "entries", "open_store"]

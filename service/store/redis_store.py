@@ -1,26 +1,30 @@
-"""Redis backend: a hash per fact, a sorted set for write order, the checkpoint in a hash and the log in a stream.
+"""Redis backend, shared by any number of servers (replicas): a hash per fact, a sorted set for write order, the
+checkpoint in a hash and the operation log in a stream.
 
 Keys, for memory ``m`` under prefix ``p``:
     p:memories              set of memory names
     p:m:m:config            the MemoryConfig (JSON)
-    p:m:m:f:<id>            hash: text, metadata, created_at, latent (float32 bytes)
+    p:m:m:f:<id>            hash: text, metadata, created_at, latent (float32 bytes), seq (the operation that
+                            wrote the latent)
     p:m:m:order             sorted set of fact ids, scored by write order (p:m:m:pos counts)
+    p:m:m:seq               the memory's head: its last operation's sequence number (kept by a delete)
     p:m:m:checkpoint        hash: seq, state, saved_at
-    p:m:m:oplog             stream, one entry per write since the checkpoint, id <seq>-1, field ids
+    p:m:m:oplog             stream, one entry per operation, id <seq>-1, fields op (write, forget, replace,
+                            meta) and ids; trimmed to LOG_RETAIN entries before the checkpoint
+    p:m:m:erased            the last forget's or replace's sequence number: no checkpoint from before it is saved
     p:m:m:documents         hash: document id -> its record (JSON)
     p:documents             set of memory names that have document records
-    p:writer                the one writer's lease (``claim``): its owner, expiring LEASE_TTL_S after renewal
-    p:writer:last           the owner of the last claim, until it closes (no expiry): whether anyone claimed
-                            the store since this process's lease lapsed
-Every change is one MULTI transaction. Durability is the server's: run Redis with ``appendonly yes`` and
-``appendfsync always`` (docker/redis.conf). A deleted fact's commands stay in the AOF and in RDB files until
-they are rewritten: ``purge`` runs BGREWRITEAOF (and BGSAVE where RDB snapshots are on) and waits for them.
+    p:changes               stream of the names of memories changed, capped near CHANGES_KEPT: what replicas
+                            block on (``tail``) to follow each other
 
-The one writer holds a lease: ``SET p:writer <owner> NX PX ttl``, renewed every third of the TTL by a
-thread while it is still its own (compare-and-pexpire, one Lua script) and deleted by ``close`` if still its
-own. A SIGKILLed holder stops renewing, so its lease lapses within the TTL and a restart's ``claim``, which
-waits that long for it, goes on. A lease that lapsed while Redis was out of reach is taken again if no one
-claimed the store meanwhile; if someone did, this store refuses every change from then on.
+Every change is one Lua script or MULTI transaction, and takes its sequence number from ``p:m:m:seq`` inside
+it, so concurrent servers are ordered by Redis alone. Durability is the server's: run Redis with
+``appendonly yes`` and ``appendfsync always`` (docker/redis.conf). A deleted fact's commands stay in the AOF
+and in RDB files until they are rewritten: ``purge`` runs BGREWRITEAOF (and BGSAVE where RDB snapshots are on)
+and waits for them. The log and the change stream name facts by id only: no text or latent is in them.
+
+The log is kept LOG_RETAIN entries behind the checkpoint so a replica that lags a little follows on from it;
+one further behind finds a gap and reloads the memory from the checkpoint.
 
 Memories in the layout before this one (``p:m:m:snapshot`` and ``p:m:m:log`` as a list) are migrated on start.
 """
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,65 +40,141 @@ from typing import Any
 import redis
 from torch import Tensor
 
+from service.errors import DuplicateFact
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld, entries
+from service.store.base import Checkpoint, Fact, Op, Stale, Stored, StoreError, entries
 from service.store.sqlite_store import import_old
 
 log = logging.getLogger(__name__)
-NEW_PARTS = ("config", "order", "pos", "checkpoint", "oplog", "documents")
+NEW_PARTS = ("config", "order", "pos", "checkpoint", "oplog", "documents", "erased")  # a delete drops; not "seq"
 OLD_PARTS = ("snapshot", "log")  # the layout before per-fact records
-# The writer lease. A restart after a SIGKILL waits up to this long for the dead holder's lease to lapse, so it
-# is short; renewals every third of it let a live holder miss two (a slow Redis, a paused process) and keep it.
-LEASE_TTL_S = 10.0
-LEASE_MARGIN_S = 1.0  # a claim waits TTL + this for a held lease to lapse before it refuses
+PARTS = ("memories", "config", "order", "pos", "seq", "checkpoint", "oplog", "changes", "erased")  # scripts' KEYS
+LOG_RETAIN = 1000  # log entries kept before the checkpoint, for replicas a little behind
+CHANGES_KEPT = 10_000  # p:changes is capped near this many entries (replicas read it within milliseconds)
 
-# KEYS[1] the lease, KEYS[2] the last claim's owner; ARGV[1] owner, ARGV[2] TTL in ms
-_CLAIM = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    redis.call('set', KEYS[2], ARGV[1])
-    return 1
+# Shared by the scripts: KEYS are PARTS (then fact hashes); head() is the memory's last sequence number (a memory
+# stored before heads were kept gets its own from its checkpoint and log once); logged() makes op ``seq`` the head,
+# logs it, and names the memory on p:changes.
+_PRELUDE = """
+local function head()
+    local h = redis.call('get', KEYS[5])
+    if h then return tonumber(h) end
+    local n = tonumber(redis.call('hget', KEYS[6], 'seq') or '0')
+    local last = redis.call('xrevrange', KEYS[7], '+', '-', 'COUNT', 1)[1]
+    if last then n = math.max(n, tonumber(string.match(last[1], '^(%d+)'))) end
+    if n > 0 then redis.call('set', KEYS[5], n) end
+    return n
 end
-return 0
+local function logged(seq, name, kind, ids, changes_kept)
+    redis.call('set', KEYS[5], seq)
+    redis.call('xadd', KEYS[7], seq .. '-1', 'op', kind, 'ids', ids)
+    redis.call('xadd', KEYS[8], 'MAXLEN', '~', changes_kept, '*', 'm', name)
+end
+local function checkpointed(seq, folded, state, saved_at, retain)
+    redis.call('hset', KEYS[6], 'seq', seq, 'folded', folded, 'state', state, 'saved_at', saved_at)
+    redis.call('xtrim', KEYS[7], 'MINID', math.max(0, seq - retain + 1) .. '-0')
+end
+-- a forget or replace whose state covers operations up to ARGV[3] (this server's): logged as the next operation,
+-- and its state saved as the checkpoint, with that operation folded in where others' writes came between.
+-- Refused ({-1, head}) when an erasing operation came after ARGV[3]: the state would bring that one back.
+local function erasing(kind, name, ids, state, saved_at, retain, changes_kept)
+    local h, applied = head(), tonumber(ARGV[3])
+    local seq = h + 1
+    logged(seq, name, kind, ids, changes_kept)
+    redis.call('set', KEYS[9], seq)
+    if applied == h then checkpointed(seq, 0, state, saved_at, retain)
+    else checkpointed(applied, seq, state, saved_at, retain) end
+    return {1, seq}
+end
+local function stale()
+    local h, applied = head(), tonumber(ARGV[3])
+    return applied > h or applied < tonumber(redis.call('get', KEYS[9]) or '0')
+end
 """
-# 1: renewed; 2: it had lapsed and no one claimed since: taken again; 0: someone else claimed it
-_RENEW = """
-local holder = redis.call('get', KEYS[1])
-if holder == ARGV[1] then
-    redis.call('pexpire', KEYS[1], ARGV[2])
-    return 1
+# ARGV: name, config, changes_kept, n ops, (facts, ids JSON) per op, then (id, text, metadata, created_at, latent)
+# per fact; returns the first op's seq, or -k when the k-th fact's id is taken (nothing written: ids are unique
+# however many servers write)
+_WRITE = _PRELUDE + """
+for k = 10, #KEYS do
+    if redis.call('exists', KEYS[k]) == 1 then return 9 - k end
 end
-if not holder and redis.call('get', KEYS[2]) == ARGV[1] then
-    redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 2
+local nops = tonumber(ARGV[4])
+local first = head() + 1
+local nfacts = #KEYS - 9
+local pos = redis.call('incrby', KEYS[4], nfacts) - nfacts
+redis.call('sadd', KEYS[1], ARGV[1])
+redis.call('setnx', KEYS[2], ARGV[2])
+local base, k = 4 + 2 * nops, 0
+for i = 1, nops do
+    local seq = first + i - 1
+    for _ = 1, tonumber(ARGV[3 + 2 * i]) do
+        k = k + 1
+        local b = base + (k - 1) * 5
+        redis.call('hset', KEYS[9 + k], 'text', ARGV[b + 2], 'metadata', ARGV[b + 3], 'created_at', ARGV[b + 4],
+                   'latent', ARGV[b + 5], 'seq', seq)
+        redis.call('zadd', KEYS[3], pos + k - 1, ARGV[b + 1])
+    end
+    logged(seq, ARGV[1], 'write', ARGV[4 + 2 * i], ARGV[3])
 end
-return 0
+return first
 """
-# both keys, each only if still ours (a renewal running late then finds nothing to take again)
-_RELEASE = """
-local n = 0
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    n = redis.call('del', KEYS[1])
+# ARGV: name, changes_kept, the operation the state covers, ids JSON, state, saved_at, retain, ids...; {1, seq}
+# done, {0, head} one is not there, {-1, head} stale
+_FORGET = _PRELUDE + """
+if stale() then return {-1, head()} end
+for i = 10, #KEYS do
+    if redis.call('exists', KEYS[i]) == 0 then return {0, head()} end
 end
-if redis.call('get', KEYS[2]) == ARGV[1] then
-    redis.call('del', KEYS[2])
+for i = 10, #KEYS do redis.call('del', KEYS[i]) end
+for i = 8, #ARGV do redis.call('zrem', KEYS[3], ARGV[i]) end
+return erasing('forget', ARGV[1], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[2])
+"""
+# KEYS[10] the fact; ARGV: name, changes_kept, the operation the state covers ('' without a state: a meta op), ids
+# JSON, state, saved_at, retain, text, metadata, latent ('' to keep it); answers as _FORGET
+_REPLACE = _PRELUDE + """
+if ARGV[3] ~= '' and stale() then return {-1, head()} end
+if redis.call('exists', KEYS[10]) == 0 then return {0, head()} end
+local seq = head() + 1
+redis.call('hset', KEYS[10], 'text', ARGV[8], 'metadata', ARGV[9])
+if ARGV[10] ~= '' then redis.call('hset', KEYS[10], 'latent', ARGV[10], 'seq', seq) end
+if ARGV[3] == '' then
+    logged(seq, ARGV[1], 'meta', ARGV[4], ARGV[2])
+    return {1, seq}
 end
-return n
+return erasing('replace', ARGV[1], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[2])
+"""
+# ARGV: seq, state, saved_at, retain; {1, head} saved, {0, head} ignored (not newer than the saved one, or from
+# before the last forget or replace, whose latent it would need again), {-1, head} past the head
+_CHECKPOINT = _PRELUDE + """
+local h, seq = head(), tonumber(ARGV[1])
+if seq > h then return {-1, h} end
+if seq <= tonumber(redis.call('hget', KEYS[6], 'seq') or '-1') then return {0, h} end
+if seq < tonumber(redis.call('get', KEYS[9]) or '0') then return {0, h} end
+checkpointed(seq, 0, ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return {1, h}
+"""
+# {config or nil, checkpoint fields, head, log after the checkpoint}
+_LOAD = _PRELUDE + """
+local h = head()
+local cp = redis.call('hgetall', KEYS[6])
+local from = tonumber(redis.call('hget', KEYS[6], 'seq') or '0') + 1
+return {redis.call('get', KEYS[2]), cp, h, redis.call('xrange', KEYS[7], from .. '-1', '+')}
+"""
+# ARGV: since; {head, log from it on}
+_CHANGES = _PRELUDE + """
+return {head(), redis.call('xrange', KEYS[7], ARGV[1] .. '-0', '+')}
 """
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "larimar", lease_ttl_s: float = LEASE_TTL_S) -> None:
+    shared = True
+
+    def __init__(self, url: str, prefix: str = "larimar") -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
         self.prefix = prefix
-        self.lease_ttl_s = lease_ttl_s
-        self._scripts = {name: self.client.register_script(src)
-                         for name, src in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE))}
-        self._lease_lock = threading.Lock()
-        self._owner: str | None = None  # set while this store holds the lease
-        self._renewing = threading.Event()  # set: the renewer stops
-        self._renewer: threading.Thread | None = None
-        self._lost: str | None = None  # why changes are refused: someone else claimed the store
-        self._closed = False
+        self._scripts = {name: self.client.register_script(src) for name, src in (
+            ("write", _WRITE), ("forget", _FORGET), ("replace", _REPLACE), ("checkpoint", _CHECKPOINT),
+            ("load", _LOAD), ("changes", _CHANGES))}
 
     def _k(self, name: str, part: str) -> str:
         return f"{self.prefix}:m:{name}:{part}"
@@ -111,16 +190,24 @@ class RedisStore:
     def _with_documents(self) -> str:
         return f"{self.prefix}:documents"
 
+    @property
+    def _changes(self) -> str:
+        return f"{self.prefix}:changes"
+
+    def _keys(self, name: str) -> list[str]:
+        """KEYS[1..9] of every script: PARTS of memory ``name``."""
+        return [self._index, *(self._k(name, part) for part in PARTS[1:-2]), self._changes, self._k(name, "erased")]
+
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
         except redis.RedisError as e:
             raise StoreError(f"redis: {e}") from e
 
-    def _multi(self, build: Callable[[redis.client.Pipeline], object]) -> list:
-        if self._lost:
-            raise StoreError(self._lost)
+    def _run(self, script: str, name: str, facts: list[str], args: list[Any]) -> Any:
+        return self._call(lambda: self._scripts[script](keys=self._keys(name) + facts, args=args))
 
+    def _multi(self, build: Callable[[redis.client.Pipeline], object]) -> list:
         def run() -> list:
             pipe = self.client.pipeline(transaction=True)
             build(pipe)
@@ -128,83 +215,14 @@ class RedisStore:
 
         return self._call(run)
 
-    # --- the one writer -------------------------------------------------------------------
-
-    @property
-    def _lease(self) -> list[str]:
-        return [f"{self.prefix}:writer", f"{self.prefix}:writer:last"]
-
     def _where(self) -> str:
         kw = self.client.connection_pool.connection_kwargs  # no password in what is named
         place = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         return f"redis store {place} prefix {self.prefix!r}"
 
-    def _holder(self) -> str | None:
-        raw = self._call(lambda: self.client.get(self._lease[0]))
-        return None if raw is None else raw.decode(errors="replace")
-
     def claim(self, owner: str) -> None:
-        """Take the lease ``p:writer`` (SET NX PX) and renew it until ``close``. A lease held by another is waited
-        for up to TTL + LEASE_MARGIN_S, as a crashed holder's lapses in that time; then StoreHeld names it."""
-        with self._lease_lock:
-            if self._closed:
-                raise StoreError(f"{self._where()}: closed")
-            if self._owner is not None:
-                return  # already ours
-        ttl_ms = int(self.lease_ttl_s * 1000)
-        t0 = time.monotonic()
-        deadline = t0 + self.lease_ttl_s + LEASE_MARGIN_S
-        seen: str | None = None  # the holder waited for
-        while not self._call(lambda: self._scripts["claim"](keys=self._lease, args=[owner, ttl_ms])):
-            holder = self._holder()
-            if holder is not None and holder != seen:
-                seen = holder
-                log.warning("%s is held by %s: waiting up to %.0f s for its lease to lapse (a holder that died "
-                            "stops renewing it)", self._where(), holder, deadline - time.monotonic())
-            if time.monotonic() >= deadline:
-                raise StoreHeld(f"{self._where()} is held by {seen}: another larimar server writes it "
-                                "(one server per store); stop that one first")
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        with self._lease_lock:
-            if self._closed:  # closed while this waited: give the lease straight back
-                self._release(owner)
-                raise StoreError(f"{self._where()}: closed")
-            self._owner, self._lost = owner, None
-            self._renewing.clear()
-            self._renewer = threading.Thread(target=self._renew, args=(owner, ttl_ms), name="larimar-lease",
-                                             daemon=True)
-            self._renewer.start()
-        if seen is not None:
-            log.info("%s: the lease of %s lapsed after %.1f s", self._where(), seen, time.monotonic() - t0)
-        log.info("%s: this process (%s) is its one writer", self._where(), owner)
-
-    def _renew(self, owner: str, ttl_ms: int) -> None:
-        every = self.lease_ttl_s / 3
-        while not self._renewing.wait(every):
-            try:
-                renewed = self._scripts["renew"](keys=self._lease, args=[owner, ttl_ms])
-            except redis.RedisError as e:
-                log.warning("%s: writer lease not renewed (%s): trying again in %.1f s", self._where(), e, every)
-                continue
-            if renewed == 2:
-                log.warning("%s: the writer lease had lapsed (Redis out of reach for over %.0f s); no one claimed "
-                            "the store since: taken again", self._where(), self.lease_ttl_s)
-            elif not renewed:
-                try:
-                    holder = self._holder()
-                except StoreError:
-                    holder = None
-                self._lost = (f"{self._where()}: the writer lease lapsed and {holder or 'another process'} claimed "
-                              "the store since; this server refuses changes: restart it")
-                log.critical(self._lost)
-                return
-
-    def _release(self, owner: str) -> None:
-        try:
-            self._scripts["release"](keys=self._lease, args=[owner])
-        except redis.RedisError as e:
-            log.warning("%s: writer lease not released (%s): it lapses within %.0f s", self._where(), e,
-                        self.lease_ttl_s)
+        """Shared: any number of servers write it, ordered by the store (nothing to claim)."""
+        log.info("%s: %s is one of its replicas", self._where(), owner)
 
     def ping(self) -> bool:
         try:
@@ -217,62 +235,53 @@ class RedisStore:
 
     # --- changes ---------------------------------------------------------------------
 
-    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None
-              ) -> None:
-        first = self._call(lambda: self.client.incrby(self._k(name, "pos"), len(facts))) - len(facts)
+    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None) -> int:
+        ops = entries(facts, entry_size)
+        args: list[Any] = [name, json.dumps(config), CHANGES_KEPT, len(ops)]
+        for op in ops:
+            args += [len(op), json.dumps([f.id for f in op])]
+        for f in facts:
+            args += [f.id, f.text, json.dumps(f.metadata), f.created_at, codec.latent_bytes(f.latent)]
+        first = int(self._run("write", name, [self._fact(name, f.id) for f in facts], args))
+        if first < 0:
+            raise DuplicateFact(f"memory {name!r} already holds fact {facts[-first - 1].id!r}")
+        return first
 
-        def build(p: redis.client.Pipeline) -> None:
-            p.sadd(self._index, name)
-            p.setnx(self._k(name, "config"), json.dumps(config))
-            for f in facts:
-                p.hset(self._fact(name, f.id), mapping={"text": f.text, "metadata": json.dumps(f.metadata),
-                                                        "created_at": f.created_at,
-                                                        "latent": codec.latent_bytes(f.latent)})
-            if facts:
-                p.zadd(self._k(name, "order"), {f.id: first + i for i, f in enumerate(facts)})
-            for i, op in enumerate(entries(facts, entry_size)):
-                p.xadd(self._k(name, "oplog"), {"ids": json.dumps([f.id for f in op])}, id=f"{seq + i}-1")
-
-        self._multi(build)
-
-    def _save_checkpoint(self, p: redis.client.Pipeline, name: str, cp: Checkpoint) -> None:
-        p.hset(self._k(name, "checkpoint"), mapping={"seq": cp.seq, "state": cp.state, "saved_at": cp.saved_at})
-        p.xtrim(self._k(name, "oplog"), minid=f"{cp.seq + 1}-0")
+    def _answer(self, name: str, done: list[int], applied: int | None) -> int:
+        status, seq = int(done[0]), int(done[1])
+        if status < 0:
+            raise Stale(f"{self._where()}: memory {name!r} was forgotten from or updated after operation "
+                        f"{applied} (it is at {seq})", seq)
+        return seq if status > 0 else 0
 
     def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
-        keys = [self._fact(name, i) for i in fact_ids]
-        if self._call(lambda: self.client.exists(*keys)) < len(keys):
-            return False  # writers of one memory are serialised by the service, so nothing re-adds one meanwhile
-
-        def build(p: redis.client.Pipeline) -> None:
-            p.delete(*keys)
-            p.zrem(self._k(name, "order"), *fact_ids)
-            self._save_checkpoint(p, name, checkpoint)
-
-        return bool(self._multi(build)[0])
+        cp = checkpoint
+        done = self._run("forget", name, [self._fact(name, i) for i in fact_ids],
+                         [name, CHANGES_KEPT, cp.seq, json.dumps(fact_ids), cp.state, cp.saved_at, LOG_RETAIN,
+                          *fact_ids])
+        return self._answer(name, done, cp.seq)
 
     def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
-        if not self._call(lambda: self.client.exists(self._fact(name, fact.id))):
-            return False  # writers of one memory are serialised by the service, so nothing removes it meanwhile
-        fields = {"text": fact.text, "metadata": json.dumps(fact.metadata)}
-        if fact.latent is not None:
-            fields["latent"] = codec.latent_bytes(fact.latent)
-
-        def build(p: redis.client.Pipeline) -> None:
-            p.hset(self._fact(name, fact.id), mapping=fields)
-            if checkpoint is not None:
-                self._save_checkpoint(p, name, checkpoint)
-
-        self._multi(build)
-        return True
+        cp = checkpoint
+        latent = b"" if fact.latent is None else codec.latent_bytes(fact.latent)
+        done = self._run("replace", name, [self._fact(name, fact.id)],
+                         [name, CHANGES_KEPT, "" if cp is None else cp.seq, json.dumps([fact.id]),
+                          b"" if cp is None else cp.state, "" if cp is None else cp.saved_at, LOG_RETAIN, fact.text,
+                          json.dumps(fact.metadata), latent])
+        return self._answer(name, done, None if cp is None else cp.seq)
 
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
-        self._multi(lambda p: self._save_checkpoint(p, name, checkpoint))
+        cp = checkpoint
+        status, head = self._run("checkpoint", name, [], [cp.seq, cp.state, cp.saved_at, LOG_RETAIN])
+        if int(status) < 0:
+            raise Stale(f"{self._where()}: memory {name!r} is at operation {head}, behind checkpoint {cp.seq}: the "
+                        "store lost operations this server applied", int(head))
 
     def delete(self, name: str) -> None:
         ids = self._ids(name)
         self._multi(lambda p: (p.srem(self._index, name), p.srem(self._with_documents, name),
-                               self._drop(p, name, ids, NEW_PARTS + OLD_PARTS)))
+                               self._drop(p, name, ids, NEW_PARTS + OLD_PARTS), p.incr(self._k(name, "seq")),
+                               p.xadd(self._changes, {"m": name}, maxlen=CHANGES_KEPT, approximate=True)))
 
     def _ids(self, name: str) -> list[str]:
         return [i.decode() for i in self._call(lambda: self.client.zrange(self._k(name, "order"), 0, -1))]
@@ -286,17 +295,31 @@ class RedisStore:
     # --- reads ------------------------------------------------------------------------
 
     def load(self, name: str) -> Stored:
-        def build(p: redis.client.Pipeline) -> None:
-            p.get(self._k(name, "config"))
-            p.hgetall(self._k(name, "checkpoint"))
-            p.xrange(self._k(name, "oplog"))
+        config, cp, head, log_ = self._run("load", name, [], [])
+        fields = dict(zip(cp[::2], cp[1::2], strict=True))
+        checkpoint = Checkpoint(int(fields[b"seq"]), fields[b"state"], fields[b"saved_at"].decode(),
+                                int(fields.get(b"folded", 0))) if fields else None
+        return Stored(json.loads(config) if config else None, checkpoint, _ops(log_), int(head))
 
-        config, cp, entries = self._multi(build)
-        checkpoint = Checkpoint(int(cp[b"seq"]), cp[b"state"], cp[b"saved_at"].decode()) if cp else None
-        return Stored(json.loads(config) if config else None, checkpoint,
-                      [(int(eid.split(b"-")[0]), json.loads(fields[b"ids"])) for eid, fields in entries])
+    def changes(self, name: str, since: int) -> tuple[int, list[Op]]:
+        head, log_ = self._run("changes", name, [], [since])
+        return int(head), _ops(log_)
 
-    def latents(self, name: str, chunk: int = 8192) -> Iterator[tuple[list[str], Tensor]]:
+    def heads(self, names: list[str]) -> list[int]:
+        got = self._call(lambda: self._pipeline(lambda p: [p.get(self._k(n, "seq")) for n in names]))
+        return [int(h or 0) for h in got]
+
+    def tail(self, position: str, block_s: float) -> tuple[str, list[str]]:
+        if not position:  # from now on: the newest entry's id
+            last = self._call(lambda: self.client.xrevrange(self._changes, count=1))
+            return (last[0][0].decode() if last else "0-0"), []
+        got = self._call(lambda: self.client.xread({self._changes: position}, block=max(1, int(block_s * 1000))))
+        if not got:
+            return position, []
+        entries_ = got[0][1]
+        return entries_[-1][0].decode(), list(dict.fromkeys(f[b"m"].decode() for _, f in entries_))
+
+    def latents(self, name: str, chunk: int = 8192, upto: int | None = None) -> Iterator[tuple[list[str], Tensor]]:
         start = 0
         while True:
             ids = [i.decode() for i in self._call(
@@ -304,13 +327,16 @@ class RedisStore:
             if not ids:
                 return
             start += len(ids)
+            rows = self._call(lambda ids=ids: self._pipeline(
+                lambda p: [p.hmget(self._fact(name, i), "latent", "seq") for i in ids]))
+            kept = [(i, blob) for i, (blob, seq) in zip(ids, rows, strict=True)
+                    if blob is not None and (upto is None or int(seq or 0) <= upto)]
+            if kept:
+                yield [i for i, _ in kept], codec.latents_from([blob for _, blob in kept])
 
-            def build(p: redis.client.Pipeline, ids: list[str] = ids) -> None:
-                for i in ids:
-                    p.hget(self._fact(name, i), "latent")
-
-            blobs = self._call(lambda ids=ids: self._pipeline(build))
-            yield ids, codec.latents_from(blobs)
+    def latents_of(self, name: str, ids: list[str]) -> list[Tensor | None]:
+        blobs = self._call(lambda: self._pipeline(lambda p: [p.hget(self._fact(name, i), "latent") for i in ids]))
+        return [None if b is None else codec.latents_from([b])[0] for b in blobs]
 
     def _pipeline(self, build: Callable[[redis.client.Pipeline], object]) -> list:
         pipe = self.client.pipeline(transaction=False)
@@ -423,13 +449,13 @@ class RedisStore:
         return done
 
     def close(self) -> None:
-        with self._lease_lock:
-            self._closed = True
-            owner, self._owner = self._owner, None
-            renewer, self._renewer = self._renewer, None
-        if owner is not None:
-            self._renewing.set()
-            if renewer is not None:
-                renewer.join(timeout=1.0)  # a renewal under way ends within the socket timeout anyway
-            self._release(owner)  # compare-and-delete: a lease someone else took meanwhile stays theirs
         self.client.close()
+
+
+def _ops(entries_: list) -> list[Op]:
+    """Log entries as a script returns them ([id, [field, value, ...]]) as operations."""
+    out = []
+    for eid, flat in entries_:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        out.append(Op(int(eid.split(b"-")[0]), fields.get(b"op", b"write").decode(), json.loads(fields[b"ids"])))
+    return out

@@ -33,13 +33,15 @@ from typing import Any
 
 from torch import Tensor
 
+from service.errors import DuplicateFact
 from service.store import codec
-from service.store.base import Checkpoint, Fact, Stored, StoreError, StoreHeld, entries
+from service.store.base import Checkpoint, Fact, Op, Stale, Stored, StoreError, StoreHeld, entries
 from service.timing import utc_now
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "larimar.sqlite3"
+_STALE_UNLESS = "-- the head is args[2]"  # a pseudo-statement of _tx: Stale unless memory args[0]'s head is args[2]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (name TEXT PRIMARY KEY, config TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS facts (
@@ -66,7 +68,13 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 class SqliteStore:
     """The database ``path``; ``old_layout`` is a directory whose memories in the layout before this one
-    ``migrate`` moves in (a ``file://DIR`` store's DIR)."""
+    ``migrate`` moves in (a ``file://DIR`` store's DIR).
+
+    One process writes it (``claim``), so the log holds writes only: a forget or replace saves the checkpoint
+    after it, which is all a later start needs, and no other server follows the log. The head is the later of
+    the checkpoint's sequence number and the log's last."""
+
+    shared = False
 
     def __init__(self, path: str | Path, old_layout: Path | None = None) -> None:
         self.path = Path(path)
@@ -97,6 +105,12 @@ class SqliteStore:
             try:
                 self._w.execute("BEGIN IMMEDIATE")
                 for i, (sql, args) in enumerate(statements):
+                    if sql is _STALE_UNLESS and (head := self._head(self._w, args[0])) != args[2]:
+                        self._w.execute("ROLLBACK")
+                        raise Stale(f"sqlite store {self.path}: memory {args[0]!r} is at operation {head}, not "
+                                    f"{args[2]}", head)
+                    if sql is _STALE_UNLESS:
+                        continue
                     changed = self._w.execute(sql, args).rowcount
                     if i == 0 and changed < first_must_change:
                         self._w.execute("ROLLBACK")
@@ -107,6 +121,17 @@ class SqliteStore:
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
                 raise StoreError(f"sqlite store: {e}") from e
+
+    def _head(self, con: sqlite3.Connection, name: str) -> int:
+        return int(con.execute("SELECT MAX(COALESCE((SELECT seq FROM checkpoints WHERE memory = ?), 0), "
+                               "COALESCE((SELECT MAX(seq) FROM log WHERE memory = ?), 0))", (name, name)).fetchone()[0])
+
+    def _following(self, name: str, checkpoint: Checkpoint | None) -> list[tuple[str, tuple]]:
+        """A statement that fails the transaction (Stale) unless ``checkpoint`` is at the head: see _tx (one
+        process writes, so nothing else comes between)."""
+        if checkpoint is None:
+            return []
+        return [(_STALE_UNLESS, (name, name, checkpoint.seq))]
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._rlock:
@@ -172,35 +197,65 @@ class SqliteStore:
 
     # --- changes --------------------------------------------------------------------
 
-    def write(self, name: str, seq: int, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None
-              ) -> None:
-        stmts: list[tuple[str, tuple]] = [
-            ("INSERT OR IGNORE INTO memories VALUES (?, ?, ?)", (name, json.dumps(config), utc_now()))]
-        stmts += [("INSERT INTO facts (memory, id, text, metadata, created_at, latent) VALUES (?, ?, ?, ?, ?, ?)",
-                   (name, f.id, f.text, json.dumps(f.metadata), f.created_at, codec.latent_bytes(f.latent)))
-                  for f in facts]
-        stmts += [("INSERT INTO log VALUES (?, ?, ?)", (name, seq + i, json.dumps([f.id for f in op])))
-                  for i, op in enumerate(entries(facts, entry_size))]
-        self._tx(stmts)
+    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None) -> int:
+        with self._wlock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+                seq = self._head(self._w, name) + 1
+                self._w.execute("INSERT OR IGNORE INTO memories VALUES (?, ?, ?)",
+                                (name, json.dumps(config), utc_now()))
+                self._w.executemany(
+                    "INSERT INTO facts (memory, id, text, metadata, created_at, latent) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(name, f.id, f.text, json.dumps(f.metadata), f.created_at, codec.latent_bytes(f.latent))
+                     for f in facts])
+                self._w.executemany("INSERT INTO log VALUES (?, ?, ?)", [
+                    (name, seq + i, json.dumps([f.id for f in op])) for i, op in enumerate(entries(facts, entry_size))])
+                self._w.execute("COMMIT")
+                return seq
+            except sqlite3.IntegrityError as e:  # UNIQUE (memory, id)
+                self._w.execute("ROLLBACK")
+                raise DuplicateFact(f"memory {name!r} already holds a fact of these ids: {e}") from e
+            except sqlite3.Error as e:
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise StoreError(f"sqlite store: {e}") from e
 
     def _checkpoint_stmts(self, name: str, cp: Checkpoint) -> list[tuple[str, tuple]]:
         return [("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (name, cp.seq, cp.state, cp.saved_at)),
                 ("DELETE FROM log WHERE memory = ? AND seq <= ?", (name, cp.seq))]
 
-    def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> bool:
+    def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> int:
         marks = ",".join("?" * len(fact_ids))
-        return self._tx([(f"DELETE FROM facts WHERE memory = ? AND id IN ({marks})", (name, *fact_ids)),
-                         *self._checkpoint_stmts(name, checkpoint)], first_must_change=len(fact_ids))
+        after = Checkpoint(checkpoint.seq + 1, checkpoint.state, checkpoint.saved_at)  # this forget, unlogged
+        done = self._tx([(f"DELETE FROM facts WHERE memory = ? AND id IN ({marks})", (name, *fact_ids)),
+                         *self._following(name, checkpoint), *self._checkpoint_stmts(name, after)],
+                        first_must_change=len(fact_ids))
+        return after.seq if done else 0
 
-    def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> bool:
+    def replace(self, name: str, fact: Fact, checkpoint: Checkpoint | None) -> int:
         sets, args = "text = ?, metadata = ?", [fact.text, json.dumps(fact.metadata)]
         if fact.latent is not None:
             sets, args = sets + ", latent = ?", [*args, codec.latent_bytes(fact.latent)]
-        return self._tx([(f"UPDATE facts SET {sets} WHERE memory = ? AND id = ?", (*args, name, fact.id)),
-                         *(self._checkpoint_stmts(name, checkpoint) if checkpoint else [])], first_must_change=1)
+        after = None if checkpoint is None else Checkpoint(checkpoint.seq + 1, checkpoint.state, checkpoint.saved_at)
+        done = self._tx([(f"UPDATE facts SET {sets} WHERE memory = ? AND id = ?", (*args, name, fact.id)),
+                         *self._following(name, checkpoint),
+                         *(self._checkpoint_stmts(name, after) if after else [])], first_must_change=1)
+        if not done:
+            return 0
+        if after is not None:
+            return after.seq
+        with self._rlock:
+            return self._head(self._r, name)
 
     def checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
-        self._tx(self._checkpoint_stmts(name, checkpoint))
+        with self._rlock:  # one process writes: nothing moves the head meanwhile
+            head = self._head(self._r, name)
+        if checkpoint.seq > head:
+            raise Stale(f"sqlite store {self.path}: memory {name!r} is at operation {head}, behind checkpoint "
+                        f"{checkpoint.seq}", head)
+        saved = self._read("SELECT seq FROM checkpoints WHERE memory = ?", (name,))
+        if not saved or saved[0][0] < checkpoint.seq:
+            self._tx(self._checkpoint_stmts(name, checkpoint))
 
     def delete(self, name: str) -> None:
         self._tx([(f"DELETE FROM {table} WHERE memory = ?", (name,)) for table in ("facts", "checkpoints", "log",
@@ -210,13 +265,36 @@ class SqliteStore:
     # --- reads -------------------------------------------------------------------------
 
     def load(self, name: str) -> Stored:
-        config = self._read("SELECT config FROM memories WHERE name = ?", (name,))
-        cp = self._read("SELECT seq, state, saved_at FROM checkpoints WHERE memory = ?", (name,))
-        entries = self._read("SELECT seq, ids FROM log WHERE memory = ? ORDER BY seq", (name,))
+        with self._rlock:  # one read transaction: one instant
+            try:
+                self._r.execute("BEGIN")
+                config = self._r.execute("SELECT config FROM memories WHERE name = ?", (name,)).fetchall()
+                cp = self._r.execute("SELECT seq, state, saved_at FROM checkpoints WHERE memory = ?",
+                                     (name,)).fetchall()
+                ops = self._r.execute("SELECT seq, ids FROM log WHERE memory = ? ORDER BY seq", (name,)).fetchall()
+                head = self._head(self._r, name)
+                self._r.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._r.in_transaction:
+                    self._r.execute("ROLLBACK")
+                raise StoreError(f"sqlite store: {e}") from e
         return Stored(json.loads(config[0][0]) if config else None, Checkpoint(*cp[0]) if cp else None,
-                      [(seq, json.loads(ids)) for seq, ids in entries])
+                      [Op(seq, "write", json.loads(ids)) for seq, ids in ops], head)
 
-    def latents(self, name: str, chunk: int = 8192) -> Iterator[tuple[list[str], Tensor]]:
+    def changes(self, name: str, since: int) -> tuple[int, list[Op]]:
+        rows = self._read("SELECT seq, ids FROM log WHERE memory = ? AND seq >= ? ORDER BY seq", (name, since))
+        with self._rlock:
+            head = self._head(self._r, name)
+        return head, [Op(seq, "write", json.loads(ids)) for seq, ids in rows]
+
+    def heads(self, names: list[str]) -> list[int]:
+        with self._rlock:
+            return [self._head(self._r, n) for n in names]
+
+    def tail(self, position: str, block_s: float) -> tuple[str, list[str]]:
+        raise NotImplementedError("an embedded store has one writer: there is nothing to follow")
+
+    def latents(self, name: str, chunk: int = 8192, upto: int | None = None) -> Iterator[tuple[list[str], Tensor]]:
         last = -1
         while True:
             rows = self._read("SELECT pos, id, latent FROM facts WHERE memory = ? AND pos > ? ORDER BY pos LIMIT ?",
@@ -225,6 +303,14 @@ class SqliteStore:
                 return
             last = rows[-1][0]
             yield [r[1] for r in rows], codec.latents_from([r[2] for r in rows])
+
+    def latents_of(self, name: str, ids: list[str]) -> list[Tensor | None]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._read(f"SELECT id, latent FROM facts WHERE memory = ? AND id IN ({marks})", (name, *ids))
+        found = dict(zip([r[0] for r in rows], codec.latents_from([r[1] for r in rows]) if rows else [], strict=True))
+        return [found.get(i) for i in ids]
 
     def facts(self, name: str, ids: list[str]) -> list[Fact | None]:
         if not ids:
@@ -346,11 +432,11 @@ def import_old(store: Any, name: str, snapshot: bytes | None, entries: list[byte
         seq, config = int(meta["seq"]), meta["config"]
         facts = [Fact(**f, latent=z) for f, z in zip(meta["facts"], tensors["latents"], strict=True)]
         state = codec.encode({k: tensors[k] for k in ("M", "C_inv", "M_ref", "updates")}, {})
-        store.write(name, 0, facts, config)  # op 0 (the memory itself), covered by the checkpoint that follows
-        store.checkpoint(name, Checkpoint(seq, state, meta.get("snapshot_at") or utc_now()))
+        first = store.write(name, facts, config)  # the memory itself, covered by the checkpoint that follows
+        store.checkpoint(name, Checkpoint(first, state, meta.get("snapshot_at") or utc_now()))
     for blob in entries:
         tensors, meta = codec.decode(blob)
         if int(meta["seq"]) <= seq:
             continue  # already inside the snapshot
         facts = [Fact(**f, latent=z) for f, z in zip(meta["facts"], tensors["latents"], strict=True)]
-        store.write(name, int(meta["seq"]), facts, config)
+        store.write(name, facts, config)  # the store numbers it: the old numbers only order the entries
