@@ -56,8 +56,8 @@ def decoder_choice(settings: Settings) -> DecoderChoice:
     return choose_decoder(settings.llm, settings.encoder, settings.decoder, settings.adapter, settings.scope_threshold)
 
 
-def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedModels], background: bool = False
-                 ) -> Editor:
+def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedModels], background: bool = False,
+                 replication_lag: Callable[[float], None] | None = None) -> Editor:
     """The editor over the configured store, decoder and scope threshold (set, or chosen on development data).
 
     ``background`` (the server): restore runs while the service already answers, unready, and forgets are
@@ -83,7 +83,7 @@ def build_editor(settings: Settings, models: LoadedModels | Callable[[], LoadedM
             registry.restore_in_background()
             registry.purge_in_background()
             registry.index_in_background(settings.index_above)
-            registry.follow_in_background()
+            registry.follow_in_background(replication_lag)  # a shared store: the other replicas' changes
         else:
             try:
                 n = registry.restore()
@@ -238,7 +238,8 @@ def create_app(settings: Settings | None = None, models: LoadedModels | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.editor = build_editor(settings, models or (lambda: load_models(settings)), background=True)
+        app.state.editor = build_editor(settings, models or (lambda: load_models(settings)), background=True,
+                                        replication_lag=app.state.metrics.replication_lag.observe)
         app.state.documents = Documents(app.state.editor)
         log.info("larimar ready")
         async with mcp.session_manager.run():  # the MCP endpoint's sessions live as long as the app

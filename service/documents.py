@@ -9,7 +9,9 @@ Guarantees:
   document of at most ``document_inline_pieces`` pieces is ingested within the call (201, ready); a larger
   one by the background worker (202, then ``written`` counts up). A restart resumes an unfinished one from
   its record, skipping the pieces already written (their ids are fixed), and the text leaves the record once
-  every piece is written (the next purge takes it from the store's files, as for a forget).
+  every piece is written (the next purge takes it from the store's files, as for a forget). Replicas that
+  both resume one (a shared store) race batch by batch; the one whose batch is refused as already written
+  leaves the rest to the other.
 - Delete forgets every piece (a cancelled ingest first stops between batches), then drops the record; a crash
   in between is finished on restart (status ``deleting``).
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 from models.chunking import Piece, split_document
 from service.editor import Editor
-from service.errors import NoMemory, NotFound
+from service.errors import DuplicateFact, NoMemory, NotFound
 from service.pieces import piece_id, piece_metadata
 from service.store import StoreError
 from service.timing import utc_now
@@ -173,6 +175,9 @@ class Documents:
             self.registry.erasure_pending()  # the record held the text until now
         except NoMemory:  # the memory was deleted, and the document with it: nothing left to record
             log.info("memory %r was deleted while document %s was ingested", job.memory, job.doc_id)
+        except DuplicateFact:  # replicas: another server resumed it too and wrote this batch first
+            log.info("document %s of memory %r: another server is writing its pieces; left to it", job.doc_id,
+                     job.memory)
         except Exception as e:  # noqa: BLE001 - the record says what failed; DELETE removes what was written
             log.exception("ingesting document %s into memory %r failed", job.doc_id, job.memory)
             failed = record.now(status="failed", error=str(e), written=self._written.get(job, 0))

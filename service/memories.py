@@ -477,7 +477,8 @@ class MemoryRegistry:
         R = torch.randn((4, *M.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # (4, K, C)
         rebuilt = reading.rebuilt().M.double() if view.live else torch.zeros_like(M)  # (K, C)
         scale = float(rebuilt.abs().max()) or 1.0
-        ids = sorted(i for i, dead in zip(view.ids, view.dead_buffer[: view.n].tolist(), strict=True) if not dead)
+        dead = view.dead_buffer[: view.n].tolist()  # ids past n belong to later views
+        ids = sorted(i for i, gone in zip(view.ids[: view.n], dead, strict=True) if not gone)
         return StateCheck(name, seq, view.live, (R * M.to(R.device)).sum((1, 2)).tolist(), float(M.norm()),
                           hashlib.sha256("".join(i + "\n" for i in ids).encode()).hexdigest(),
                           float((M - rebuilt).abs().max()) / scale)
@@ -487,11 +488,12 @@ class MemoryRegistry:
         h = self._handles.get(name)
         return None if h is None else h.seq
 
-    def follow_in_background(self) -> threading.Thread | None:
-        """On a shared store, apply the other servers' operations as they are logged (service.replicas)."""
+    def follow_in_background(self, observe: Callable[[float], None] | None = None) -> threading.Thread | None:
+        """On a shared store, apply the other servers' operations as they are logged (service.replicas);
+        ``observe`` gets each one's visibility lag in seconds."""
         from service import replicas  # it reads the request schemas, which read this module
 
-        return replicas.follow(self, self._stop) if self.store.shared else None
+        return replicas.follow(self, self._stop, observe) if self.store.shared else None
 
     def sweep(self) -> None:
         """Catch up every memory whose head moved, and load those made elsewhere: what ``tail`` missed (a Redis
@@ -589,13 +591,17 @@ class MemoryRegistry:
               entry_size: int | None = None) -> list[Fact]:
         """Durably store and log, then apply and publish. Returns the new facts; ``timer`` gets each step.
 
+        The memory's lock is not held while the store writes: the store gives the write its place in the order,
+        and it is applied under the lock in that order (with what other writers, here or on other servers,
+        logged before it), so one slow store round trip does not hold up the others.
+
         ``kept``: each fact's (id, created_at) from elsewhere (an import), instead of new ones; an id the memory
         already holds raises ``DuplicateFact`` before anything is stored. Without ``create`` a memory that does
         not exist (deleted meanwhile) raises ``NoMemory`` instead of being made anew. ``entry_size`` (an import):
         still one store transaction and one published view, so readers and a restart see all of it or none,
         applied and logged as updates of at most that many facts (``Store.write``), each a small solve."""
         timer = timer or Timer()
-        with self._holding(name, create=create) as h:
+        with self._holding(name, create=create) as h:  # checks only: the store is written without the lock
             if h is None:
                 raise NoMemory(f"memory {name!r} does not exist")
             timer.lap("lock")
@@ -607,27 +613,29 @@ class MemoryRegistry:
             if kept is not None and (taken := [i for i, _ in kept if i in h.row_of]):
                 self._drop_if_unborn(h)
                 raise DuplicateFact(f"memory {name!r} already holds fact {taken[0]!r}")
-            latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
-            facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
-            try:
-                first = self.store.write(name, facts, asdict(h.mem.cfg), entry_size)
-            except Exception:
-                self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
-                raise
-            timer.lap("store_append")
-            self.cache.written(name, facts)
-            ops, start = entries(facts, entry_size), 0
-            own = {}  # seq -> (len(op), C) the latents of each operation of this write
-            for k, op in enumerate(ops):
-                own[first + k] = latents[start : start + len(op)]
-                start += len(op)
-            if first == h.seq + 1:  # nothing from another server in between: apply what is in hand
+            config = asdict(h.mem.cfg)
+        latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
+        facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
+        try:  # the store numbers it (ids are checked unique there too), so writers need not wait for each other
+            first = self.store.write(name, facts, config, entry_size)
+        except Exception:
+            self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
+            raise
+        timer.lap("store_append")
+        self.cache.written(name, facts)
+        ops, start = entries(facts, entry_size), 0
+        own = {}  # seq -> (len(op), C) the latents of each operation of this write
+        for k, op in enumerate(ops):
+            own[first + k] = latents[start : start + len(op)]
+            start += len(op)
+        with self._holding(name, create=True) as h:  # (made anew if a delete came between: it follows the store)
+            if first == h.seq + 1:  # nothing from another writer in between: apply what is in hand
                 view = h.view
                 for k, op in enumerate(ops):
                     view = h.appended([f.id for f in op], own[first + k], view)
                 h.seq, h.log_entries, h.view = first + len(ops) - 1, h.log_entries + len(ops), view
                 h.last = Op(h.seq, "write", [f.id for f in ops[-1]])
-            else:  # another server's operations first, in the store's order
+            elif h.seq < first + len(ops) - 1:  # others' operations first, in the store's order
                 self._catch_up(h, own)
             timer.lap("apply")
             if h.log_entries >= self.snapshot_every:

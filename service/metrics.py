@@ -65,6 +65,10 @@ class Metrics:
         self.latency = Histogram("larimar_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.replication_lag = Histogram(
+            "larimar_replication_lag_seconds", "From Redis logging another replica's change to this replica "
+            "applying it (service/replicas.py)", registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.registry.register(_MemoryCollector(app, memory_names))
 
     def middleware(self, app: ASGIApp) -> ASGIApp:

@@ -39,8 +39,11 @@ SWEEP_S = 5.0  # every memory's head compared with this server's copy this often
 MEMORY_PATH = re.compile(rf"^/v1/memories/({MEMORY_NAME.strip('^$')})(?:/|$)")
 
 
-def follow(registry: MemoryRegistry, stop: threading.Event) -> threading.Thread:
-    """Start the thread that applies the other servers' operations as the store logs them."""
+def follow(registry: MemoryRegistry, stop: threading.Event, observe: Callable[[float], None] | None = None
+           ) -> threading.Thread:
+    """Start the thread that applies the other servers' operations as the store logs them; ``observe`` gets,
+    per memory caught up, the seconds from the store logging another server's change to this server applying
+    it (or finding it applied already: a write here may have applied it first)."""
 
     def loop() -> None:
         position, swept = "", time.monotonic()
@@ -50,9 +53,11 @@ def follow(registry: MemoryRegistry, stop: threading.Event) -> threading.Thread:
                 continue
             try:
                 position = position or registry.position or registry.store.tail("", 0)[0]
-                position, names = registry.store.tail(position, BLOCK_S)
-                for name in names:
+                position, changed = registry.store.tail(position, BLOCK_S)
+                for name, logged_at in changed:
                     registry.catch_up(name)
+                    if observe is not None:
+                        observe(max(0.0, time.time() - logged_at))
                 if time.monotonic() - swept >= SWEEP_S:
                     registry.sweep()
                     swept = time.monotonic()

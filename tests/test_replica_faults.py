@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.replicas import BASE, Cluster, kills, lag, load, redis_fault
+from bench.replicas import BASE, Cluster, applied_lag, kills, lag, load, redis_fault
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,8 @@ def test_a_write_is_seen_everywhere_and_read_through_any_replica_with_its_sequen
     seen = lag(replicas, writes=30)
     print("visibility lag across replicas (ms):", seen["lag_ms"])
     assert seen["lag_ms"]["max"] < 2000, "every write seen by every other replica, well within the run"
+    applied = applied_lag(replicas.bases)
+    assert applied["n"] >= 30, "each replica measures the lag of what it applied from the others (/metrics)"
 
 
 def test_acknowledged_writes_and_forgets_survive_a_replica_killed_and_restarted(replicas: Cluster) -> None:

@@ -95,13 +95,15 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
 
 def test_a_shared_store_logs_every_kind_and_says_which_memories_changed(redis_url: str) -> None:
     """Redis: forgets, replaces and metadata changes are logged for the other servers, the head survives a
-    delete, and ``tail`` names changed memories from a position on."""
-    store = RedisStore(redis_url)
-    position, _ = store.tail("", 0)
+    delete, and ``tail`` names the memories other servers changed from a position on."""
+    store, other = RedisStore(redis_url), RedisStore(redis_url)  # two servers
+    position, _ = other.tail("", 0)
     store.write("a", [fact(0), fact(1)], CFG)
     store.write("b", [fact(5)], CFG)
-    position, names = store.tail(position, 1.0)
-    assert names == ["a", "b"]
+    assert store.tail(position, 0.2)[1] == [], "a server's own changes are not named to it"
+    position, changed = other.tail(position, 1.0)
+    assert [name for name, _ in changed] == ["a", "b"]
+    assert all(abs(at - time.time()) < 5 for _, at in changed), "when each changed, by the store's clock"
     mark = position
     assert store.forget("a", ["id0"], Checkpoint(1, b"s2", "t")) == 2
     assert store.replace("a", Fact("id1", "new text", {"k": 1}, "x"), None) == 3  # same latent: meta
@@ -120,12 +122,13 @@ def test_a_shared_store_logs_every_kind_and_says_which_memories_changed(redis_ur
     with pytest.raises(Stale):
         store.forget("a", ["id8"], Checkpoint(5, b"x", "t"))
     t0 = time.monotonic()
-    assert store.tail(mark, 0.3)[1] == ["a"] and time.monotonic() - t0 < 0.3, "named at once"
-    assert store.tail(store.tail("", 0)[0], 0.3)[1] == [], "nothing new: waits, then nothing"
+    assert [n for n, _ in other.tail(mark, 0.3)[1]] == ["a"] and time.monotonic() - t0 < 0.3, "named at once"
+    assert other.tail(other.tail("", 0)[0], 0.3)[1] == [], "nothing new: waits, then nothing"
     store.delete("a")
     assert store.heads(["a"]) == [7] and store.changes("a", 7) == (7, []), "a delete moves the head on"
     assert store.write("a", [fact(7)], CFG) == 8
     store.close()
+    other.close()
 
 
 def test_unknown_store_url() -> None:

@@ -117,3 +117,4 @@ class MemoryInfo:
     last_snapshot: str | None
     erasure: str
     lookup: str = "exact"
+    seq: int = 0  # the operation the answering server's copy is at (send it as Larimar-Seq to read at least that far)

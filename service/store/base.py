@@ -173,9 +173,10 @@ class Store(Protocol):
         ``since`` mean the caller reloads the memory."""
         ...
 
-    def tail(self, position: str, block_s: float) -> tuple[str, list[str]]:
-        """Shared stores: the memories changed since ``position`` ("" = from now on), waiting up to ``block_s``
-        for one, and the position to follow on from."""
+    def tail(self, position: str, block_s: float) -> tuple[str, list[tuple[str, float]]]:
+        """Shared stores: the memories other servers changed since ``position`` ("" = from now on), each with
+        when (Unix time, the store's clock) it first changed, waiting up to ``block_s`` for one, and the position
+        to follow on from."""
         ...
 
     def heads(self, names: list[str]) -> list[int]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -56,6 +57,7 @@ CHANGES_KEPT = 10_000  # p:changes is capped near this many entries (replicas re
 # stored before heads were kept gets its own from its checkpoint and log once); logged() makes op ``seq`` the head,
 # logs it, and names the memory on p:changes.
 _PRELUDE = """
+local ORIGIN = table.remove(ARGV)  -- the server running the script (RedisStore.origin): named on p:changes
 local function head()
     local h = redis.call('get', KEYS[5])
     if h then return tonumber(h) end
@@ -68,7 +70,7 @@ end
 local function logged(seq, name, kind, ids, changes_kept)
     redis.call('set', KEYS[5], seq)
     redis.call('xadd', KEYS[7], seq .. '-1', 'op', kind, 'ids', ids)
-    redis.call('xadd', KEYS[8], 'MAXLEN', '~', changes_kept, '*', 'm', name)
+    redis.call('xadd', KEYS[8], 'MAXLEN', '~', changes_kept, '*', 'm', name, 'by', ORIGIN)
 end
 local function checkpointed(seq, folded, state, saved_at, retain)
     redis.call('hset', KEYS[6], 'seq', seq, 'folded', folded, 'state', state, 'saved_at', saved_at)
@@ -172,6 +174,7 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "larimar") -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
         self.prefix = prefix
+        self.origin = uuid.uuid4().hex[:12]  # names this server's changes on p:changes, so its tail skips them
         self._scripts = {name: self.client.register_script(src) for name, src in (
             ("write", _WRITE), ("forget", _FORGET), ("replace", _REPLACE), ("checkpoint", _CHECKPOINT),
             ("load", _LOAD), ("changes", _CHANGES))}
@@ -205,7 +208,7 @@ class RedisStore:
             raise StoreError(f"redis: {e}") from e
 
     def _run(self, script: str, name: str, facts: list[str], args: list[Any]) -> Any:
-        return self._call(lambda: self._scripts[script](keys=self._keys(name) + facts, args=args))
+        return self._call(lambda: self._scripts[script](keys=self._keys(name) + facts, args=[*args, self.origin]))
 
     def _multi(self, build: Callable[[redis.client.Pipeline], object]) -> list:
         def run() -> list:
@@ -309,7 +312,7 @@ class RedisStore:
         got = self._call(lambda: self._pipeline(lambda p: [p.get(self._k(n, "seq")) for n in names]))
         return [int(h or 0) for h in got]
 
-    def tail(self, position: str, block_s: float) -> tuple[str, list[str]]:
+    def tail(self, position: str, block_s: float) -> tuple[str, list[tuple[str, float]]]:
         if not position:  # from now on: the newest entry's id
             last = self._call(lambda: self.client.xrevrange(self._changes, count=1))
             return (last[0][0].decode() if last else "0-0"), []
@@ -317,7 +320,11 @@ class RedisStore:
         if not got:
             return position, []
         entries_ = got[0][1]
-        return entries_[-1][0].decode(), list(dict.fromkeys(f[b"m"].decode() for _, f in entries_))
+        changed: dict[str, float] = {}  # the earliest change of each memory; an entry's id is Redis's clock in ms
+        for eid, f in entries_:
+            if f.get(b"by", b"").decode() != self.origin:
+                changed.setdefault(f[b"m"].decode(), int(eid.split(b"-")[0]) / 1000)
+        return entries_[-1][0].decode(), list(changed.items())
 
     def latents(self, name: str, chunk: int = 8192, upto: int | None = None) -> Iterator[tuple[list[str], Tensor]]:
         start = 0

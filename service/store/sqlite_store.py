@@ -291,7 +291,7 @@ class SqliteStore:
         with self._rlock:
             return [self._head(self._r, n) for n in names]
 
-    def tail(self, position: str, block_s: float) -> tuple[str, list[str]]:
+    def tail(self, position: str, block_s: float) -> tuple[str, list[tuple[str, float]]]:
         raise NotImplementedError("an embedded store has one writer: there is nothing to follow")
 
     def latents(self, name: str, chunk: int = 8192, upto: int | None = None) -> Iterator[tuple[list[str], Tensor]]:
