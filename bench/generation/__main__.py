@@ -11,7 +11,9 @@ prompt when its answer is exactly the memory-off one. Each failure gets its caus
 not among those recalled, or the model not using a fact it was shown. ``--filler`` writes CounterFact
 training-range facts first, so the items sit in a larger memory.
 
-Another LLM: ``LARIMAR_LLM=<gguf or HF dir> python -m bench.generation --tag <name>`` (a model without a trained
+On an LLM engine: ``LARIMAR_LLM_URL=http://127.0.0.1:8080/v1 python -m bench.generation --tag engine`` (what
+the engine is sent and answers, as through the service; the answer bias stays out). Another LLM:
+``LARIMAR_LLM=<gguf or HF dir> python -m bench.generation --tag <name>`` (a model without a trained
 adapter gets context decoding). Results: ``bench/results/generation/<split>-<decoder>[-<tag>].json``.
 """
 
@@ -33,11 +35,13 @@ from bench.generation.items import FORMS, SPLITS, Item, build, same_subject, unr
 from bench.tables import fmt
 from bench.tables import table as md_table
 from models.device import describe_machine
+from models.llm import GREEDY
 from models.loading import load_models
 from models.scope import MENTION_RULE
 from models.text import stem, words
 from service.app import build_editor
 from service.editor import Editor
+from service.engine import PROMPTS
 from service.settings import Settings
 from training.data import DEFAULT_DATA, counterfact
 
@@ -72,10 +76,18 @@ def answers(editor: Editor, prompts: list[str], mode: str, batch: int) -> list[d
         chunk = prompts[i : i + batch]
         recalls = [editor.recall(MEMORY, p, mode) for p in chunk]  # type: ignore[arg-type]
         asks = [(p, r.readout) for p, r in zip(chunk, recalls, strict=True)]
-        gens = editor.decoder.generate_batch(editor.llm, asks, n)
+        gens = generated(editor, asks, n)
         out += [{"prompt": p, "answer": g.text, "in_scope": r.in_scope, "recalled": [f.text for f in r.facts]}
                 for p, r, g in zip(chunk, recalls, gens, strict=True)]
     return out
+
+
+def generated(editor: Editor, asks: list[tuple[str, Any]], n: int) -> list[Any]:
+    """Greedy answers as the /query route gives them: the decoder's in process, or, with LARIMAR_LLM_URL, the
+    engine's for the same conversation with the recalled facts (service/engine.py), one at a time."""
+    if editor.engine is None:
+        return editor.decoder.generate_batch(editor.llm, asks, n)
+    return [editor.engine.generate(PROMPTS.generation_messages(p, readout), n, GREEDY) for p, readout in asks]
 
 
 def unchanged(editor: Editor, prompts: list[str], batch: int) -> list[dict[str, Any]]:
