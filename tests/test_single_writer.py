@@ -65,6 +65,7 @@ def test_a_second_server_is_refused_naming_the_first_and_a_killed_holder_blocks_
         said = second.log_path.read_text()
         assert "StoreHeld" in said and re.search(rf"is held by \S+ pid {pid} since \S+", said), second.tail()
         assert "loading encoder" not in said, "refused before loading any model"
+        assert "run several on Redis (LARIMAR_STORE_URL=redis://" in said, "and pointed at the replica deployment"
 
         with httpx.Client(base_url=first.base, timeout=60) as c:  # the first goes on serving, writes and all
             assert c.get("/readyz").status_code == 200

@@ -160,7 +160,8 @@ class SqliteStore:
                 holder = _holder(fd)
                 os.close(fd)
                 raise StoreHeld(f"sqlite store {self.path} is held by {holder}: another larimar server writes it "
-                                "(one server per store); stop that one first") from None
+                                "(one server per SQLite store); stop that one first, or run several on Redis "
+                                "(LARIMAR_STORE_URL=redis://...; README \"Replicas\")") from None
             except OSError as e:
                 os.close(fd)
                 raise StoreError(f"sqlite store {self.lock_path}: {e}") from e
