@@ -845,16 +845,25 @@ class MemoryRegistry:
         return h is not None
 
     def purge_in_background(self, every_s: float = 0.5) -> threading.Thread:
-        """Purge ``purge_delay_s`` after the first forget or delete not yet purged (forgets in a burst share one)."""
+        """Purge ``purge_delay_s`` after the first forget or delete not yet purged (forgets in a burst share one);
+        on a shared store, also one another server made and did not purge (it stopped, say) a second later."""
+
+        def due() -> bool:
+            since = self._pending_since
+            if since is not None:
+                return time.monotonic() - since >= self.purge_delay_s
+            if not self.store.shared:
+                return False
+            shared = self.store.erasure_since()  # another server's, which may have stopped before it purged
+            return shared is not None and time.time() - shared >= self.purge_delay_s + 1.0
 
         def loop() -> None:
             while not self._stop.wait(every_s):
-                since = self._pending_since
-                if since is not None and time.monotonic() - since >= self.purge_delay_s:
-                    try:
+                try:
+                    if due():
                         self.purge()
-                    except Exception as e:  # noqa: BLE001 - retried on the next round
-                        log.warning("purge failed, retrying: %s", e)
+                except Exception as e:  # noqa: BLE001 - retried on the next round
+                    log.warning("purge failed, retrying: %s", e)
 
         t = threading.Thread(target=loop, name="larimar-purge", daemon=True)
         t.start()

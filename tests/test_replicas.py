@@ -21,6 +21,7 @@ import service.store.redis_store as redis_store
 from memory_core import MemoryConfig
 from service.memories import MemoryRegistry
 from service.store import RedisStore
+from tests.test_store import files_holding
 
 DIM = 32
 CFG = MemoryConfig(dim=DIM, slots=64)
@@ -190,3 +191,32 @@ def test_read_your_writes_across_replicas_with_the_sequence_number(open_replica:
 
     reach(b, "m", str(seq))
     assert b.applied("m") >= seq and len(held(b, "m")) == 2
+
+
+def test_a_forget_is_purged_from_the_files_by_another_replica_when_its_own_stops_first(
+        new_redis_server, tmp_path: Path) -> None:  # noqa: ANN001
+    """The replica that took a forget purges Redis's files LARIMAR_PURGE_DELAY_S later; stopped before that, it
+    leaves the forgotten fact in the AOF unless another replica, seeing the erasure marked in Redis, purges."""
+    server = new_redis_server()
+    server.start()
+
+    def replica(purge_delay_s: float) -> MemoryRegistry:
+        reg = MemoryRegistry(RedisStore(server.url), CFG, "cpu", snapshot_every=50, purge_delay_s=purge_delay_s)
+        reg.restore()
+        return reg
+
+    a = replica(3600.0)  # would purge an hour after its forget
+    (secret,) = a.write("m", [("The vault code of project Heron is 5309.", {})], latents(1, seed=7))
+    write(a, "m", 3, seed=1)
+    a.store.purge()  # an AOF base holding the secret, not only the increments
+    assert files_holding(server.workdir, [b"project Heron"]), "the test must see it on disk first"
+    assert a.forget("m", secret.id)
+    a.close()  # stopped before its purge
+    b = replica(0.5)
+    b.purge_in_background(every_s=0.1)
+    try:
+        wait_for(lambda: not files_holding(server.workdir, [b"project Heron"]), timeout=20)
+        wait_for(lambda: b.store.erasure_since() is None, timeout=20)  # and the mark goes (a purge that began
+        # in the second of the forget, or before it, leaves it for the next)
+    finally:
+        b.close()

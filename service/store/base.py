@@ -227,6 +227,12 @@ class Store(Protocol):
         """Make every delete so far reach every file the store writes (blocking until it has)."""
         ...
 
+    def erasure_since(self) -> float | None:
+        """Shared stores: when (Unix time) the oldest delete not yet purged happened, whichever server made it
+        (so another purges it if that one stops first); None: none, or an unshared store (its one server
+        knows)."""
+        ...
+
     def close(self) -> None:
         """Release the connection, and the claim where this process made one."""
         ...

@@ -16,6 +16,9 @@ Keys, for memory ``m`` under prefix ``p``:
     p:documents             set of memory names that have document records
     p:changes               stream of the names of memories changed, capped near CHANGES_KEPT: what replicas
                             block on (``tail``) to follow each other
+    p:purge:first, :last    when (Redis's clock, s) the oldest and newest forget, replace or delete not yet
+                            purged from the files happened: any replica purges once the oldest is
+                            LARIMAR_PURGE_DELAY_S old, so one that dies after a forget leaves no copy behind
 
 Every change is one Lua script or MULTI transaction, and takes its sequence number from ``p:m:m:seq`` inside
 it, so concurrent servers are ordered by Redis alone. Durability is the server's: run Redis with
@@ -58,6 +61,7 @@ CHANGES_KEPT = 10_000  # p:changes is capped near this many entries (replicas re
 # logs it, and names the memory on p:changes.
 _PRELUDE = """
 local ORIGIN = table.remove(ARGV)  -- the server running the script (RedisStore.origin): named on p:changes
+local PURGE = table.remove(ARGV)  -- p:purge, the prefix of the erasure marks (RedisStore.erasure_since)
 local function head()
     local h = redis.call('get', KEYS[5])
     if h then return tonumber(h) end
@@ -82,6 +86,9 @@ end
 local function erasing(kind, name, ids, state, saved_at, retain, changes_kept)
     local h, applied = head(), tonumber(ARGV[3])
     local seq = h + 1
+    local now = redis.call('time')[1]  -- erasure pending in the files from now until a purge that began later
+    redis.call('set', PURGE .. ':first', now, 'NX')
+    redis.call('set', PURGE .. ':last', now)
     logged(seq, name, kind, ids, changes_kept)
     redis.call('set', KEYS[9], seq)
     if applied == h then checkpointed(seq, 0, state, saved_at, retain)
@@ -155,6 +162,14 @@ if seq < tonumber(redis.call('get', KEYS[9]) or '0') then return {0, h} end
 checkpointed(seq, 0, ARGV[2], ARGV[3], tonumber(ARGV[4]))
 return {1, h}
 """
+# KEYS: p:purge:first, p:purge:last; ARGV: when the purge began (Redis's clock, s)
+_PURGED = """
+if tonumber(redis.call('get', KEYS[2]) or '0') < tonumber(ARGV[1]) then
+    redis.call('del', KEYS[1], KEYS[2])
+else
+    redis.call('set', KEYS[1], ARGV[1])
+end
+"""
 # {config or nil, checkpoint fields, head, log after the checkpoint}
 _LOAD = _PRELUDE + """
 local h = head()
@@ -177,7 +192,7 @@ class RedisStore:
         self.origin = uuid.uuid4().hex[:12]  # names this server's changes on p:changes, so its tail skips them
         self._scripts = {name: self.client.register_script(src) for name, src in (
             ("write", _WRITE), ("forget", _FORGET), ("replace", _REPLACE), ("checkpoint", _CHECKPOINT),
-            ("load", _LOAD), ("changes", _CHANGES))}
+            ("load", _LOAD), ("changes", _CHANGES), ("purged", _PURGED))}
 
     def _k(self, name: str, part: str) -> str:
         return f"{self.prefix}:m:{name}:{part}"
@@ -197,6 +212,10 @@ class RedisStore:
     def _changes(self) -> str:
         return f"{self.prefix}:changes"
 
+    @property
+    def _purge(self) -> str:
+        return f"{self.prefix}:purge"
+
     def _keys(self, name: str) -> list[str]:
         """KEYS[1..9] of every script: PARTS of memory ``name``."""
         return [self._index, *(self._k(name, part) for part in PARTS[1:-2]), self._changes, self._k(name, "erased")]
@@ -208,7 +227,8 @@ class RedisStore:
             raise StoreError(f"redis: {e}") from e
 
     def _run(self, script: str, name: str, facts: list[str], args: list[Any]) -> Any:
-        return self._call(lambda: self._scripts[script](keys=self._keys(name) + facts, args=[*args, self.origin]))
+        return self._call(lambda: self._scripts[script](keys=self._keys(name) + facts,
+                                                         args=[*args, self._purge, self.origin]))
 
     def _multi(self, build: Callable[[redis.client.Pipeline], object]) -> list:
         def run() -> list:
@@ -282,9 +302,12 @@ class RedisStore:
 
     def delete(self, name: str) -> None:
         ids = self._ids(name)
+        now = int(time.time())
         self._multi(lambda p: (p.srem(self._index, name), p.srem(self._with_documents, name),
                                self._drop(p, name, ids, NEW_PARTS + OLD_PARTS), p.incr(self._k(name, "seq")),
-                               p.xadd(self._changes, {"m": name}, maxlen=CHANGES_KEPT, approximate=True)))
+                               p.set(self._purge + ":first", now, nx=True), p.set(self._purge + ":last", now),
+                               p.xadd(self._changes, {"m": name, "by": self.origin}, maxlen=CHANGES_KEPT,
+                                      approximate=True)))
 
     def _ids(self, name: str) -> list[str]:
         return [i.decode() for i in self._call(lambda: self.client.zrange(self._k(name, "order"), 0, -1))]
@@ -390,8 +413,20 @@ class RedisStore:
 
     # --- erasure ------------------------------------------------------------------------
 
+    def erasure_since(self) -> float | None:
+        first = self._call(lambda: self.client.get(self._purge + ":first"))
+        return None if first is None else float(first)
+
     def purge(self, timeout_s: float = 300.0) -> None:
-        """Rewrite the AOF (and the RDB file where snapshots are on) from what the data set holds now."""
+        """Rewrite the AOF (and the RDB file where snapshots are on) from what the data set holds now; then the
+        erasure marks go, unless an erasure came in the second the rewrite began or after (then it is pending
+        from then on)."""
+        began = int(self._call(self.client.time)[0])
+        self._rewrite(timeout_s)
+        self._call(lambda: self._scripts["purged"](keys=[self._purge + ":first", self._purge + ":last"],
+                                                   args=[began]))
+
+    def _rewrite(self, timeout_s: float) -> None:
         info = self._call(lambda: self.client.info("persistence"))
         started = []
         if int(info.get("aof_enabled", 0)):

@@ -364,6 +364,9 @@ class SqliteStore:
         if busy:
             raise StoreError("sqlite store: a reader kept the WAL checkpoint from completing; try again")
 
+    def erasure_since(self) -> float | None:
+        return None  # one server: it knows what it deleted
+
     def close(self) -> None:
         with self._wlock, self._rlock:
             self._r.close()
