@@ -617,7 +617,7 @@ class MemoryRegistry:
         latents = latents.to(LATENT_DTYPE).float()  # (N, C) the values the memory keeps, see LATENT_DTYPE
         facts = [Fact(i, t, m, c, z) for (t, m), (i, c), z in zip(texts_meta, kept, latents, strict=True)]
         try:  # the store numbers it (ids are checked unique there too), so writers need not wait for each other
-            first = self.store.write(name, facts, config, entry_size)
+            first = self.store.write(name, facts, config, entry_size, create=create)
         except Exception:
             self._drop_if_unborn(h)  # a memory exists from its first *acknowledged* write
             raise
@@ -628,7 +628,9 @@ class MemoryRegistry:
         for k, op in enumerate(ops):
             own[first + k] = latents[start : start + len(op)]
             start += len(op)
-        with self._holding(name, create=True) as h:  # (made anew if a delete came between: it follows the store)
+        with self._holding(name, create=create) as h:  # made anew if a delete came between: it follows the store
+            if h is None:  # deleted here since it was stored, and not to be made anew
+                raise NoMemory(f"memory {name!r} was deleted meanwhile")
             if first == h.seq + 1:  # nothing from another writer in between: apply what is in hand
                 view = h.view
                 for k, op in enumerate(ops):

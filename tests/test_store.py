@@ -13,7 +13,7 @@ import redis
 import torch
 
 from bench.processes import RedisServer
-from service.errors import DuplicateFact
+from service.errors import DuplicateFact, NoMemory
 from service.store import Checkpoint, Fact, Op, RedisStore, SqliteStore, Stale, Store, StoreError, codec, open_store
 
 CFG = {"slots": 8, "dim": 4, "addressing": "linear", "ridge": 0.001, "gaussian_a": 0.001, "seed": 0}
@@ -90,6 +90,10 @@ def test_facts_checkpoint_and_log_contract(store: Store) -> None:
     assert store.write("m1", [fact(3)], CFG) == 7
     store.delete("m1")
     assert store.names() == ["m2"] and store.load("m1").checkpoint is None and store.load("m1").config is None
+    with pytest.raises(NoMemory):  # a write that may not make its memory finds it deleted: nothing written
+        store.write("m1", [fact(9)], CFG, create=False)
+    assert store.names() == ["m2"] and store.count("m1") == 0
+    assert store.write("m2", [fact(8)], CFG, create=False) == 2
     assert (store.page("m1", 10, 0), store.count("m1")) == ([], 0)
 
 

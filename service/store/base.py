@@ -119,11 +119,14 @@ class Store(Protocol):
 
     # --- changes: atomic and durable on return --------------------------------
 
-    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None) -> int:
+    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None,
+              create: bool = True) -> int:
         """Add the facts and log the write as the memory's next operation, or, with ``entry_size``, as its next
         operations of at most that many facts each (``entries``; an import: one step however large, each
         operation small enough to replay); ``config`` is kept at the memory's first write. Returns the first
-        operation's sequence number. DuplicateFact (nothing written): one of the ids is taken."""
+        operation's sequence number. DuplicateFact (nothing written): one of the ids is taken. Without ``create``,
+        NoMemory (nothing written) when the memory is not stored (deleted meanwhile): the check and the write are one
+        step, so a delete is never undone by a write that began before it."""
         ...
 
     def forget(self, name: str, fact_ids: list[str], checkpoint: Checkpoint) -> int:

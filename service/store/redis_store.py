@@ -44,7 +44,7 @@ from typing import Any
 import redis
 from torch import Tensor
 
-from service.errors import DuplicateFact
+from service.errors import DuplicateFact, NoMemory
 from service.store import codec
 from service.store.base import Checkpoint, Fact, Op, Stale, Stored, StoreError, entries
 from service.store.sqlite_store import import_old
@@ -100,10 +100,11 @@ local function stale()
     return applied > h or applied < tonumber(redis.call('get', KEYS[9]) or '0')
 end
 """
-# ARGV: name, config, changes_kept, n ops, (facts, ids JSON) per op, then (id, text, metadata, created_at, latent)
-# per fact; returns the first op's seq, or -k when the k-th fact's id is taken (nothing written: ids are unique
-# however many servers write)
+# ARGV: name, config ('' when the memory must exist already), changes_kept, n ops, (facts, ids JSON) per op, then
+# (id, text, metadata, created_at, latent) per fact; returns the first op's seq, 0 when the memory must exist and
+# does not, or -k when the k-th fact's id is taken (nothing written: ids are unique however many servers write)
 _WRITE = _PRELUDE + """
+if ARGV[2] == '' and redis.call('sismember', KEYS[1], ARGV[1]) == 0 then return 0 end
 for k = 10, #KEYS do
     if redis.call('exists', KEYS[k]) == 1 then return 9 - k end
 end
@@ -258,9 +259,10 @@ class RedisStore:
 
     # --- changes ---------------------------------------------------------------------
 
-    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None) -> int:
+    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None,
+              create: bool = True) -> int:
         ops = entries(facts, entry_size)
-        args: list[Any] = [name, json.dumps(config), CHANGES_KEPT, len(ops)]
+        args: list[Any] = [name, json.dumps(config) if create else "", CHANGES_KEPT, len(ops)]
         for op in ops:
             args += [len(op), json.dumps([f.id for f in op])]
         for f in facts:
@@ -268,6 +270,8 @@ class RedisStore:
         first = int(self._run("write", name, [self._fact(name, f.id) for f in facts], args))
         if first < 0:
             raise DuplicateFact(f"memory {name!r} already holds fact {facts[-first - 1].id!r}")
+        if first == 0:
+            raise NoMemory(f"memory {name!r} does not exist (deleted meanwhile)")
         return first
 
     def _answer(self, name: str, done: list[int], applied: int | None) -> int:

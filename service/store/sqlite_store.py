@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
-from service.errors import DuplicateFact
+from service.errors import DuplicateFact, NoMemory
 from service.store import codec
 from service.store.base import Checkpoint, Fact, Op, Stale, Stored, StoreError, StoreHeld, entries
 from service.timing import utc_now
@@ -198,10 +198,14 @@ class SqliteStore:
 
     # --- changes --------------------------------------------------------------------
 
-    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None) -> int:
+    def write(self, name: str, facts: list[Fact], config: dict[str, Any], entry_size: int | None = None,
+              create: bool = True) -> int:
         with self._wlock:
             try:
                 self._w.execute("BEGIN IMMEDIATE")
+                if not create and not self._w.execute("SELECT 1 FROM memories WHERE name = ?", (name,)).fetchall():
+                    self._w.execute("ROLLBACK")
+                    raise NoMemory(f"memory {name!r} does not exist (deleted meanwhile)")
                 seq = self._head(self._w, name) + 1
                 self._w.execute("INSERT OR IGNORE INTO memories VALUES (?, ?, ?)",
                                 (name, json.dumps(config), utc_now()))
