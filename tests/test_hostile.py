@@ -219,10 +219,10 @@ def test_an_import_is_all_or_nothing_and_a_retry_after_a_store_failure_imports_i
     for cls in (SqliteStore, RedisStore):
         write = cls.write
 
-        def failing(self, name, facts, *rest, _write=write):  # noqa: ANN001, ANN202
+        def failing(self, name, facts, *rest, _write=write, **kw):  # noqa: ANN001, ANN003, ANN202
             if any(f.id == "f599" for f in facts):
                 raise StoreError("the disk is full")
-            return _write(self, name, facts, *rest)
+            return _write(self, name, facts, *rest, **kw)
 
         monkeypatch.setattr(cls, "write", failing)
     with make_client(store_url) as c:
