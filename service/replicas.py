@@ -80,7 +80,7 @@ def reach(registry: MemoryRegistry, memory: str, asked: str | None) -> None:
     """Make sure a request that names ``Larimar-Seq: N`` reads memory ``memory`` at operation N or later."""
     if asked is None:
         return
-    if not asked.strip().isdigit() or len(asked.strip()) > 18:
+    if not (asked.strip().isascii() and asked.strip().isdigit()) or len(asked.strip()) > 18:  # not "²": int() fails
         raise InvalidInput(f"{SEQ_HEADER} must be an operation number (a non-negative integer), not {asked[:40]!r}")
     want = int(asked)
     if (registry.applied(memory) or 0) >= want:

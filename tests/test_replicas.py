@@ -191,6 +191,11 @@ def test_read_your_writes_across_replicas_with_the_sequence_number(open_replica:
 
     reach(b, "m", str(seq))
     assert b.applied("m") >= seq and len(held(b, "m")) == 2
+    from service.errors import InvalidInput
+
+    for bad in ("soon", "-1", "²", "1" * 19):  # "²" is a digit to str.isdigit, and latin-1 in a header
+        with pytest.raises(InvalidInput):
+            reach(b, "m", bad)
 
 
 def test_a_forget_is_purged_from_the_files_by_another_replica_when_its_own_stops_first(
