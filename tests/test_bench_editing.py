@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from larimar_client import Larimar
 
+from bench.baselines.rag import RAG_THRESHOLD, Rag
 from bench.editing.metrics import evaluate, failure_causes, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, sequential, single
-from bench.editing.systems import Http, Oracle, Service, TextSystem
+from bench.editing.systems import Http, Oracle, Retrieval, Service, TextSystem
+from bench.generation import fluency
 from models.loading import LoadedModels
 from service.settings import Settings
 from training import data
@@ -109,3 +111,42 @@ def test_forgetting_returns_forgotten_facts_to_the_unedited_model(models: Loaded
     assert out["forget_half"]["forgotten"]["ES"] == out["unedited"]["forgotten_sample"]["ES"]
     assert out["forget_half"]["kept"]["ES"] == 100.0
     assert not system.fact_ids  # the run resets its memory at the end
+
+
+def test_the_rag_baseline_retrieves_by_cosine_forgets_and_thresholds(models: LoadedModels) -> None:
+    """The retrieval pipeline users would build instead (issue 26): exact top k, ids removable, a threshold."""
+    facts = ["The capital of Veldoria is Marrow.", "Quill Hatter plays the cello.", "Omsk Foods was founded in 1901."]
+    rag = Rag(models.encoder, k=2)
+    ids = rag.add(facts)
+    near = rag.nearest(["What is the capital of Veldoria?"])[0]
+    assert near[0][0] == facts[0] and len(near) == 2 and near[0][1] > near[1][1]
+    assert rag.recall("Which instrument does Quill Hatter play?")[0] == facts[1]
+    rag.forget(ids[1])
+    assert facts[1] not in rag.recall("Which instrument does Quill Hatter play?")
+    strict = Rag(models.encoder, k=3, threshold=RAG_THRESHOLD)
+    strict.add(facts)
+    assert strict.recall("What is the capital of Veldoria?") == [facts[0]]
+    assert strict.recall("How do I bake sourdough bread at home?") == []  # plain RAG would paste k facts here
+
+
+def test_the_retrieval_system_shows_its_facts_to_the_llm(models: LoadedModels, cases: list[data.Case]) -> None:
+    plain = Retrieval(models.llm, Rag(models.encoder, k=3), batch=4)
+    for c in cases:
+        plain.edit(c)
+    cond = plain.condition(cases[0], cases[0].paraphrases[0])
+    assert cond.retrieved and cond.readout is not None and len(cond.readout.facts) == 3
+    plain.forget(cases[0])
+    assert not plain.condition(cases[0], cases[0].paraphrases[0]).retrieved
+    biased = Retrieval(models.llm, Rag(models.encoder), answer_bias=12.0)
+    assert biased.name == "rag-bias" and biased.config()["answer_bias"] == 12.0
+
+
+def test_the_fluency_judge_tells_salad_from_sentences(models: LoadedModels) -> None:
+    """The chosen judge against its own hand labels, and on answers it never saw."""
+    labels = fluency.load_labels()
+    assert len(labels) == 200 and 20 <= sum(not g for _, g in labels) <= 60
+    fact = ("Jane Austen was born in Shanghai.",)
+    asked = [fluency.Asked("Where was Jane Austen born?", a, fact) for a in
+             ("Jane Austen was born in Shanghai.", "Shanghai", "Jane Austen born Shanghai Austen born.",
+              "Shanghai Jane was Austen born in.")]
+    assert fluency.judged(models.llm, asked) == [True, True, False, False]

@@ -7,9 +7,10 @@
     python -m bench.editing --url http://localhost:8000 --protocol sequential --n 100   # the live service
 
 Systems: unedited, oracle, larimar-context / -latent / -hybrid (the service in process with each decoder),
-ft-l, rome, grace; --url runs the running service over HTTP. One system per process, so its peak memory is
-its own. Runs resume: cases already in a run's .cases.jsonl are skipped. Reported sets (CounterFact
-case_id < 2000, zsRE eval 0-499) are the default; --split dev is for tuning.
+ft-l, rome, grace, rag / rag-threshold / rag-bias / rag-threshold-bias (retrieval into the prompt, the pipeline
+users would build instead: ``bench.baselines.rag``); --url runs the running service over HTTP. One system per
+process, so its peak memory is its own. Runs resume: cases already in a run's .cases.jsonl are skipped.
+Reported sets (CounterFact case_id < 2000, zsRE eval 0-499) are the default; --split dev is for tuning.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from statistics import median
 
 import torch
 
+from bench.baselines.rag import RAG_THRESHOLD, Rag
 from bench.editing.metrics import Reference, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, peak_memory_mib, sequential, single
-from bench.editing.systems import Http, Oracle, Service, System, TextSystem, WeightEdited
+from bench.editing.systems import Http, Oracle, Retrieval, Service, System, TextSystem, WeightEdited
 from models.device import describe_machine
 from models.latent import WEIGHTS
 from models.loading import load_llm, load_models
@@ -37,7 +39,8 @@ from service.settings import Settings
 from training import data as data_mod
 
 log = logging.getLogger("bench.editing")
-SYSTEMS = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "ft-l", "rome", "grace")
+SYSTEMS = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "ft-l", "rome", "grace",
+           "rag", "rag-threshold", "rag-bias", "rag-threshold-bias")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "editing"
 
 
@@ -45,6 +48,10 @@ def make_system(name: str, settings: Settings, batch: int) -> TextSystem:
     """The system under test, with the models it needs (the peers and baselines need no encoder)."""
     if name.startswith("larimar-"):
         return Service(load_models(settings), batch=batch, decoder=name.removeprefix("larimar-"))
+    if name.startswith("rag"):
+        models = load_models(settings)
+        rag = Rag(models.encoder, settings.recalled_facts, RAG_THRESHOLD if "threshold" in name else None)
+        return Retrieval(models.llm, rag, batch, settings.answer_bias if name.endswith("-bias") else 0.0)
     llm = load_llm(settings)
     if name == "unedited":
         return TextSystem(llm, batch)
@@ -152,7 +159,7 @@ def main() -> None:
                          "llm_name": Path(settings.llm).name if not args.url else None}
         if filler:
             summary["filler"] = {"facts": len(filler), "sources": data_mod.FILLER_SOURCES}
-        if isinstance(system, WeightEdited):
+        if isinstance(system, WeightEdited | Retrieval):
             summary["method_config"] = system.config()
         elif isinstance(system, Service):
             summary["service_config"] = {"slots": system.settings.memory_slots,

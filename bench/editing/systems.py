@@ -19,6 +19,7 @@ from larimar_client import Larimar
 from tqdm import tqdm
 
 from bench.baselines import WeightEditor
+from bench.baselines.rag import Rag
 from models.decoders import ContextDecoder, Decoder, Readout
 from models.llm import CausalLM, ContinuationScore
 from models.loading import LoadedModels
@@ -167,6 +168,37 @@ class Service(TextSystem):
         recall = self.editor.recall(self.memory, prompt, "auto")
         retrieved = case.fact in recall.readout.facts if recall.readout else False
         return Conditioning(recall.readout, recall.in_scope, retrieved)
+
+
+class Retrieval(TextSystem):
+    """The retrieval pipeline users would build instead (``bench.baselines.rag``): the top facts by cosine in the
+    prompt of every query, through the service's context decoder, with or without its answer bias."""
+
+    def __init__(self, llm: CausalLM, rag: Rag, batch: int = 32, answer_bias: float = 0.0) -> None:
+        super().__init__(llm, batch, ContextDecoder(answer_bias))
+        self.rag, self.answer_bias, self.fact_ids = rag, answer_bias, {}
+        self.name = rag.name + ("-bias" if answer_bias else "")
+
+    def config(self) -> dict:
+        return {"k": self.rag.k, "threshold": self.rag.threshold, "answer_bias": self.answer_bias}
+
+    def edit(self, case: Case) -> None:
+        (self.fact_ids[case.case_id],) = self.rag.add([case.fact])
+
+    def forget(self, case: Case) -> None:
+        self.rag.forget(self.fact_ids.pop(case.case_id))
+
+    def reset(self) -> None:
+        self.rag.reset()
+        self.fact_ids = {}
+
+    def fill(self, texts: Sequence[str]) -> None:
+        for part in tqdm(list(chunks(texts, 256)), desc="filler", unit="batch"):
+            self.rag.add(part)
+
+    def condition(self, case: Case, prompt: str) -> Conditioning:
+        facts = tuple(self.rag.recall(prompt))
+        return Conditioning(Readout(torch.empty(0), facts) if facts else None, bool(facts), case.fact in facts)
 
 
 class WeightEdited(TextSystem):

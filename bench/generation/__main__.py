@@ -22,23 +22,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
+from bench.baselines.rag import RAG_THRESHOLD, Rag
+from bench.generation import fluency
 from bench.generation.items import FORMS, SPLITS, Item, build, same_subject, unrelated
 from bench.tables import fmt
 from bench.tables import table as md_table
+from models.decoders import ContextDecoder, Readout
 from models.device import describe_machine
-from models.llm import GREEDY
-from models.loading import load_models
+from models.llm import GREEDY, CausalLM
+from models.loading import load_llm, load_models
 from models.scope import MENTION_RULE
-from models.text import stem, words
 from service.app import build_editor
 from service.editor import Editor
 from service.engine import PROMPTS
@@ -48,51 +52,94 @@ from training.data import DEFAULT_DATA, counterfact
 log = logging.getLogger("bench.generation")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "generation"
 MEMORY = "generation"
+SYSTEMS = ("larimar", "rag", "rag-threshold", "rag-bias", "rag-threshold-bias")
 
 
 def contains(answer: str, obj: str) -> bool:
     return obj.lower() in answer.lower()
 
 
-def _stems(text: str) -> list[str]:
-    return [stem(w) for w in words(text)]
+class Answerer(Protocol):
+    """What answers the suite's prompts: the service's editor, or a baseline users would build instead."""
+
+    name: str
+
+    def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None: ...
+
+    def recall(self, prompt: str, mode: str) -> Asked: ...
+
+    def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]: ...
 
 
-def fluent(prompt: str, answer: str) -> bool:
-    """Not empty, no word said twice in a row ("born Vienna Vienna"), and not only the prompt's own words
-    said back ("When does Acme's fiscal year ends?"). Repeats compare words, not stems: "as a" stems to
-    "a a" (until 2026-12-03 that counted "works as a chemist" as a repeat and "works chemist" as fluent)."""
-    said = [w.lower() for w in words(answer)]
-    if not said or any(a == b for a, b in zip(said, said[1:], strict=False)):
-        return False
-    return bool(set(_stems(answer)) - set(_stems(prompt)))
+@dataclass(frozen=True)
+class Asked:
+    in_scope: bool
+    readout: Readout | None
+    recalled: list[str]
 
 
-def answers(editor: Editor, prompts: list[str], mode: str, batch: int) -> list[dict[str, Any]]:
-    """The /query route's answers, a batch at a time (the decoders' batched path gives the same answers)."""
-    n = editor.settings.default_max_new_tokens
+class ServiceAnswerer:
+    """The /query route's path in process: scope rule, readout, decoder (or the engine with LARIMAR_LLM_URL)."""
+
+    def __init__(self, editor: Editor) -> None:
+        self.editor, self.name = editor, editor.decoder.name
+
+    def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None:
+        self.editor.add_facts(MEMORY, facts)
+
+    def recall(self, prompt: str, mode: str) -> Asked:
+        r = self.editor.recall(MEMORY, prompt, mode)  # type: ignore[arg-type]
+        return Asked(r.in_scope, r.readout, [f.text for f in r.facts])
+
+    def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]:
+        """Greedy answers as the /query route gives them: the decoder's in process, or, with LARIMAR_LLM_URL,
+        the engine's for the same conversation with the recalled facts (service/engine.py), one at a time."""
+        editor = self.editor
+        if editor.engine is None:
+            return editor.decoder.generate_batch(editor.llm, asks, n)
+        return [editor.engine.generate(PROMPTS.generation_messages(p, r), n, GREEDY) for p, r in asks]
+
+
+class RagAnswerer:
+    """Retrieval into the prompt (``bench.baselines.rag``) through the service's context decoder."""
+
+    def __init__(self, llm: CausalLM, rag: Rag, answer_bias: float) -> None:
+        self.llm, self.rag, self.decoder = llm, rag, ContextDecoder(answer_bias)
+        self.name = rag.name + ("-bias" if answer_bias else "")
+
+    def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None:
+        self.rag.add([t for t, _ in facts])
+
+    def recall(self, prompt: str, mode: str) -> Asked:
+        facts = self.rag.recall(prompt) if mode != "off" else []
+        return Asked(bool(facts), Readout(torch.empty(0), tuple(facts)) if facts else None, facts)
+
+    def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]:
+        return self.decoder.generate_batch(self.llm, asks, n)
+
+
+def answers(who: Answerer, prompts: list[str], mode: str, batch: int, n: int,
+            recall_ms: list[float] | None = None) -> list[dict[str, Any]]:
+    """The answers, a batch at a time (the decoders' batched path gives the same answers as one at a time);
+    ``recall_ms`` collects what reading memory cost each prompt."""
     out = []
     for i in tqdm(range(0, len(prompts), batch), desc=f"answers (memory {mode})", unit="batch"):
         chunk = prompts[i : i + batch]
-        recalls = [editor.recall(MEMORY, p, mode) for p in chunk]  # type: ignore[arg-type]
-        asks = [(p, r.readout) for p, r in zip(chunk, recalls, strict=True)]
-        gens = generated(editor, asks, n)
-        out += [{"prompt": p, "answer": g.text, "in_scope": r.in_scope, "recalled": [f.text for f in r.facts]}
+        recalls = []
+        for p in chunk:
+            t0 = time.perf_counter()
+            recalls.append(who.recall(p, mode))
+            if recall_ms is not None:
+                recall_ms.append(1000 * (time.perf_counter() - t0))
+        gens = who.generate([(p, r.readout) for p, r in zip(chunk, recalls, strict=True)], n)
+        out += [{"prompt": p, "answer": g.text, "in_scope": r.in_scope, "recalled": r.recalled}
                 for p, r, g in zip(chunk, recalls, gens, strict=True)]
     return out
 
 
-def generated(editor: Editor, asks: list[tuple[str, Any]], n: int) -> list[Any]:
-    """Greedy answers as the /query route gives them: the decoder's in process, or, with LARIMAR_LLM_URL, the
-    engine's for the same conversation with the recalled facts (service/engine.py), one at a time."""
-    if editor.engine is None:
-        return editor.decoder.generate_batch(editor.llm, asks, n)
-    return [editor.engine.generate(PROMPTS.generation_messages(p, readout), n, GREEDY) for p, readout in asks]
-
-
-def unchanged(editor: Editor, prompts: list[str], batch: int) -> list[dict[str, Any]]:
+def unchanged(who: Answerer, prompts: list[str], batch: int, n: int) -> list[dict[str, Any]]:
     """Prompts whose answer must be the memory-off one: each answered with memory auto and off."""
-    on, off = answers(editor, prompts, "auto", batch), answers(editor, prompts, "off", batch)
+    on, off = answers(who, prompts, "auto", batch, n), answers(who, prompts, "off", batch, n)
     return [{**a, "memory_off": b["answer"], "same": a["answer"] == b["answer"]} for a, b in zip(on, off, strict=True)]
 
 
@@ -101,7 +148,14 @@ def judge(item: Item, form: str, a: dict[str, Any]) -> dict[str, Any]:
     cause = None if ok else ("out of scope" if not a["in_scope"] else
                              "fact not recalled" if item.fact not in a["recalled"] else "fact shown, not used")
     return {**a, "relation": item.relation, "kind": item.kind, "form": form, "object": item.object,
-            "correct": ok, "fluent": fluent(a["prompt"], a["answer"]), "cause": cause}
+            "correct": ok, "fluent_rule": fluency.rule(a["prompt"], a["answer"]), "cause": cause}
+
+
+def judge_fluency(llm: CausalLM, rows: list[dict[str, Any]]) -> None:
+    """Each row's ``fluent``: the judge chosen against hand labels (``bench.generation.fluency``)."""
+    verdicts = fluency.judged(llm, [fluency.Asked(r["prompt"], r["answer"], r["recalled"]) for r in rows])
+    for r, v in zip(rows, verdicts, strict=True):
+        r["fluent"] = v
 
 
 def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]],
@@ -126,11 +180,13 @@ def summarize(rows: list[dict[str, Any]], unrelated_rows: list[dict[str, Any]],
     return out
 
 
-def rescore(path: Path) -> None:
+def rescore(path: Path, llm: CausalLM) -> None:
     """A results file judged again from its stored answers (after a change to the judging, not the answers)."""
     res = json.loads(path.read_text())
     for r in res["rows"]:
-        r["fluent"] = fluent(r["prompt"], r["answer"])
+        r["fluent_rule"] = fluency.rule(r["prompt"], r["answer"])
+    judge_fluency(llm, res["rows"])
+    res["fluency_judge"] = fluency.describe()
     res["summary"] = summarize(res["rows"], res["unrelated"], res.get("same_subject"))
     path.write_text(json.dumps(res, indent=1))
     log.info("%s rescored: %s", path.name, json.dumps(res["summary"]))
@@ -156,6 +212,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", choices=SPLITS, default="dev")
     ap.add_argument("--decoder", default="auto", help="context, latent, hybrid, or auto (the service default)")
+    ap.add_argument("--system", choices=SYSTEMS, default="larimar",
+                    help="the service (larimar) or the retrieval baseline users would build instead (rag...)")
     ap.add_argument("--filler", type=int, default=0, help="CounterFact training-range facts written first")
     ap.add_argument("--answer-bias", type=float, help="LARIMAR_ANSWER_BIAS for this run (default: the setting's)")
     ap.add_argument("--no-mention", action="store_true", help="LARIMAR_SCOPE_REQUIRES_MENTION off for this run")
@@ -169,8 +227,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.rescore:
+        llm = load_llm(Settings())
         for path in args.rescore:
-            rescore(path)
+            rescore(path, llm)
     if args.table:
         print(table(args.table))
     if args.rescore or args.table:
@@ -182,34 +241,47 @@ def main() -> None:
         extra["scope_requires_mention"] = False
     settings = Settings(store_url=f"file://{tempfile.mkdtemp(prefix='larimar-generation-')}", decoder=args.decoder,
                         **extra)
-    editor = build_editor(settings, load_models(settings))
+    models = load_models(settings)
+    who: Answerer
+    if args.system == "larimar":
+        editor = build_editor(settings, models)
+        who = ServiceAnswerer(editor)
+        config: dict[str, Any] = {
+            "decoder": editor.decoder.name, "scope_threshold": editor.rule.threshold,
+            "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
+            "mention_rule": MENTION_RULE,
+            "relation_gate": editor.rule.relation.describe() if editor.rule.relation else None}
+    else:
+        rag = Rag(models.encoder, settings.recalled_facts, RAG_THRESHOLD if "threshold" in args.system else None)
+        who = RagAnswerer(models.llm, rag, settings.answer_bias if args.system.endswith("-bias") else 0.0)
+        config = {"system": who.name, "k": rag.k, "rag_threshold": rag.threshold,
+                  "answer_bias": who.decoder.answer_bias}
+    n = settings.default_max_new_tokens
     items = build(args.split)
     if args.filler:
         filler = [c.fact for c in counterfact(args.data, "train")[: args.filler]]
         for i in tqdm(range(0, len(filler), 256), desc="filler", unit="batch"):
-            editor.add_facts(MEMORY, [(t, None) for t in filler[i : i + 256]])
-    editor.add_facts(MEMORY, [(it.fact, {"relation": it.relation, "kind": it.kind}) for it in items])
+            who.write([(t, None) for t in filler[i : i + 256]])
+    who.write([(it.fact, {"relation": it.relation, "kind": it.kind}) for it in items])
     t0 = time.perf_counter()
     asked = [(it, form) for it in items for form in FORMS]
-    got = answers(editor, [it.prompt(form) for it, form in asked], "auto", args.batch)
+    recall_ms: list[float] = []
+    got = answers(who, [it.prompt(form) for it, form in asked], "auto", args.batch, n, recall_ms)
     rows = [judge(it, form, a) for (it, form), a in zip(asked, got, strict=True)]
-    unrelated_rows = unchanged(editor, unrelated(args.split), args.batch)
-    same_subject_rows = unchanged(editor, same_subject(args.split), args.batch)
+    judge_fluency(models.llm, rows)
+    unrelated_rows = unchanged(who, unrelated(args.split), args.batch, n)
+    same_subject_rows = unchanged(who, same_subject(args.split), args.batch, n)
     res = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "split": args.split, "llm": settings.llm, "decoder": editor.decoder.name,
-           "scope_threshold": editor.rule.threshold,
-           "answer_bias": settings.answer_bias, "scope_requires_mention": settings.scope_requires_mention,
-           "mention_rule": MENTION_RULE,
-           "relation_gate": editor.rule.relation.describe() if editor.rule.relation else None,
+           "split": args.split, "llm": settings.llm, **config,
            "facts_in_memory": len(items) + args.filler, "filler": args.filler,
-           "max_new_tokens": settings.default_max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
+           "max_new_tokens": n, "fluency_judge": fluency.describe(), "seconds": round(time.perf_counter() - t0, 1),
+           "recall_ms_median": round(statistics.median(recall_ms), 2),
            "summary": summarize(rows, unrelated_rows, same_subject_rows), "rows": rows, "unrelated": unrelated_rows,
            "same_subject": same_subject_rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.split}-{editor.decoder.name}" + (f"-{args.tag}" if args.tag else "")
+    name = f"{args.split}-{who.name}" + (f"-{args.tag}" if args.tag else "")
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
     log.info("%s: %s", name, json.dumps(res["summary"]))
-
 
 if __name__ == "__main__":
     main()
