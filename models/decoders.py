@@ -111,7 +111,9 @@ def answer_bias(llm: CausalLM, items: Sequence[GenerateRequest], strength: float
     if strength <= 0:
         return None
     spans = [answer_spans(llm, prompt_of(p), r.facts[0]) if r is not None and r.facts else [] for p, r in items]
-    return AnswerBias(spans, strength) if any(spans) else None
+    firsts = {sp[0] for row in spans for span in row for sp in span}
+    glued = frozenset(t for t in firsts if not llm.tokenizer.decode([t]).startswith((" ", "\n")))
+    return AnswerBias(spans, strength, glued) if any(spans) else None
 
 
 def facts_block(facts: tuple[str, ...]) -> str:

@@ -34,6 +34,21 @@ def test_answer_bias_steers_each_span_token_by_token_once_and_leaves_rows_withou
     assert not off(torch.cat([prompt[:1], torch.tensor([[4]])], 1), torch.zeros(1, 10))[0, 6]  # left the span
 
 
+def test_answer_bias_never_starts_a_glued_spelling_inside_the_answer_and_stops_after_one_span() -> None:
+    """Issue 26: "Dor" + "geologist" (a span's space-less spelling pushed mid-answer) and "Veou Wytalmar CEO"
+    (the question's other missing words pushed after the answer) read as salad."""
+    bias = AnswerBias([[((5, 6), (7, 6)), ((8,),)]], strength=10.0, glued=frozenset({5}))
+    prompt = torch.tensor([[1, 2]])
+    assert bias(prompt, torch.zeros(1, 10))[0].nonzero().flatten().tolist() == [5, 7, 8]  # the first token: all
+    later = bias(torch.cat([prompt, torch.tensor([[3]])], 1), torch.zeros(1, 10))[0]
+    assert later.nonzero().flatten().tolist() == [7, 8], "a glued spelling may only open the answer"
+    done = AnswerBias([[((5, 6),), ((8,),)]], strength=10.0)
+    done(prompt, torch.zeros(1, 10))
+    done(torch.cat([prompt, torch.tensor([[5]])], 1), torch.zeros(1, 10))
+    after = done(torch.cat([prompt, torch.tensor([[5, 6]])], 1), torch.zeros(1, 10))
+    assert not after.any(), "once one span is said in full the others are left alone"
+
+
 def test_answer_spans_are_the_facts_new_word_runs(models: LoadedModels) -> None:
     tok = models.llm.tokenizer
 

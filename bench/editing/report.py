@@ -25,8 +25,8 @@ RESULTS = ROOT / "bench" / "results" / "editing"
 DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_LLM_NAME = Path(DEFAULT_LLM).name  # runs record their LLM's file name as llm_name (older runs: none)
 BEGIN, END = "<!-- tables:begin (python -m bench.editing.report) -->", "<!-- tables:end -->"
-ORDER = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "larimar-http", "ft-l", "rome",
-         "grace")
+ORDER = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "larimar-http", "rag",
+         "rag-threshold", "rag-bias", "rag-threshold-bias", "ft-l", "rome", "grace")
 
 
 def load(results: Path) -> list[dict]:
