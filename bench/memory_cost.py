@@ -91,9 +91,9 @@ def main() -> None:
                "rag-threshold": rag_cost(models, filler, facts, prompts)}
         print(json.dumps(row))
         rows.append(row)
-    args.out.write_text(json.dumps({"machine": describe_machine(), "threads": args.threads, "ops": args.ops,
-                                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows},
-                                   indent=1))
+        args.out.write_text(json.dumps({"machine": describe_machine(), "threads": args.threads, "ops": args.ops,
+                                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows},
+                                       indent=1))  # after each size: a long run cut short keeps what it measured
 
 
 if __name__ == "__main__":
