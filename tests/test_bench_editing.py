@@ -129,6 +129,7 @@ def test_the_rag_baseline_retrieves_by_cosine_forgets_and_thresholds(models: Loa
     assert strict.recall("How do I bake sourdough bread at home?") == []  # plain RAG would paste k facts here
 
 
+@needs_data
 def test_the_retrieval_system_shows_its_facts_to_the_llm(models: LoadedModels, cases: list[data.Case]) -> None:
     plain = Retrieval(models.llm, Rag(models.encoder, k=3), batch=4)
     for c in cases:
