@@ -9,8 +9,8 @@ the LLM, which both systems share: the service's scope rule, mention check, rela
 the baseline's encoding and index search), and the facts are forgotten one at a time. The service runs in
 process on an embedded store (the quick start's), so a write includes its durable SQLite transaction and a
 forget its erasure; the baseline keeps nothing on disk. Medians and p99 in ms; results in
-``bench/results/memory_cost.json``. Both systems share the machine at the same time as nothing else of this
-script, so run it on a quiet machine.
+``bench/results/memory_cost.json``. The two systems run one after the other, each timed alone; run it on a
+quiet machine.
 """
 
 from __future__ import annotations

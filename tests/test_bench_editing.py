@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from larimar_client import Larimar
 
-from bench.baselines.rag import RAG_THRESHOLD, Rag
+from bench.baselines.rag import RAG_THRESHOLD, Rag, pipeline
 from bench.editing.metrics import evaluate, failure_causes, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, sequential, single
 from bench.editing.systems import Http, Oracle, Retrieval, Service, TextSystem
@@ -131,14 +131,14 @@ def test_the_rag_baseline_retrieves_by_cosine_forgets_and_thresholds(models: Loa
 
 @needs_data
 def test_the_retrieval_system_shows_its_facts_to_the_llm(models: LoadedModels, cases: list[data.Case]) -> None:
-    plain = Retrieval(models.llm, Rag(models.encoder, k=3), batch=4)
+    plain = Retrieval(models.llm, pipeline("rag", models.encoder, Settings(recalled_facts=3)), batch=4)
     for c in cases:
         plain.edit(c)
     cond = plain.condition(cases[0], cases[0].paraphrases[0])
     assert cond.retrieved and cond.readout is not None and len(cond.readout.facts) == 3
     plain.forget(cases[0])
     assert not plain.condition(cases[0], cases[0].paraphrases[0]).retrieved
-    biased = Retrieval(models.llm, Rag(models.encoder), answer_bias=12.0)
+    biased = Retrieval(models.llm, pipeline("rag-bias", models.encoder, Settings(answer_bias=12.0)))
     assert biased.name == "rag-bias" and biased.config()["answer_bias"] == 12.0
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.generation.items import FORMS, build, same_subject, unrelated
+from models.decoders import ContextDecoder, Readout
 from models.device import describe_machine
 from models.encoder import TextEncoder
 from service.settings import Settings
@@ -34,6 +36,7 @@ from training.data import DEFAULT_DATA, counterfact
 # (bench/results/rag_threshold.json).
 RAG_THRESHOLD = 0.675
 SWEEP = [round(0.025 * i, 3) for i in range(8, 33)]
+SYSTEMS = ("rag", "rag-threshold", "rag-bias", "rag-threshold-bias")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -42,7 +45,6 @@ class Rag:
 
     def __init__(self, encoder: TextEncoder, k: int = 3, threshold: float | None = None) -> None:
         self.encoder, self.k, self.threshold = encoder, k, threshold
-        self.name = "rag" if threshold is None else "rag-threshold"
         self.reset()
 
     def reset(self) -> None:
@@ -77,11 +79,34 @@ class Rag:
         return [t for t, s in near if self.threshold is None or s >= self.threshold]
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """A RAG system as the benchmarks run it: its index and the decoder that shows the facts to the LLM."""
+
+    name: str  # one of SYSTEMS
+    rag: Rag
+    decoder: ContextDecoder
+
+    def readout(self, prompt: str) -> Readout | None:
+        """What the LLM is shown for this prompt (None: nothing, the plain LLM answers)."""
+        facts = tuple(self.rag.recall(prompt))
+        return Readout(torch.empty(0), facts) if facts else None
+
+    def config(self) -> dict:
+        return {"k": self.rag.k, "threshold": self.rag.threshold, "answer_bias": self.decoder.answer_bias}
+
+
+def pipeline(name: str, encoder: TextEncoder, settings: Settings) -> Pipeline:
+    """``name`` (one of SYSTEMS) over the service's encoder, k and answer bias settings."""
+    rag = Rag(encoder, settings.recalled_facts, RAG_THRESHOLD if "threshold" in name else None)
+    return Pipeline(name, rag, ContextDecoder(settings.answer_bias if name.endswith("-bias") else 0.0))
+
+
 def _rates(pos: list[float], neg: list[float], t: float) -> tuple[float, float]:
     return (sum(s >= t for s in pos) / len(pos), sum(s < t for s in neg) / len(neg))
 
 
-def sweep(encoder: TextEncoder, data: Path, n: int) -> dict:
+def sweep(encoder: TextEncoder, encoder_spec: str, data: Path, n: int) -> dict:
     """For each threshold, the share of prompts about a written fact that reach it as the top fact above the
     threshold (positives) and of prompts about no written fact that reach nothing (negatives), on CounterFact
     dev (paraphrases / neighbourhood prompts) and the generation dev split (questions, paraphrases, clozes /
@@ -107,12 +132,8 @@ def sweep(encoder: TextEncoder, data: Path, n: int) -> dict:
                      "score": (sum(cf) + sum(gen)) / 4})
     best = max(rows, key=lambda r: r["score"])
     return {"machine": describe_machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "encoder": encoder_name(encoder), "counterfact_dev_cases": len(cases), "generation_dev_items": len(items),
+            "encoder": encoder_spec, "counterfact_dev_cases": len(cases), "generation_dev_items": len(items),
             "chosen": best["threshold"], "sweep": rows}
-
-
-def encoder_name(encoder: TextEncoder) -> str:
-    return str(getattr(encoder.model.config, "_name_or_path", "")) or "encoder"
 
 
 def main() -> None:
@@ -121,8 +142,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="CounterFact dev cases written")
     ap.add_argument("--out", type=Path, default=RESULTS / "rag_threshold.json")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = sweep(TextEncoder(Settings().encoder), args.data, args.n)
+    spec = Settings().encoder
+    res = sweep(TextEncoder(spec), spec, args.data, args.n)
     args.out.write_text(json.dumps(res, indent=1))
     for r in res["sweep"]:
         print(json.dumps(r))

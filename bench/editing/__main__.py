@@ -27,7 +27,8 @@ from statistics import median
 
 import torch
 
-from bench.baselines.rag import RAG_THRESHOLD, Rag
+from bench.baselines.rag import SYSTEMS as RAG_SYSTEMS
+from bench.baselines.rag import pipeline
 from bench.editing.metrics import Reference, reference, summarize
 from bench.editing.protocols import CaseLog, forgetting, peak_memory_mib, sequential, single
 from bench.editing.systems import Http, Oracle, Retrieval, Service, System, TextSystem, WeightEdited
@@ -40,7 +41,7 @@ from training import data as data_mod
 
 log = logging.getLogger("bench.editing")
 SYSTEMS = ("unedited", "oracle", "larimar-context", "larimar-latent", "larimar-hybrid", "ft-l", "rome", "grace",
-           "rag", "rag-threshold", "rag-bias", "rag-threshold-bias")
+           *RAG_SYSTEMS)
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "editing"
 
 
@@ -48,10 +49,9 @@ def make_system(name: str, settings: Settings, batch: int) -> TextSystem:
     """The system under test, with the models it needs (the peers and baselines need no encoder)."""
     if name.startswith("larimar-"):
         return Service(load_models(settings), batch=batch, decoder=name.removeprefix("larimar-"))
-    if name.startswith("rag"):
+    if name in RAG_SYSTEMS:
         models = load_models(settings)
-        rag = Rag(models.encoder, settings.recalled_facts, RAG_THRESHOLD if "threshold" in name else None)
-        return Retrieval(models.llm, rag, batch, settings.answer_bias if name.endswith("-bias") else 0.0)
+        return Retrieval(models.llm, pipeline(name, models.encoder, settings), batch)
     llm = load_llm(settings)
     if name == "unedited":
         return TextSystem(llm, batch)

@@ -19,7 +19,7 @@ from larimar_client import Larimar
 from tqdm import tqdm
 
 from bench.baselines import WeightEditor
-from bench.baselines.rag import Rag
+from bench.baselines.rag import Pipeline
 from models.decoders import ContextDecoder, Decoder, Readout
 from models.llm import CausalLM, ContinuationScore
 from models.loading import LoadedModels
@@ -174,13 +174,12 @@ class Retrieval(TextSystem):
     """The retrieval pipeline users would build instead (``bench.baselines.rag``): the top facts by cosine in the
     prompt of every query, through the service's context decoder, with or without its answer bias."""
 
-    def __init__(self, llm: CausalLM, rag: Rag, batch: int = 32, answer_bias: float = 0.0) -> None:
-        super().__init__(llm, batch, ContextDecoder(answer_bias))
-        self.rag, self.answer_bias, self.fact_ids = rag, answer_bias, {}
-        self.name = rag.name + ("-bias" if answer_bias else "")
+    def __init__(self, llm: CausalLM, pipeline: Pipeline, batch: int = 32) -> None:
+        super().__init__(llm, batch, pipeline.decoder)
+        self.pipeline, self.rag, self.name, self.fact_ids = pipeline, pipeline.rag, pipeline.name, {}
 
     def config(self) -> dict:
-        return {"k": self.rag.k, "threshold": self.rag.threshold, "answer_bias": self.answer_bias}
+        return self.pipeline.config()
 
     def edit(self, case: Case) -> None:
         (self.fact_ids[case.case_id],) = self.rag.add([case.fact])
@@ -197,8 +196,8 @@ class Retrieval(TextSystem):
             self.rag.add(part)
 
     def condition(self, case: Case, prompt: str) -> Conditioning:
-        facts = tuple(self.rag.recall(prompt))
-        return Conditioning(Readout(torch.empty(0), facts) if facts else None, bool(facts), case.fact in facts)
+        readout = self.pipeline.readout(prompt)
+        return Conditioning(readout, readout is not None, readout is not None and case.fact in readout.facts)
 
 
 class WeightEdited(TextSystem):

@@ -33,12 +33,13 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from bench.baselines.rag import RAG_THRESHOLD, Rag
+from bench.baselines.rag import SYSTEMS as RAG_SYSTEMS
+from bench.baselines.rag import Pipeline, pipeline
 from bench.generation import fluency
 from bench.generation.items import FORMS, SPLITS, Item, build, same_subject, unrelated
 from bench.tables import fmt
 from bench.tables import table as md_table
-from models.decoders import ContextDecoder, Readout
+from models.decoders import Readout
 from models.device import describe_machine
 from models.llm import GREEDY, CausalLM
 from models.loading import load_llm, load_models
@@ -52,7 +53,7 @@ from training.data import DEFAULT_DATA, counterfact
 log = logging.getLogger("bench.generation")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "generation"
 MEMORY = "generation"
-SYSTEMS = ("larimar", "rag", "rag-threshold", "rag-bias", "rag-threshold-bias")
+SYSTEMS = ("larimar", *RAG_SYSTEMS)
 
 
 def contains(answer: str, obj: str) -> bool:
@@ -66,13 +67,15 @@ class Answerer(Protocol):
 
     def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None: ...
 
-    def recall(self, prompt: str, mode: str) -> Asked: ...
+    def recall(self, prompt: str, mode: str) -> Recalled: ...
 
     def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
-class Asked:
+class Recalled:
+    """What a prompt reads from memory: whether it is in scope, the readout shown to the LLM, the facts' texts."""
+
     in_scope: bool
     readout: Readout | None
     recalled: list[str]
@@ -87,9 +90,9 @@ class ServiceAnswerer:
     def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None:
         self.editor.add_facts(MEMORY, facts)
 
-    def recall(self, prompt: str, mode: str) -> Asked:
+    def recall(self, prompt: str, mode: str) -> Recalled:
         r = self.editor.recall(MEMORY, prompt, mode)  # type: ignore[arg-type]
-        return Asked(r.in_scope, r.readout, [f.text for f in r.facts])
+        return Recalled(r.in_scope, r.readout, [f.text for f in r.facts])
 
     def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]:
         """Greedy answers as the /query route gives them: the decoder's in process, or, with LARIMAR_LLM_URL,
@@ -103,19 +106,18 @@ class ServiceAnswerer:
 class RagAnswerer:
     """Retrieval into the prompt (``bench.baselines.rag``) through the service's context decoder."""
 
-    def __init__(self, llm: CausalLM, rag: Rag, answer_bias: float) -> None:
-        self.llm, self.rag, self.decoder = llm, rag, ContextDecoder(answer_bias)
-        self.name = rag.name + ("-bias" if answer_bias else "")
+    def __init__(self, llm: CausalLM, pipeline: Pipeline) -> None:
+        self.llm, self.pipeline, self.name = llm, pipeline, pipeline.name
 
     def write(self, facts: list[tuple[str, dict[str, Any] | None]]) -> None:
-        self.rag.add([t for t, _ in facts])
+        self.pipeline.rag.add([t for t, _ in facts])
 
-    def recall(self, prompt: str, mode: str) -> Asked:
-        facts = self.rag.recall(prompt) if mode != "off" else []
-        return Asked(bool(facts), Readout(torch.empty(0), tuple(facts)) if facts else None, facts)
+    def recall(self, prompt: str, mode: str) -> Recalled:
+        readout = self.pipeline.readout(prompt) if mode != "off" else None
+        return Recalled(readout is not None, readout, list(readout.facts) if readout else [])
 
     def generate(self, asks: list[tuple[str, Readout | None]], n: int) -> list[Any]:
-        return self.decoder.generate_batch(self.llm, asks, n)
+        return self.pipeline.decoder.generate_batch(self.llm, asks, n)
 
 
 def answers(who: Answerer, prompts: list[str], mode: str, batch: int, n: int,
@@ -252,10 +254,9 @@ def main() -> None:
             "mention_rule": MENTION_RULE,
             "relation_gate": editor.rule.relation.describe() if editor.rule.relation else None}
     else:
-        rag = Rag(models.encoder, settings.recalled_facts, RAG_THRESHOLD if "threshold" in args.system else None)
-        who = RagAnswerer(models.llm, rag, settings.answer_bias if args.system.endswith("-bias") else 0.0)
-        config = {"system": who.name, "k": rag.k, "rag_threshold": rag.threshold,
-                  "answer_bias": who.decoder.answer_bias}
+        rag = pipeline(args.system, models.encoder, settings)
+        who = RagAnswerer(models.llm, rag)
+        config = {"system": rag.name, **rag.config()}
     n = settings.default_max_new_tokens
     items = build(args.split)
     if args.filler:
